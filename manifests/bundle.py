@@ -1,0 +1,579 @@
+"""The bundle manifest and the parts index: typed models, strict JSON, pure verification.
+
+A bundle is a .tar.zst whose first members are `manifest.json` and
+`manifest.json.sig`. The manifest lists every pack and every file (relative
+path, size, sha256, archive member); the signature covers its exact bytes.
+A split bundle also has a parts index beside its parts, signed the same way,
+listing every part's size and sha256 (DECISIONS "Names and files").
+
+Everything here is pure: `verify_manifest` and `verify_parts_index` take bytes,
+keys and a clock reading, and return typed objects or raise. They check the
+signature over the exact bytes before parsing anything (DECISIONS "Signatures").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from manifests.errors import BundleStructureError, PolicyError, SignatureError
+from manifests.signing import is_key_id, verify_signature
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "PARTS_INDEX_SUFFIX",
+    "SIGNATURE_NAME",
+    "SIGNATURE_SUFFIX",
+    "BundleManifest",
+    "FileEntry",
+    "PackEntry",
+    "PartEntry",
+    "PartsIndex",
+    "format_timestamp",
+    "parse_manifest",
+    "parse_parts_index",
+    "parse_timestamp",
+    "part_name",
+    "parts_index_name",
+    "sha256sum_lines",
+    "to_json",
+    "verify_manifest",
+    "verify_parts_index",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_SUFFIX = ".sig"
+SIGNATURE_NAME = MANIFEST_NAME + SIGNATURE_SUFFIX
+PARTS_INDEX_SUFFIX = ".parts.json"
+_RESERVED_MEMBERS = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- the models ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    pack_key: str
+    path: str  # relative POSIX path inside the pack's data directory: where the file goes
+    size: int
+    sha256: str
+    member: str  # the archive member that holds the bytes; never decides where they go
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    key: str  # install record key: pack id plus chosen options (whisper-model@model_size=base)
+    id: str
+    label: str
+    data_type: str
+    choices: dict[str, str]
+    update_schedule: str
+    fetched_at: str  # ISO 8601 UTC: when the data came from upstream; freshness counts from here
+    offline_steps: list[dict[str, Any]]
+    source: str
+    checksum_verified: bool  # False: hashed on the way in, not checked against a published checksum
+    tool_hint: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleManifest:
+    format_version: int = FORMAT_VERSION
+    bundle_id: str
+    created: str  # ISO 8601 UTC
+    expires: str | None  # ISO 8601 UTC
+    tool_version: str
+    signer_key_id: str | None
+    packs: tuple[PackEntry, ...]
+    files: tuple[FileEntry, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def files_for(self, pack_key: str) -> tuple[FileEntry, ...]:
+        return tuple(f for f in self.files if f.pack_key == pack_key)
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PartsIndex:
+    bundle_name: str  # OUT.tar.zst, the name the user passes around
+    parts: tuple[PartEntry, ...]  # OUT.tar.zst.001, .002, ... in order
+    total_size: int
+    signer_key_id: str | None = None
+    format_version: int = FORMAT_VERSION
+
+
+def part_name(bundle_name: str, number: int) -> str:
+    """part_name('out.tar.zst', 1) -> 'out.tar.zst.001' (numbers start at 1)."""
+    return f"{bundle_name}.{number:03d}"
+
+
+def parts_index_name(bundle_name: str) -> str:
+    return bundle_name + PARTS_INDEX_SUFFIX
+
+
+def format_timestamp(moment: datetime) -> str:
+    """An aware datetime -> '2024-05-01T12:00:00Z', the form manifests carry."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """ISO 8601 with a UTC offset of zero ('Z' or '+00:00') -> aware datetime. ValueError otherwise."""
+    moment = datetime.fromisoformat(text)
+    if moment.utcoffset() != timedelta(0):
+        raise ValueError("must be in UTC (end with 'Z' or '+00:00')")
+    return moment
+
+
+# --- JSON out -----------------------------------------------------------------------
+
+
+def to_json(obj: BundleManifest | PartsIndex) -> bytes:
+    """Deterministic UTF-8 JSON (sorted keys, newline at the end).
+
+    The result is validated by the same rules `parse_*` applies, so the bundler
+    can never write a manifest that sideload would refuse.
+    """
+    if isinstance(obj, BundleManifest):
+        doc, check = _manifest_doc(obj), _manifest_from_doc
+    elif isinstance(obj, PartsIndex):
+        doc, check = _parts_doc(obj), _parts_from_doc
+    else:
+        raise TypeError(f"to_json takes a BundleManifest or PartsIndex, not {type(obj).__name__}")
+    check(doc)
+    text = json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=2, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
+    return {
+        "format_version": m.format_version,
+        "bundle_id": m.bundle_id,
+        "created": m.created,
+        "expires": m.expires,
+        "tool_version": m.tool_version,
+        "signer_key_id": m.signer_key_id,
+        "packs": [
+            {
+                "key": p.key,
+                "id": p.id,
+                "label": p.label,
+                "data_type": p.data_type,
+                "choices": dict(p.choices),
+                "update_schedule": p.update_schedule,
+                "fetched_at": p.fetched_at,
+                "offline_steps": [dict(s) for s in p.offline_steps],
+                "source": p.source,
+                "checksum_verified": p.checksum_verified,
+                "tool_hint": p.tool_hint,
+            }
+            for p in m.packs
+        ],
+        "files": [
+            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member}
+            for f in m.files
+        ],
+    }
+
+
+def _parts_doc(index: PartsIndex) -> dict[str, Any]:
+    return {
+        "format_version": index.format_version,
+        "bundle_name": index.bundle_name,
+        "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in index.parts],
+        "total_size": index.total_size,
+        "signer_key_id": index.signer_key_id,
+    }
+
+
+def sha256sum_lines(entries: Iterable[tuple[str, str]]) -> str:
+    """[(name, sha256)] -> '<hex>  <name>\\n' lines that `sha256sum -c` reads."""
+    lines = []
+    for i, (name, digest) in enumerate(entries):
+        where = _Obj("sha256sum", f"[{i}]", {"name": name, "sha256": digest})
+        _check_file_name(where, "name", where.text("name"))
+        where.sha256("sha256")
+        lines.append(f"{digest}  {name}\n")
+    return "".join(lines)
+
+
+# --- JSON in ------------------------------------------------------------------------
+
+
+def parse_manifest(data: bytes) -> BundleManifest:
+    """Strict: refuses duplicate keys, unknown fields, wrong types and unsafe paths."""
+    return _manifest_from_doc(_load_json(data, MANIFEST_NAME))
+
+
+def parse_parts_index(data: bytes) -> PartsIndex:
+    return _parts_from_doc(_load_json(data, "parts index"))
+
+
+class _Obj:
+    """Typed reads from one JSON object, naming the document and field in every error."""
+
+    def __init__(self, doc: str, where: str, value: Any):
+        self.doc, self.where = doc, where
+        if not isinstance(value, dict):
+            raise self.fail(None, f"must be a JSON object, got {_json_type(value)}")
+        self.value = value
+
+    def name(self, key: str | None) -> str:
+        if key is None:
+            return self.where or "(top level)"
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str | None, problem: str) -> BundleStructureError:
+        return BundleStructureError(f"{self.doc}: field '{self.name(key)}': {problem}")
+
+    def only(self, *allowed: str) -> None:
+        missing = [k for k in allowed if k not in self.value]
+        if missing:
+            raise self.fail(missing[0], "missing")
+        extra = sorted(set(self.value) - set(allowed))
+        if extra:
+            raise self.fail(extra[0], "unknown field")
+
+    def get(self, key: str, *types: type, what: str) -> Any:
+        value = self.value[key]
+        # bool is an int in Python, never in our documents.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise self.fail(key, f"must be {what}, got {_json_type(value)}")
+        return value
+
+    def text(self, key: str, *, empty: bool = False) -> str:
+        value = self.get(key, str, what="a string")
+        if not empty and not value:
+            raise self.fail(key, "must not be empty")
+        if _CONTROL.search(value):
+            raise self.fail(key, "must not contain NUL or control characters")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return None if self.value[key] is None else self.text(key)
+
+    def integer(self, key: str, *, minimum: int = 0) -> int:
+        value = self.get(key, int, what="an integer")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        return self.get(key, bool, what="true or false")
+
+    def sha256(self, key: str) -> str:
+        value = self.get(key, str, what="a string")
+        if not _SHA256.match(value):
+            raise self.fail(key, "must be 64 lowercase hex digits (a sha256)")
+        return value
+
+    def key_id(self, key: str) -> str | None:
+        value = self.value[key]
+        if value is not None and not is_key_id(value):
+            raise self.fail(key, "must be null or 64 lowercase hex digits (a key id)")
+        return value
+
+    def timestamp(self, key: str) -> datetime:
+        text = self.text(key)
+        try:
+            return parse_timestamp(text)
+        except ValueError as exc:
+            raise self.fail(key, f"must be an ISO 8601 UTC time such as 2024-05-01T12:00:00Z: {exc}") from None
+
+    def array(self, key: str) -> list[Any]:
+        return self.get(key, list, what="an array")
+
+    def child(self, key: str, index: int | None = None) -> _Obj:
+        value = self.value[key] if index is None else self.value[key][index]
+        return _Obj(self.doc, self.name(key) + ("" if index is None else f"[{index}]"), value)
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+    }  # fmt: skip
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _load_json(data: bytes, doc: str) -> Any:
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleStructureError(f"{doc} is not UTF-8 text: {exc}") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicates(doc), parse_constant=_refuse_constant(doc))
+    except json.JSONDecodeError as exc:
+        raise BundleStructureError(f"{doc} is not valid JSON: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # absurd nesting, integers past Python's digit limit
+        raise BundleStructureError(f"{doc} cannot be read as JSON: {type(exc).__name__}: {exc}") from None
+
+
+def _refuse_duplicates(doc: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                # Two parsers could each pick a different copy: a signature over one meaning.
+                raise BundleStructureError(f"{doc}: duplicate key {key!r} in a JSON object")
+            result[key] = value
+        return result
+
+    return hook
+
+
+def _refuse_constant(doc: str):
+    def hook(name: str) -> Any:
+        raise BundleStructureError(f"{doc}: {name} is not valid JSON")
+
+    return hook
+
+
+def _check_format_version(top: _Obj) -> int:
+    if "format_version" not in top.value:
+        raise top.fail("format_version", "missing")
+    version = top.get("format_version", int, what="an integer")
+    if version != FORMAT_VERSION:
+        newer = " (made by a newer devops-cp: upgrade this one)" if version > FORMAT_VERSION else ""
+        raise top.fail("format_version", f"version {version} is not supported, this tool reads {FORMAT_VERSION}{newer}")
+    return version
+
+
+def _check_rel_path(obj: _Obj, key: str, path: str) -> None:
+    """A relative POSIX path in canonical form: it can only ever name a place below its root."""
+    if "\\" in path:
+        raise obj.fail(key, f"{path!r}: backslashes are not allowed")
+    if path.startswith("/"):
+        raise obj.fail(key, f"{path!r}: absolute paths are not allowed")
+    for part in path.split("/"):
+        if part == "..":
+            raise obj.fail(key, f"{path!r}: '..' is not allowed")
+        if part in ("", "."):
+            raise obj.fail(key, f"{path!r}: empty or '.' path components are not allowed")
+
+
+def _check_file_name(obj: _Obj, key: str, name: str) -> None:
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise obj.fail(key, f"{name!r}: must be a plain file name")
+
+
+def _manifest_from_doc(doc: Any) -> BundleManifest:
+    top = _Obj(MANIFEST_NAME, "", doc)
+    version = _check_format_version(top)
+    top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files")
+    created = top.timestamp("created")
+    if top.value["expires"] is not None and top.timestamp("expires") <= created:
+        raise top.fail("expires", "must be later than 'created'")
+    packs = tuple(_pack_from_doc(top.child("packs", i)) for i in range(len(top.array("packs"))))
+    files = tuple(_file_from_doc(top.child("files", i)) for i in range(len(top.array("files"))))
+    _check_packs_and_files(top, packs, files)
+    return BundleManifest(
+        format_version=version,
+        bundle_id=top.text("bundle_id"),
+        created=top.value["created"],
+        expires=top.value["expires"],
+        tool_version=top.text("tool_version"),
+        signer_key_id=top.key_id("signer_key_id"),
+        packs=packs,
+        files=files,
+    )
+
+
+def _pack_from_doc(p: _Obj) -> PackEntry:
+    p.only(
+        "key", "id", "label", "data_type", "choices", "update_schedule", "fetched_at",
+        "offline_steps", "source", "checksum_verified", "tool_hint",
+    )  # fmt: skip
+    choices = p.child("choices")
+    for name, value in choices.value.items():
+        if not name or not isinstance(value, str):
+            raise choices.fail(name, f"choices map a name to a string, got {_json_type(value)}")
+    steps = p.array("offline_steps")
+    for i in range(len(steps)):
+        p.child("offline_steps", i)  # each step is an object; its fields are the recipe's business
+    p.timestamp("fetched_at")
+    return PackEntry(
+        key=p.text("key"),
+        id=p.text("id"),
+        label=p.text("label", empty=True),
+        data_type=p.text("data_type"),
+        choices=dict(choices.value),
+        update_schedule=p.text("update_schedule"),
+        fetched_at=p.value["fetched_at"],
+        offline_steps=list(steps),
+        source=p.text("source", empty=True),
+        checksum_verified=p.boolean("checksum_verified"),
+        tool_hint=p.text("tool_hint", empty=True),
+    )
+
+
+def _file_from_doc(f: _Obj) -> FileEntry:
+    f.only("pack_key", "path", "size", "sha256", "member")
+    path, member = f.text("path"), f.text("member")
+    _check_rel_path(f, "path", path)
+    _check_rel_path(f, "member", member)
+    if member in _RESERVED_MEMBERS:
+        raise f.fail("member", f"{member!r} is reserved for the manifest and its signature")
+    return FileEntry(
+        pack_key=f.text("pack_key"), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member
+    )
+
+
+def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple[FileEntry, ...]) -> None:
+    keys: set[str] = set()
+    for i, pack in enumerate(packs):
+        if pack.key in keys:
+            raise top.fail(f"packs[{i}].key", f"duplicate pack key {pack.key!r}")
+        keys.add(pack.key)
+    seen_paths: set[tuple[str, str]] = set()
+    members: set[str] = set()
+    for i, entry in enumerate(files):
+        where = f"files[{i}]"
+        if entry.pack_key not in keys:
+            raise top.fail(f"{where}.pack_key", f"{entry.pack_key!r} names no pack in 'packs'")
+        if (entry.pack_key, entry.path) in seen_paths:
+            raise top.fail(f"{where}.path", f"duplicate path {entry.path!r} in pack {entry.pack_key!r}")
+        seen_paths.add((entry.pack_key, entry.path))
+        if entry.member in members:
+            raise top.fail(f"{where}.member", f"duplicate archive member {entry.member!r}")
+        members.add(entry.member)
+    # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once.
+    for pack_key, path in seen_paths:
+        parts = path.split("/")
+        for n in range(1, len(parts)):
+            if (pack_key, "/".join(parts[:n])) in seen_paths:
+                parent = "/".join(parts[:n])
+                raise top.fail("files", f"{parent!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
+
+
+def _parts_from_doc(doc: Any) -> PartsIndex:
+    top = _Obj("parts index", "", doc)
+    version = _check_format_version(top)
+    top.only("format_version", "bundle_name", "parts", "total_size", "signer_key_id")
+    bundle_name = top.text("bundle_name")
+    _check_file_name(top, "bundle_name", bundle_name)
+    parts = []
+    for i in range(len(top.array("parts"))):
+        p = top.child("parts", i)
+        p.only("name", "size", "sha256")
+        expected = part_name(bundle_name, i + 1)
+        if p.text("name") != expected:
+            raise p.fail("name", f"part {i + 1} must be named {expected!r}, got {p.value['name']!r}")
+        parts.append(PartEntry(name=expected, size=p.integer("size", minimum=1), sha256=p.sha256("sha256")))
+    if not parts:
+        raise top.fail("parts", "must list at least one part")
+    total = top.integer("total_size")
+    if total != sum(p.size for p in parts):
+        raise top.fail("total_size", f"is {total}, but the parts add up to {sum(p.size for p in parts)}")
+    return PartsIndex(
+        bundle_name=bundle_name, parts=tuple(parts), total_size=total,
+        signer_key_id=top.key_id("signer_key_id"), format_version=version,
+    )  # fmt: skip
+
+
+# --- verification: pure -------------------------------------------------------------
+
+
+def verify_manifest(
+    manifest_bytes: bytes,
+    signature: bytes | None,
+    trusted_keys: Iterable[Ed25519PublicKey],
+    *,
+    allow_unsigned: bool,
+    now: datetime,
+    allow_expired: bool,
+) -> tuple[BundleManifest, str | None]:
+    """Check the signature over the exact bytes, then parse, then apply the policy.
+
+    Returns the manifest and the id of the trusted key that signed it (None
+    when unsigned and `allow_unsigned`). No I/O: the caller reads the archive,
+    the trust store and the clock.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    signer = _check_signature(manifest_bytes, signature, trusted_keys, allow_unsigned, "bundle", SIGNATURE_NAME)
+    manifest = parse_manifest(manifest_bytes)
+    _check_claimed_signer(MANIFEST_NAME, manifest.signer_key_id, signer)
+    if manifest.expires is not None and not allow_expired:
+        expires = parse_timestamp(manifest.expires)
+        if expires <= now:
+            raise PolicyError(
+                f"bundle {manifest.bundle_id} expired at {manifest.expires} (now {format_timestamp(now)})",
+                hint="make a fresh bundle, or pass --allow-expired to use this one anyway",
+            )
+    return manifest, signer
+
+
+def verify_parts_index(
+    index_bytes: bytes,
+    signature: bytes | None,
+    trusted_keys: Iterable[Ed25519PublicKey],
+    *,
+    allow_unsigned: bool,
+) -> tuple[PartsIndex, str | None]:
+    """The parts index is what covers every part with the signature: same rules as the manifest."""
+    signer = _check_signature(index_bytes, signature, trusted_keys, allow_unsigned, "parts index", "its .sig file")
+    index = parse_parts_index(index_bytes)
+    _check_claimed_signer("parts index", index.signer_key_id, signer)
+    return index, signer
+
+
+def _check_signature(
+    data: bytes,
+    signature: bytes | None,
+    trusted_keys: Iterable[Ed25519PublicKey],
+    allow_unsigned: bool,
+    what: str,
+    sig_name: str,
+) -> str | None:
+    claimed = _peek_signer(data)
+    if signature is None:
+        if allow_unsigned:
+            return None
+        stripped = f", although it names signer key {claimed}: its signature may have been removed" if claimed else ""
+        raise PolicyError(
+            f"{what} is not signed ({sig_name} is missing){stripped}",
+            hint="pass --allow-unsigned to use an unsigned bundle anyway",
+        )
+    # A bad signature is never "unsigned": --allow-unsigned does not excuse it.
+    return verify_signature(data, signature, trusted_keys, claimed_key_id=claimed)
+
+
+_SIGNER_FIELD = re.compile(rb'"signer_key_id"\s*:\s*"([0-9a-f]{64})"')
+
+
+def _peek_signer(data: bytes) -> str | None:
+    """The signer the unverified bytes claim, for error messages only; decides nothing.
+
+    A regex rather than a JSON parse, so that nothing reads the document's
+    structure before its signature has verified.
+    """
+    found = _SIGNER_FIELD.findall(data)
+    return found[0].decode("ascii") if len(found) == 1 else None
+
+
+def _check_claimed_signer(doc: str, claimed: str | None, signer: str | None) -> None:
+    if signer is not None and claimed != signer:
+        names = f"names signer key {claimed}" if claimed else "names no signer key"
+        raise SignatureError(
+            f"{doc} {names} but was signed by trusted key {signer}",
+            hint="the bundle was made inconsistently; make it again",
+        )
