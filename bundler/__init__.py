@@ -1,0 +1,1 @@
+"""Online side: fetch packs through the executor and write one signed archive."""

@@ -1,0 +1,384 @@
+"""`devops-cp data ...`: parsing and rendering only; the work is in executor/, bundler/, sideload/."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from devops_cp import __version__
+from devops_cp.app import App
+from devops_cp.render import progress_renderer
+from executor.engine import LocalSource, never_confirm
+from executor.http import parse_sha256sum
+from manifests.errors import DataPackError, NetworkError, UsageError
+from manifests.plan import Plan
+from manifests.units import fmt_size
+
+PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
+
+
+def emit_json(document) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def reports_errors(func):
+    """Typed errors become a clear message and their exit code; --json also gets a JSON error."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DataPackError as exc:
+            if kwargs.get("as_json"):
+                emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}})
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="devops-cp")
+def main() -> None:
+    """devops-cp: tools for a DevOps control panel."""
+
+
+@main.group()
+def data() -> None:
+    """Data packs: vulnerability DBs, ML models, GeoIP, fonts... online, bundled, or sideloaded."""
+
+
+# --- list / info -----------------------------------------------------------------------
+
+
+def _catalog_errors(app: App) -> None:
+    for error in app.catalog.errors:
+        click.echo(f"warning: skipped a bad recipe: {error}", err=True)
+
+
+@data.command("list")
+@json_option
+@reports_errors
+def list_packs(as_json: bool) -> None:
+    """List the packs in the catalog."""
+    app = App()
+    _catalog_errors(app)
+    installed = {r.pack_id for r in app.store.records()}
+    rows = [
+        {
+            "id": r.id,
+            "label": r.label,
+            "category": r.category,
+            "data_type": r.data_type,
+            "size_estimate_mb": r.size_estimate_mb,
+            "update_schedule": r.update_schedule,
+            "choices": {c.id: [o.value for o in c.options] for c in r.choices},
+            "installed": r.id in installed,
+        }
+        for r in sorted(app.catalog.recipes.values(), key=lambda r: r.id)
+    ]
+    if as_json:
+        emit_json({"packs": rows, "errors": [str(e) for e in app.catalog.errors]})
+        return
+    for row in rows:
+        size = f"~{row['size_estimate_mb']:g} MB" if row["size_estimate_mb"] else ""
+        mark = "*" if row["installed"] else " "
+        choices = "; ".join(f"{k}: {'/'.join(v)}" for k, v in row["choices"].items())
+        click.echo(f"{mark} {row['id']:<22} {row['label']:<34} {row['data_type']:<17} {size:>10}  {choices}")
+
+
+def _describe_step(step) -> str:
+    if step.type == "download":
+        check = step.checksum or (f"checksum from {step.checksum_url}" if step.checksum_url else "no published checksum")
+        extract = f", extract {step.extract} into {step.dest}/" if step.extract else f" -> {step.dest}"
+        return f"download {step.url}{extract} ({check})"
+    if step.type == "local_copy":
+        return f"copy {step.source or '--source FILE'} -> {step.dest}" + (f" (extract {step.extract})" if step.extract else "")
+    if step.type == "oci_artifact":
+        refs = ", ".join((step.ref, *step.fallback_refs))
+        return f"pull OCI artifact {refs} (layer {step.layer_media_type}) -> {step.dest}/"
+    return "run " + " ".join(step.command) + (f" (captures {', '.join(step.produces)})" if step.produces else "")
+
+
+@data.command()
+@click.argument("pack")
+@json_option
+@reports_errors
+def info(pack: str, as_json: bool) -> None:
+    """Show a pack: choices, where it installs, how it is fetched and how it installs offline."""
+    app = App()
+    pack_id = pack.partition(":")[0]
+    recipe = app.catalog.get(pack_id)
+    hardware = app.hardware
+    from manifests.plan import resolve
+
+    variants = []
+    options = recipe.choices[0].options if recipe.choices else [None]
+    for option in options:
+        choice = {recipe.choices[0].id: option.value} if option else {}
+        online = resolve(recipe, choice, hardware, mode="bundle")  # bundle mode never refuses for hardware
+        direct = resolve(recipe, choice, hardware, mode="bundle" if option and option.gpu_vendor else "install", force=True)
+        usable = not (option and option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
+        variants.append(
+            {
+                "option": option.value if option else None,
+                "label": option.label if option else recipe.label,
+                "description": option.description if option else "",
+                "available_here": usable,
+                "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
+                "min_vram_mb": option.min_vram_mb if option else None,
+                "direct_install": [_describe_step(s) for s in direct.steps if direct is not None],
+                "bundle_fetch": [_describe_step(s) for s in online.steps],
+                "offline_install": ["place the bundled files, verified by sha256"] + [_describe_step(s) for s in online.offline_steps],
+            }
+        )
+    document = {
+        "id": recipe.id,
+        "label": recipe.label,
+        "description": recipe.description,
+        "category": recipe.category,
+        "data_type": recipe.data_type,
+        "data_dir": str(app.store.data_dir(recipe.data_type)),
+        "update_schedule": recipe.update_schedule,
+        "size_estimate_mb": recipe.size_estimate_mb,
+        "size_warning_mb": recipe.size_warning_mb,
+        "requires": {"tools": list(recipe.requires.tools), "packages_pip": list(recipe.requires.packages_pip), "network": recipe.requires.network},
+        "choice": recipe.choices[0].id if recipe.choices else None,
+        "variants": variants,
+        "gpu": [g.name for g in hardware.gpus],
+        "recipe_file": recipe.source,
+    }
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(f"{recipe.label} ({recipe.id})")
+    if recipe.description:
+        click.echo(f"  {recipe.description}")
+    click.echo(f"  data type: {recipe.data_type} -> {document['data_dir']}")
+    click.echo(f"  updates: {recipe.update_schedule}; size: ~{recipe.size_estimate_mb or '?'} MB")
+    for v in variants:
+        head = f"  [{document['choice']}={v['option']}] {v['label']}" if v["option"] else "  install"
+        if not v["available_here"]:
+            head += f"  (not here: {v['why_not']})"
+        click.echo(head)
+        for title, key in (("online", "direct_install"), ("bundle fetches", "bundle_fetch"), ("offline", "offline_install")):
+            for line in v[key]:
+                click.echo(f"      {title}: {line}")
+
+
+# --- install -----------------------------------------------------------------------------
+
+
+def _confirm_on_terminal(yes: bool):
+    if yes:
+        return lambda plan, size, times: True
+    if not sys.stdin.isatty():
+        return never_confirm
+
+    def ask(plan: Plan, size: int, times: dict) -> bool:
+        estimate = ", ".join(f"{k}: {v}" for k, v in times.items())
+        click.echo(f"{plan.pack_id} is {fmt_size(size)} ({estimate}).", err=True)
+        return click.confirm("Download it?", default=False, err=True)
+
+    return ask
+
+
+def _read_checksum(checksum: str | None, checksum_file: Path | None, source: Path | None) -> str | None:
+    if checksum:
+        algo, _, digest = checksum.partition(":")
+        if algo != "sha256" or len(digest) != 64:
+            raise UsageError(f"invalid checksum {checksum!r}", hint="write sha256:<64 hex digits>")
+        return digest.lower()
+    if checksum_file:
+        try:
+            return parse_sha256sum(checksum_file.read_text(), source.name if source else None)
+        except NetworkError as exc:  # the parser's "no entry" error, in a local file
+            raise UsageError(f"{checksum_file}: {exc.message}") from exc
+    return None
+
+
+def _record_json(record) -> dict:
+    data = record.to_json()
+    data["size_bytes"] = record.size
+    return data
+
+
+def _print_outcomes(outcomes, as_json: bool) -> int:
+    exit_code = 0
+    results = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            exit_code = exit_code or outcome.error.exit_code
+            results.append({"pack": outcome.plan.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint})
+            click.echo(f"error: {outcome.plan.key}: {outcome.error}", err=True)
+        else:
+            record = outcome.record
+            results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": list(outcome.plan.warnings) + outcome.notes})
+            if not as_json:
+                click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
+    if as_json:
+        emit_json({"ok": exit_code == 0, "results": results})
+    return exit_code
+
+
+@data.command()
+@click.argument("packs", nargs=-1, required=True)
+@click.option("-c", "--choice", "choices", multiple=True, metavar="KEY=VALUE", help="A choice, e.g. -c model_size=base (repeatable).")
+@click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
+@click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
+@click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
+@click.option("--checksum", help="sha256:HEX that --source must match.")
+@click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
+@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@json_option
+@reports_errors
+def install(packs, choices, yes, force, source, checksum, checksum_file, progress, as_json) -> None:
+    """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
+    app = App()
+    if source is not None and _is_bundle(source):
+        from sideload.cli_support import install_from_bundle  # a bundle: verify and sideload
+
+        sys.exit(install_from_bundle(app, source, packs, yes=yes, force=force, as_json=as_json, progress=progress))
+    plans = [app.plan(p, choices, force=force) for p in packs]
+    if source is not None and len(plans) != 1:
+        raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
+    for plan in plans:
+        for warning in plan.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
+    with progress_renderer(progress) as listener:
+        engine = app.engine(listener)
+        try:
+            outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local)
+        finally:
+            engine.close()
+    sys.exit(_print_outcomes(outcomes, as_json))
+
+
+def _is_bundle(path: Path) -> bool:
+    """By content, not extension: a bundle (or its first part) starts with its manifest."""
+    try:
+        from bundler.archive import looks_like_bundle
+    except ImportError:
+        return False
+    return looks_like_bundle(path)
+
+
+# --- status / check-updates / remove --------------------------------------------------------
+
+
+@data.command()
+@json_option
+@reports_errors
+def status(as_json: bool) -> None:
+    """Installed packs and disk usage per data directory and per pack."""
+    app = App()
+    records = app.store.records()
+    document = {
+        "packs": [
+            {
+                "key": r.key,
+                "pack": r.pack_id,
+                "label": r.label,
+                "choices": r.choices,
+                "data_type": r.data_type,
+                "data_dir": r.data_dir,
+                "files": len(r.files),
+                "size_bytes": r.size,
+                "size_human": fmt_size(r.size),
+                "installed_at": r.installed_at,
+                "fetched_at": r.fetched_at,
+                "source": r.source,
+                "checksum_verified": r.checksum_verified,
+            }
+            for r in records
+        ],
+        "data_dirs": [{**u, "size_human": fmt_size(u["size_bytes"])} for u in app.store.usage()],
+    }
+    if as_json:
+        emit_json(document)
+        return
+    if not records:
+        click.echo("no packs installed")
+    for p in document["packs"]:
+        click.echo(f"{p['key']:<40} {p['size_human']:>10}  {p['files']} file(s)  fetched {p['fetched_at']}  {p['data_dir']}")
+    for u in document["data_dirs"]:
+        click.echo(f"  {u['path']}: {u['size_human']}")
+
+
+@data.command("check-updates")
+@json_option
+@reports_errors
+def check_updates(as_json: bool) -> None:
+    """Which packs are stale, never downloaded, or due when."""
+    app = App()
+    rows, warnings = [], []
+    for recipe in sorted(app.catalog.recipes.values(), key=lambda r: r.id):
+        records = app.store.records_for_pack(recipe.id)
+        for record in records or [None]:
+            fresh = app.store.freshness(record, recipe.schedule_seconds)
+            rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **fresh})
+        if not records and recipe.tool_hint:
+            warnings.append(recipe.tool_hint)
+    document = {"packs": rows, "warnings": warnings}
+    if as_json:
+        emit_json(document)
+        return
+    for row in rows:
+        if row["reason"] == "never downloaded":
+            state = "never downloaded"
+        elif row["stale"]:
+            state = f"STALE (fetched {row['fetched_at']})"
+        elif "next_update_seconds" in row:
+            state = f"fresh, next update in {row['next_update_seconds'] // 3600}h"
+        else:
+            state = "manual"
+        click.echo(f"{row['key']:<40} {row['schedule']:<8} {state}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@data.command()
+@click.argument("pack")
+@json_option
+@reports_errors
+def remove(pack: str, as_json: bool) -> None:
+    """Delete only this pack's files (all its installed variants, or PACK:KEY=VALUE for one)."""
+    app = App()
+    records = app.records_matching(pack)
+    if not records:
+        raise UsageError(f"{pack} is not installed", hint="`devops-cp data status` lists what is")
+    engine = app.engine()
+    for record in records:
+        engine.remove(record)
+    if as_json:
+        emit_json({"ok": True, "removed": [r.key for r in records]})
+    else:
+        for r in records:
+            click.echo(f"removed {r.key} ({fmt_size(r.size)})")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live beside this file, kept out of it so it stays short."""
+    from devops_cp import demo
+
+    data.add_command(demo.demo)
+    for module in ("devops_cp.bundle_cli", "devops_cp.web_cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(main, data)
+
+
+_register_optional_commands()

@@ -1,0 +1,1 @@
+"""Runs plans: the one place where bytes move, and the store they land in."""

@@ -1,0 +1,105 @@
+"""The config file: $DEVOPS_CP_CONFIG, else $XDG_CONFIG_HOME/devops-cp/config.toml.
+
+Keys: catalog_dirs, max_parallel_downloads, [data_dirs], [mirrors],
+[credentials.NAME] (username, password), [web] (token, bundle_dirs).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from manifests.errors import ConfigError
+
+APP = "devops-cp"
+KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "data_dirs", "mirrors", "credentials", "web", "lock_timeout"}
+
+
+def config_dir() -> Path:
+    return platformdirs.user_config_path(APP, appauthor=False)
+
+
+def state_dir() -> Path:
+    return platformdirs.user_state_path(APP, appauthor=False)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("DEVOPS_CP_CONFIG") or config_dir() / "config.toml")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    catalog_dirs: tuple[Path, ...] = ()
+    max_parallel_downloads: int = 2
+    data_dirs: dict[str, Path] = field(default_factory=dict)
+    mirrors: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+    web: dict = field(default_factory=dict)
+    lock_timeout: float = 60.0
+
+    def env_catalog_dirs(self) -> list[Path]:
+        """DEVOPS_CP_CATALOG (os.pathsep-separated) first, then catalog_dirs."""
+        from_env = [Path(p).expanduser() for p in os.environ.get("DEVOPS_CP_CATALOG", "").split(os.pathsep) if p]
+        return from_env + list(self.catalog_dirs)
+
+
+def _fail(path: Path, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path}: '{key}' {problem}", hint="fix the config file or set DEVOPS_CP_CONFIG to another one")
+
+
+def _str_table(path: Path, data: dict, key: str) -> dict[str, str]:
+    table = data.get(key, {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise _fail(path, key, "must be a table of strings")
+    return table
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    if not path.exists():
+        return Config(path=path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise _fail(path, unknown[0], f"is not a known key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    parallel = data.get("max_parallel_downloads", 2)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise _fail(path, "max_parallel_downloads", "must be a whole number of at least 1")
+    catalog_dirs = data.get("catalog_dirs", [])
+    if not isinstance(catalog_dirs, list) or not all(isinstance(d, str) for d in catalog_dirs):
+        raise _fail(path, "catalog_dirs", "must be a list of directory paths")
+    credentials = data.get("credentials", {})
+    if not isinstance(credentials, dict) or not all(isinstance(v, dict) for v in credentials.values()):
+        raise _fail(path, "credentials", "must hold tables such as [credentials.maxmind]")
+    web = data.get("web", {})
+    if not isinstance(web, dict):
+        raise _fail(path, "web", "must be a table")
+    lock_timeout = data.get("lock_timeout", 60.0)
+    if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
+        raise _fail(path, "lock_timeout", "must be a number of seconds")
+    return Config(
+        path=path,
+        catalog_dirs=tuple(Path(d).expanduser() for d in catalog_dirs),
+        max_parallel_downloads=parallel,
+        data_dirs={k: Path(v).expanduser() for k, v in _str_table(path, data, "data_dirs").items()},
+        mirrors=_str_table(path, data, "mirrors"),
+        credentials=credentials,
+        web=web,
+        lock_timeout=float(lock_timeout),
+    )
+
+
+def rewrite_url(url: str, mirrors: dict[str, str]) -> str:
+    """The longest matching prefix wins, so a site can map one host or one path."""
+    for prefix in sorted(mirrors, key=len, reverse=True):
+        if url.startswith(prefix):
+            return mirrors[prefix] + url[len(prefix):]
+    return url

@@ -1,0 +1,67 @@
+"""Making files durable before they become visible.
+
+`syncfs` (one filesystem sync for a whole pack) is the fast path on Linux;
+per-file fsync is the plain path, used where syncfs is missing and under pyfakefs,
+which cannot see syncfs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+from typing import Iterable
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fsync_path(path)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+
+
+def syncfs(path: Path) -> bool:
+    """Flush the whole filesystem holding `path`; False where that is not possible."""
+    if _syncfs is None or not _is_real_path(path):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def _is_real_path(path: Path) -> bool:
+    # pyfakefs patches os but not libc: a fake path must take the plain route.
+    return getattr(os.open, "__module__", "") in ("posix", "nt")
+
+
+def sync_files(root: Path, files: Iterable[Path], *, use_syncfs: bool = True) -> None:
+    """Every staged file of a pack on disk: one syncfs, else one fsync per file."""
+    if use_syncfs and syncfs(root):
+        return
+    for path in files:
+        fsync_path(path)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Small metadata files (records, journals): temp file, fsync, rename, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

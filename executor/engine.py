@@ -1,0 +1,198 @@
+"""The executor: decide first (pre-flight), then act (stage, verify, commit).
+
+Direct install, bundle and sideload all run through `Engine`: `stage()` runs a
+plan's steps into a pack transaction, `commit()` makes a staged pack visible with
+its install record. Bundling stages without committing; sideloading stages from an
+archive instead of the network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from executor import steps as step_types
+from executor.config import Config
+from executor.events import Listener, LockedListener, Notice, ignore
+from executor.http import HttpSettings, make_client
+from executor.preflight import check_space, check_tools
+from executor.store import InstallRecord, Store, now_iso
+from executor.txn import PackTransaction, prune_empty_parents, recover
+from manifests.errors import ConfirmationRequired, DataPackError, UsageError
+from manifests.plan import Plan
+from manifests.units import estimated_times, fmt_size
+
+# confirm(plan, size_bytes, estimated_times) -> True to go ahead
+Confirm = Callable[[Plan, int, dict], bool]
+
+
+def never_confirm(plan: Plan, size: int, times: dict) -> bool:
+    raise ConfirmationRequired(
+        f"{plan.pack_id} is a large download ({fmt_size(size)}; "
+        + ", ".join(f"{k}: {v}" for k, v in times.items())
+        + ") and there is no terminal to ask",
+        hint="pass --yes to go ahead",
+    )
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    record: InstallRecord | None = None
+    error: DataPackError | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LocalSource:
+    """`install PACK --source FILE`: the step's input comes from this file."""
+
+    path: Path
+    sha256: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        listener: Listener = ignore,
+        settings: HttpSettings = HttpSettings(),
+        transport: httpx.BaseTransport | None = None,
+        python: str = sys.executable,
+        use_syncfs: bool = True,
+    ):
+        self.store = store
+        self.config: Config = store.config
+        self.listener = LockedListener(listener)
+        self.settings = settings
+        self.transport = transport
+        self.python = python
+        self.use_syncfs = use_syncfs
+        self._client: httpx.Client | None = None
+
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = make_client(self.settings, self.transport)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def step_context(self) -> step_types.StepContext:
+        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python)
+
+    # --- decide -------------------------------------------------------------------------
+
+    def preflight(self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False) -> None:
+        """Everything that can refuse before the first byte: writable, space, tools, size warning."""
+        needed: dict[Path, int] = {}
+        for plan in plans:
+            data_dir = self.store.data_dir(plan.recipe.data_type)
+            self.store.ensure_writable(data_dir)
+            tools = [t for t in plan.recipe.requires.tools if t not in ("python", "python3")]
+            tools += [s.command[0] for s in plan.steps if s.type == "tool_command" and not s.command[0].startswith("{")]
+            check_tools(sorted(set(tools)), plan.pack_id)
+            needed[data_dir] = needed.get(data_dir, 0) + sum(
+                (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
+            )
+            size = plan.size_estimate_bytes
+            if not local and size > plan.recipe.size_warning_mb * 10**6 and not confirm(plan, size, estimated_times(size)):
+                raise ConfirmationRequired(f"{plan.pack_id}: not confirmed, nothing was downloaded")
+        for data_dir, size in needed.items():
+            check_space(data_dir, size)
+
+    # --- act ----------------------------------------------------------------------------
+
+    def stage(self, plan: Plan, txn: PackTransaction, source: LocalSource | None = None) -> list[step_types.StepOutcome]:
+        """Run the plan's steps into `txn`; nothing becomes visible here."""
+        ctx = self.step_context()
+        values = {"data_dir": str(txn.files_root), "python": self.python, "pack": plan.pack_id}
+        outcomes = []
+        for index, step in enumerate(plan.steps):
+            if source is not None and step.type in ("download", "local_copy"):
+                expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
+                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
+            elif step.type == "download":
+                outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
+            elif step.type == "local_copy":
+                if not step.source:
+                    raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
+                path = Path(step_types.expand_runtime(step.source, values)).expanduser()
+                expected = step.checksum.split(":", 1)[1] if step.checksum else None
+                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
+            elif step.type == "tool_command":
+                outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
+            else:
+                outcomes.append(self.run_extension_step(plan, index, step, txn))
+        return outcomes
+
+    def run_extension_step(self, plan: Plan, index: int, step, txn: PackTransaction) -> step_types.StepOutcome:
+        from executor import oci  # registry artifacts: imported only when a recipe uses them
+
+        return oci.run_oci_artifact(self.step_context(), plan.key, index, step, txn)
+
+    def commit(self, plan: Plan, txn: PackTransaction, outcomes: list[step_types.StepOutcome], *, fetched_at: str | None = None, source: str | None = None, bundle_created: str | None = None) -> InstallRecord:
+        data_dir = txn.data_dir
+        record = InstallRecord(
+            key=plan.key,
+            pack_id=plan.pack_id,
+            label=plan.recipe.label,
+            data_type=plan.recipe.data_type,
+            data_dir=str(data_dir),
+            choices=dict(plan.choices),
+            files=[],
+            source=source or ", ".join(o.source for o in outcomes if o.source),
+            installed_at=now_iso(),
+            fetched_at=fetched_at or now_iso(),
+            checksum_verified=all(o.checksum_verified for o in outcomes),
+            update_schedule=plan.recipe.update_schedule,
+            bundle_created=bundle_created,
+        )
+        txn.commit(record, self.store.read_record(plan.key), use_syncfs=self.use_syncfs)
+        return record
+
+    def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
+        """Direct install: several packs download at most max_parallel_downloads at a time."""
+        self.preflight(plans, confirm, local=source is not None)
+        data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
+        with self.store.locked(data_dirs):
+            for data_dir in data_dirs:
+                for note in recover(self.store, data_dir):
+                    self.listener(Notice("", "info", note))
+            workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(lambda plan: self._install_one(plan, source), plans))
+
+    def _install_one(self, plan: Plan, source: LocalSource | None) -> Outcome:
+        data_dir = self.store.data_dir(plan.recipe.data_type)
+        try:
+            with PackTransaction(self.store, data_dir, plan.key) as txn:
+                outcomes = self.stage(plan, txn, source)
+                record = self.commit(plan, txn, outcomes)
+        except DataPackError as exc:
+            return Outcome(plan, error=exc)
+        notes = [n for o in outcomes for n in o.notes]
+        for note in notes:
+            self.listener(Notice(plan.key, "warning", note))
+        return Outcome(plan, record=record, notes=notes)
+
+    def remove(self, record: InstallRecord) -> None:
+        """Deletes only that pack's files, then its record."""
+        data_dir = Path(record.data_dir)
+        with self.store.locked([data_dir]):
+            for f in record.files:
+                path = data_dir / f.path
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+                prune_empty_parents(path.parent, data_dir)
+            self.store.delete_record(record.key)

@@ -1,0 +1,260 @@
+"""Resumable HTTP downloads over httpx.
+
+A download writes into a partial file (with a small `.json` beside it naming the URL
+and the validator, ETag or Last-Modified). A dropped connection or a stall is retried
+with backoff and resumed with Range + If-Range; re-running the command after a kill
+resumes from the partial file. A server that answers 200 to a Range request, whose
+validator changed, or whose Content-Range starts elsewhere restarts the file from zero.
+httpx errors are translated to ours here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+
+from executor.events import Meter
+from executor.transfer import Copy, hash_file
+from manifests.errors import ChecksumMismatch, NetworkError
+
+VERSION = "0.1.0"
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout: float = 30.0
+    stall_timeout: float = 60.0  # no byte for this long: retry and resume (a slow body that moves is fine)
+    retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    deadline: float | None = None  # overall seconds for one file; the partial file stays resumable
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+
+def _refuse_odd_redirects(response: httpx.Response) -> None:
+    if response.has_redirect_location:
+        target = response.url.join(response.headers["location"])
+        if target.scheme not in ("http", "https"):
+            raise NetworkError(
+                f"{response.url} redirects to {target.scheme}:// ({target}), which is refused",
+                hint="only http and https redirects are followed; check the URL or the mirror",
+            )
+
+
+def make_client(settings: HttpSettings = HttpSettings(), transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """Honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE (httpx's trust_env)."""
+    timeout = httpx.Timeout(settings.stall_timeout, connect=settings.connect_timeout)
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=True,
+        max_redirects=10,
+        transport=transport,
+        headers={"User-Agent": f"devops-cp/{VERSION}", "Accept-Encoding": "identity"},
+        event_hooks={"response": [_refuse_odd_redirects]},
+    )
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.wait = wait
+
+
+class _Restart(Exception):
+    """Throw the partial file away and start again from byte 0."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    parsed = email.utils.parsedate_to_datetime(value)
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def _status_error(response: httpx.Response) -> NetworkError:
+    code = response.status_code
+    hints = {
+        401: "the server wants credentials: set them in the config file's [credentials] or the recipe's environment variables",
+        403: "access was refused: check the credentials or the URL",
+        404: "the file is not there: the recipe's URL may be outdated, or a mirror lacks it",
+    }
+    return NetworkError(f"{response.url}: HTTP {code} {response.reason_phrase}", hint=hints.get(code))
+
+
+@dataclass
+class Download:
+    """One file fetched into `partial`; call `run()`."""
+
+    client: httpx.Client
+    url: str
+    partial: Path
+    what: str
+    settings: HttpSettings = HttpSettings()
+    meter: Meter | None = None
+    size_cap: int | None = None  # exact size from the recipe or the OCI descriptor
+    auth: httpx.Auth | None = None
+    space_check: Callable[[int], None] = lambda remaining: None
+    _copy: Copy | None = None
+
+    @property
+    def meta_path(self) -> Path:
+        return self.partial.with_name(self.partial.name + ".json")
+
+    def discard(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+        self._copy = None
+
+    def _resume_state(self) -> tuple[int, str | None]:
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("url") != self.url or not self.partial.exists():
+            self.discard()
+            return 0, None
+        return self.partial.stat().st_size, meta.get("validator")
+
+    def _copy_at(self, offset: int) -> Copy:
+        """The running hash of the first `offset` bytes, kept in memory between attempts."""
+        if self._copy is None or self._copy.done != offset:
+            self._copy = hash_file(self.partial) if offset else Copy(None, what=self.what)
+        self._copy.meter, self._copy.limit = self.meter, None
+        return self._copy
+
+    def run(self, expected_sha256: str | None) -> Copy:
+        """Fetch until complete, then check the hash. A mismatch deletes the partial file."""
+        deadline = time.monotonic() + self.settings.deadline if self.settings.deadline else None
+        failures = restarts = 0
+        while True:
+            try:
+                copy = self._attempt(deadline)
+                break
+            except _Restart:
+                restarts += 1
+                self.discard()
+                if restarts > self.settings.retries:
+                    raise NetworkError(f"{self.url}: the server keeps answering ranges wrongly") from None
+            except (httpx.TransportError, _Retry) as exc:
+                failures += 1
+                if failures > self.settings.retries:
+                    raise NetworkError(
+                        f"download of {self.url} failed after {failures} attempts: {exc or type(exc).__name__}",
+                        hint="the partial file is kept: run the same command again to resume",
+                    ) from exc
+                wait = getattr(exc, "wait", None)
+                backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (failures - 1))
+                self.settings.sleep(min(wait, 300.0) if wait is not None else backoff)
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"download of {self.url} failed: {exc}") from exc
+        try:
+            copy.check(expected_sha256)
+        except ChecksumMismatch:
+            self.discard()
+            raise
+        return copy
+
+    def _attempt(self, deadline: float | None) -> Copy:
+        offset, validator = self._resume_state()
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if validator:
+                headers["If-Range"] = validator
+        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
+            return self._receive(response, offset, deadline)
+
+    def _receive(self, response: httpx.Response, offset: int, deadline: float | None) -> Copy:
+        code = response.status_code
+        if code == 416:
+            match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("content-range", ""))
+            if offset and match and int(match.group(1)) == offset:
+                return self._copy_at(offset)  # the partial file was already complete
+            raise _Restart()
+        if code in RETRYABLE_STATUS:
+            raise _Retry(f"HTTP {code}", _retry_after(response.headers.get("retry-after")))
+        if code >= 400 or code not in (200, 206):
+            raise _status_error(response)
+        length = response.headers.get("content-length")
+        if code == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+            if not match or int(match.group(1)) != offset:
+                raise _Restart()
+            total = int(match.group(3)) if match.group(3) != "*" else None
+        else:
+            offset = 0  # a 200: the server ignored Range, or the file changed (If-Range)
+            total = int(length) if length and length.isdigit() else None
+        copy = self._copy_at(offset)
+        remaining = (total - offset) if total is not None else (self.size_cap - offset if self.size_cap else 0)
+        self.space_check(remaining)
+        validator = response.headers.get("etag") or response.headers.get("last-modified")
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.meta_path.write_text(json.dumps({"url": self.url, "validator": validator}))
+        caps = [c for c in (total, self.size_cap) if c is not None]
+        copy.limit = min(caps) if caps else None
+        if self.meter is not None:
+            self.meter.restart(offset, total or self.size_cap)
+        with open(self.partial, "ab" if offset else "wb") as out:
+            copy.out = out
+            try:
+                copy.feed(_until(deadline, response.iter_raw(), self.url))
+            finally:
+                copy.out = None
+        if total is not None and copy.done < total:
+            raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+        return copy
+
+
+def _until(deadline: float | None, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+        if deadline is not None and time.monotonic() > deadline:
+            raise NetworkError(
+                f"download of {url} ran past its deadline",
+                hint="the partial file is kept: run the same command again to resume",
+            )
+
+
+def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> httpx.Response:
+    """A small document (a checksum file, a JSON index): bounded, read into memory."""
+    try:
+        with client.stream("GET", url, auth=auth, headers=headers or {}) as response:
+            if response.status_code >= 400:
+                raise _status_error(response)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise NetworkError(f"{url} is larger than the {limit} bytes expected of it")
+            response._content = bytes(body)
+            return response
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"fetching {url} failed: {exc}") from exc
+
+
+def parse_sha256sum(text: str, filename: str | None) -> str:
+    """A `sha256sum`-format checksum file: the line for `filename`, or its only line."""
+    entries = []
+    for line in text.splitlines():
+        match = re.match(r"^([0-9a-fA-F]{64})\s+\*?(.+?)\s*$", line.strip())
+        if match:
+            entries.append((match.group(1).lower(), match.group(2)))
+    named = [h for h, name in entries if filename and Path(name).name == filename]
+    if named:
+        return named[0]
+    if len(entries) == 1:
+        return entries[0][0]
+    raise NetworkError(f"the checksum file has no entry for {filename!r}", hint="check the recipe's checksum_url")

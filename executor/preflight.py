@@ -1,0 +1,34 @@
+"""Checks that run before the first byte: space, permission, tools."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from manifests.errors import NoSpaceError, ToolError
+
+SPACE_MARGIN = 1.2  # the seed's 20% buffer
+
+
+def existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_space(directory: Path, needed_bytes: int) -> None:
+    if needed_bytes <= 0:
+        return
+    free = shutil.disk_usage(existing_parent(directory)).free
+    wanted = int(needed_bytes * SPACE_MARGIN)
+    if free < wanted:
+        raise NoSpaceError(str(directory), wanted, free)
+
+
+def check_tools(tools: list[str] | tuple[str, ...], why: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise ToolError(
+            f"{why} needs {', '.join(missing)}, which is not on PATH",
+            hint=f"install {', '.join(missing)} first, or bundle this pack on a machine that has it",
+        )

@@ -1,0 +1,218 @@
+"""The step types: each one stages files into a pack transaction.
+
+download     URL -> partial file (resumable) -> verified -> staged (or extracted)
+local_copy   a file on this host (a USB stick) -> verified -> staged (or extracted)
+tool_command a program that writes into the staging area; what it leaves is captured
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from executor import extract as extractor
+from executor.config import Config, rewrite_url
+from executor.events import Listener, Meter, Notice
+from executor.http import Download, HttpSettings, fetch_small, parse_sha256sum
+from executor.preflight import check_space, check_tools
+from executor.transfer import Copy, HashingReader, copy_file, file_chunks, hash_file
+from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
+from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, UsageError
+from manifests.recipe import Recipe, StepSpec
+
+UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
+
+
+@dataclass
+class StepContext:
+    """What a step needs from the run around it."""
+
+    config: Config
+    client_factory: "callable"
+    listener: Listener
+    settings: HttpSettings
+    python: str = sys.executable
+    _client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = self.client_factory()
+        return self._client
+
+
+@dataclass
+class StepOutcome:
+    source: str = ""
+    checksum_verified: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def step_label(step: StepSpec) -> str:
+    if step.type == "download":
+        return Path(urlsplit(step.url).path).name or step.dest
+    if step.type == "local_copy":
+        return Path(step.source).name or step.dest
+    if step.type == "oci_artifact":
+        return step.ref
+    return " ".join(step.command[:3])
+
+
+def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> httpx.Auth | None:
+    """From the config file's [credentials.NAME], else the recipe's environment variables. Never logged."""
+    if not name:
+        return None
+    spec = recipe.credentials[name]
+    table = ctx.config.credentials.get(name, {})
+    user = table.get("username") or os.environ.get(spec.username_env)
+    password = table.get("password") or os.environ.get(spec.password_env)
+    if not user or not password:
+        raise ConfigError(
+            f"{recipe.id} needs {name} credentials",
+            hint=f"set {spec.username_env} and {spec.password_env}, or username/password in the config file's [credentials.{name}]",
+        )
+    return httpx.BasicAuth(user, password)
+
+
+def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: str, auth) -> str | None:
+    if step.checksum:
+        return step.checksum.split(":", 1)[1]
+    if step.checksum_url:
+        listing = fetch_small(ctx.client, rewrite_url(step.checksum_url, ctx.config.mirrors), auth=auth)
+        return parse_sha256sum(listing.text, Path(urlsplit(url).path).name)
+    return None
+
+
+def partial_path(data_dir: Path, url: str) -> Path:
+    name = Path(urlsplit(url).path).name or "download"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return staging_root(data_dir) / PARTIAL_DIR / f"{digest}-{name}.part"
+
+
+def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: StepSpec, txn: PackTransaction) -> StepOutcome:
+    url = rewrite_url(step.url, ctx.config.mirrors)
+    auth = credentials_auth(ctx, recipe, step.credentials)
+    expected = _expected_checksum(ctx, recipe, step, url, auth)
+    data_dir = txn.data_dir
+    extra = step.unpacked_size_bytes or 0 if step.extract else 0
+    meter = Meter(ctx.listener, key, index, step_label(step), step.size_bytes)
+    download = Download(
+        client=ctx.client,
+        url=url,
+        partial=partial_path(data_dir, url),
+        what=url,
+        settings=ctx.settings,
+        meter=meter,
+        size_cap=step.size_bytes if step.size_exact else None,
+        auth=auth,
+        space_check=lambda remaining: check_space(data_dir, remaining + extra),
+    )
+    try:
+        try:
+            copy = download.run(expected)
+        except ChecksumMismatch as exc:
+            ctx.listener(Notice(key, "warning", f"{exc.message}; downloading once more"))
+            copy = download.run(expected)  # the seed: delete and re-download, then fail
+    except NoSpaceError:
+        download.discard()  # disk full: the partial file goes, the error names the space needed
+        raise
+    outcome = StepOutcome(source=url, checksum_verified=expected is not None)
+    if expected is None:
+        outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
+    place_file(download.partial, step, txn, copy, meter)
+    download.discard()
+    return outcome
+
+
+def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
+    """A verified file in the staging area becomes the step's dest (or is extracted there)."""
+    if step.extract:
+        bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
+        extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, meter=None)
+    else:
+        os.replace(path, txn.path_for(step.dest))
+        txn.add(step.dest, copy.done, copy.sha256)
+    if meter is not None:
+        meter.done(copy.done)
+
+
+def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction, source: Path, expected: str | None) -> StepOutcome:
+    """The seed's air-gapped single-file workflow: `install PACK --source FILE`."""
+    if not source.is_file():
+        raise UsageError(f"{source} is not a file", hint="pass the path of the downloaded data file with --source")
+    size = source.stat().st_size
+    check_space(txn.data_dir, size + (step.unpacked_size_bytes or 0 if step.extract else 0))
+    meter = Meter(ctx.listener, key, index, source.name, size)
+    if step.extract and step.extract != "zip":
+        # One pass: hash the archive while extracting it into staging; a mismatch aborts the transaction.
+        with open(source, "rb") as raw:
+            reader = HashingReader(raw, meter)
+            bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
+            extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, name=source.name)
+            copy = reader.drain()
+        copy.check(expected)
+        meter.done(copy.done)
+    else:
+        staged = txn.root / "incoming" / source.name
+        with open(source, "rb") as f:
+            copy = copy_file(f, staged, what=str(source), meter=meter)
+        copy.check(expected)
+        place_file(staged, step, txn, copy, meter)
+    outcome = StepOutcome(source=f"file:{source}", checksum_verified=expected is not None)
+    if expected is None:
+        outcome.notes.append(f"{source} was not checked against a checksum (pass --checksum or --checksum-file): recorded sha256:{copy.sha256}")
+    return outcome
+
+
+def expand_runtime(arg: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        arg = arg.replace("{" + name + "}", value)
+    return arg
+
+
+def run_tool_command(ctx: StepContext, key: str, step: StepSpec, values: dict[str, str], txn: PackTransaction | None) -> StepOutcome:
+    """Run a tool, stream its output as notices; capture what it wrote into the staging area."""
+    command = [expand_runtime(a, values) for a in step.command]
+    check_tools([command[0]], f"{key} (step `{' '.join(command)}`)")
+    tail: deque[str] = deque(maxlen=20)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as exc:
+        raise ToolError(f"could not start {command[0]}: {exc.strerror}") from exc
+    with process:
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            ctx.listener(Notice(key, "info", f"{command[0]}: {line.rstrip()}"))
+    if process.returncode != 0:
+        raise ToolError(
+            f"`{' '.join(command)}` failed with exit code {process.returncode}",
+            hint="its last output:\n    " + "\n    ".join(tail) if tail else None,
+        )
+    if txn is not None:
+        capture_outputs(txn, step)
+    return StepOutcome(source=f"tool:{command[0]}")
+
+
+def capture_outputs(txn: PackTransaction, step: StepSpec) -> None:
+    """The declared `produces`, or every new file the tool left in the staging area."""
+    if step.produces:
+        paths = []
+        for rel in step.produces:
+            if not (txn.files_root / rel).is_file():
+                raise ToolError(f"`{step.command[0]}` did not produce {rel}", hint="check the tool's output above")
+            paths.append(rel)
+    else:
+        paths = [p.relative_to(txn.files_root).as_posix() for p in txn.files_root.rglob("*") if p.is_file() and not p.is_symlink()]
+    for rel in paths:
+        if rel not in txn.files:
+            copy = hash_file(txn.files_root / rel)
+            txn.add(rel, copy.done, copy.sha256)

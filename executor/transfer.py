@@ -1,0 +1,128 @@
+"""THE streaming copy. Every byte this tool moves (an HTTP body, an archive member,
+a file on a USB stick) goes through `Copy.feed`: written once, hashed on the way,
+counted against a length cap, reported as progress. Nothing else loops over chunks.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from executor.events import Meter
+from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
+
+CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class Copy:
+    """One streaming copy into `out` (or into nothing, to hash only)."""
+
+    def __init__(
+        self,
+        out: BinaryIO | None,
+        *,
+        what: str,
+        limit: int | None = None,
+        meter: Meter | None = None,
+        done: int = 0,
+        hasher: "hashlib._Hash | None" = None,
+    ):
+        self.out = out
+        self.what = what
+        self.limit = limit
+        self.meter = meter
+        self.done = done
+        self.hasher = hasher or hashlib.sha256()
+
+    def feed(self, chunks: Iterable[bytes]) -> "Copy":
+        out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
+        for chunk in chunks:
+            size = len(chunk)
+            if limit is not None and self.done + size > limit:
+                raise LengthError(
+                    f"{self.what} is longer than the {limit} bytes declared for it",
+                    hint="the source sent more than it announced; nothing was installed",
+                )
+            if out is not None:
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
+            hasher.update(chunk)
+            self.done += size
+            if meter is not None:
+                meter.update(self.done)
+        return self
+
+    @property
+    def sha256(self) -> str:
+        return self.hasher.hexdigest()
+
+    def check(self, expected_sha256: str | None, expected_size: int | None = None) -> None:
+        if expected_size is not None and self.done != expected_size:
+            raise LengthError(
+                f"{self.what} is {self.done} bytes, {expected_size} were declared",
+                hint="the copy is truncated or the source is damaged; nothing was installed",
+            )
+        if expected_sha256 is not None and self.sha256 != expected_sha256:
+            raise ChecksumMismatch(self.what, expected_sha256, self.sha256)
+
+
+def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exception:
+    if exc.errno in _SPACE_ERRNOS:
+        where = os.path.dirname(os.path.abspath(getattr(out, "name", ".")))
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            free = None
+        return NoSpaceError(where, needed, free)
+    return exc
+
+
+def file_chunks(f: BinaryIO, size: int | None = None) -> Iterator[bytes]:
+    """Chunks of an open file; at most `size` bytes when given."""
+    remaining = size
+    while remaining is None or remaining > 0:
+        chunk = f.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
+        if not chunk:
+            return
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk
+
+
+def hash_file(path: Path, meter: Meter | None = None) -> Copy:
+    """Hash a file that is already on disk (a resumed partial download, a local source)."""
+    with open(path, "rb") as f:
+        return Copy(None, what=str(path), meter=meter).feed(file_chunks(f))
+
+
+def copy_file(source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None) -> Copy:
+    """Stream `source` into a new file at `dest`, hashing as it goes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        return Copy(out, what=what, limit=limit, meter=meter).feed(file_chunks(source, size))
+
+
+class HashingReader:
+    """A file object that hashes what is read through it, for one-pass
+    'extract while verifying' of a local archive (tarfile reads it front to back)."""
+
+    def __init__(self, raw: BinaryIO, meter: Meter | None = None):
+        self.raw = raw
+        self.copy = Copy(None, what=getattr(raw, "name", "stream"), meter=meter)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.copy.feed((data,))
+        return data
+
+    def drain(self) -> Copy:
+        """Hash what the reader did not need (tar's zero padding), so the hash covers the whole file."""
+        self.copy.feed(file_chunks(self.raw))
+        return self.copy

@@ -1,0 +1,134 @@
+"""A pack's files become visible together, or not at all.
+
+Files are staged under `<data_dir>/.devops-cp-staging/txn-*/files/` (same filesystem,
+so each rename is atomic), made durable, and then a journal is written. Once the
+journal exists the transaction is decided: the renames, the removal of the previous
+version's leftovers and the install record are rolled forward, by this run or, after
+a kill, by the next command that touches the store. A transaction without a journal
+is rolled back: its staging directory is deleted and the installed version is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from executor import durable
+from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
+from manifests.errors import LockTimeout
+
+JOURNAL = "JOURNAL.json"
+PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
+
+
+def staging_root(data_dir: Path) -> Path:
+    return data_dir / STAGING_NAME
+
+
+class PackTransaction:
+    def __init__(self, store: Store, data_dir: Path, key: str):
+        self.store = store
+        self.data_dir = data_dir
+        self.key = key
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)[:80]
+        self.root = staging_root(data_dir) / f"txn-{safe}-{uuid.uuid4().hex[:8]}"
+        self.files_root = self.root / "files"
+        self.files: dict[str, FileRecord] = {}
+        self.committed = False
+        self.files_root.mkdir(parents=True)
+
+    def path_for(self, rel: str) -> Path:
+        """Where to stage the file that will appear at `data_dir/rel`."""
+        path = self.files_root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, rel: str, size: int, sha256: str) -> None:
+        self.files[rel] = FileRecord(rel, size, sha256)
+
+    def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
+        record.files = sorted(self.files.values(), key=lambda f: f.path)
+        durable.sync_files(self.root, (self.files_root / rel for rel in self.files), use_syncfs=use_syncfs)
+        leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
+        journal = {"key": self.key, "renames": sorted(self.files), "remove": leftovers, "record": record.to_json()}
+        durable.write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
+        roll_forward(self.root, self.data_dir, self.store.write_record)
+        self.committed = True
+
+    def abort(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "PackTransaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
+
+
+def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None]) -> None:
+    """Idempotent: safe to run again after a kill at any point inside it."""
+    journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
+    touched: set[Path] = set()
+    for rel in journal["renames"]:
+        staged, final = txn_root / "files" / rel, data_dir / rel
+        if staged.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)  # a directory where the new version has a file
+            os.replace(staged, final)
+            touched.add(final.parent)
+    for rel in journal["remove"]:
+        gone = data_dir / rel
+        gone.unlink(missing_ok=True)
+        prune_empty_parents(gone.parent, data_dir)
+    for directory in touched:
+        durable.fsync_dir(directory)
+    write_record(InstallRecord.from_json(journal["record"]))
+    shutil.rmtree(txn_root, ignore_errors=True)
+
+
+def prune_empty_parents(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def recover(store: Store, data_dir: Path) -> list[str]:
+    """Finish or undo what a killed run left in one data dir. Returns what was done."""
+    done = []
+    root = staging_root(data_dir)
+    if not root.is_dir():
+        return done
+    # Caller holds the data dir's lock: no live run is staging here.
+    for txn_root in sorted(root.glob("txn-*")):
+        if (txn_root / JOURNAL).is_file():
+            roll_forward(txn_root, data_dir, store.write_record)
+            done.append(f"completed an interrupted install in {data_dir}")
+        else:
+            shutil.rmtree(txn_root, ignore_errors=True)
+            done.append(f"removed an unfinished staging area in {data_dir}")
+    if not any(root.iterdir()):
+        root.rmdir()
+    return done
+
+
+def recover_all(store: Store) -> list[str]:
+    """Recover every data dir whose lock is free now; one held by a live run is its business."""
+    done = []
+    for data_dir in store.known_data_dirs():
+        if not staging_root(data_dir).is_dir():
+            continue
+        try:
+            with store.locked([data_dir], timeout=0):
+                done += recover(store, data_dir)
+        except LockTimeout:
+            continue
+    return done

@@ -1,0 +1,1 @@
+"""The vocabulary: recipes, plans, bundle manifests, signatures. Pure: no network, no writes."""

@@ -1,0 +1,1 @@
+"""Air-gapped side: verify a bundle, then install it through the executor."""
