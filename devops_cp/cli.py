@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from devops_cp import __version__
+from devops_cp import __version__, reports
 from devops_cp.app import App
 from devops_cp.render import progress_renderer
 from executor.engine import LocalSource, never_confirm
@@ -280,33 +280,11 @@ def _is_bundle(path: Path) -> bool:
 @reports_errors
 def status(as_json: bool) -> None:
     """Installed packs and disk usage per data directory and per pack."""
-    app = App()
-    records = app.store.records()
-    document = {
-        "packs": [
-            {
-                "key": r.key,
-                "pack": r.pack_id,
-                "label": r.label,
-                "choices": r.choices,
-                "data_type": r.data_type,
-                "data_dir": r.data_dir,
-                "files": len(r.files),
-                "size_bytes": r.size,
-                "size_human": fmt_size(r.size),
-                "installed_at": r.installed_at,
-                "fetched_at": r.fetched_at,
-                "source": r.source,
-                "checksum_verified": r.checksum_verified,
-            }
-            for r in records
-        ],
-        "data_dirs": [{**u, "size_human": fmt_size(u["size_bytes"])} for u in app.store.usage()],
-    }
+    document = reports.status_document(App())
     if as_json:
         emit_json(document)
         return
-    if not records:
+    if not document["packs"]:
         click.echo("no packs installed")
     for p in document["packs"]:
         click.echo(f"{p['key']:<40} {p['size_human']:>10}  {p['files']} file(s)  fetched {p['fetched_at']}  {p['data_dir']}")
@@ -319,20 +297,11 @@ def status(as_json: bool) -> None:
 @reports_errors
 def check_updates(as_json: bool) -> None:
     """Which packs are stale, never downloaded, or due when."""
-    app = App()
-    rows, warnings = [], []
-    for recipe in sorted(app.catalog.recipes.values(), key=lambda r: r.id):
-        records = app.store.records_for_pack(recipe.id)
-        for record in records or [None]:
-            fresh = app.store.freshness(record, recipe.schedule_seconds)
-            rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **fresh})
-        if not records and recipe.tool_hint:
-            warnings.append(recipe.tool_hint)
-    document = {"packs": rows, "warnings": warnings}
+    document = reports.check_updates_document(App())
     if as_json:
         emit_json(document)
         return
-    for row in rows:
+    for row in document["packs"]:
         if row["reason"] == "never downloaded":
             state = "never downloaded"
         elif row["stale"]:
@@ -342,7 +311,7 @@ def check_updates(as_json: bool) -> None:
         else:
             state = "manual"
         click.echo(f"{row['key']:<40} {row['schedule']:<8} {state}")
-    for warning in warnings:
+    for warning in document["warnings"]:
         click.echo(f"warning: {warning}", err=True)
 
 

@@ -1,0 +1,42 @@
+"""The JSON documents that `status`, `check-updates` and the web routes share."""
+
+from __future__ import annotations
+
+from devops_cp.app import App
+from manifests.units import fmt_size
+
+
+def status_document(app: App) -> dict:
+    return {
+        "packs": [
+            {
+                "key": r.key,
+                "pack": r.pack_id,
+                "label": r.label,
+                "choices": r.choices,
+                "data_type": r.data_type,
+                "data_dir": r.data_dir,
+                "files": len(r.files),
+                "size_bytes": r.size,
+                "size_human": fmt_size(r.size),
+                "installed_at": r.installed_at,
+                "fetched_at": r.fetched_at,
+                "source": r.source,
+                "checksum_verified": r.checksum_verified,
+            }
+            for r in app.store.records()
+        ],
+        "data_dirs": [{**u, "size_human": fmt_size(u["size_bytes"])} for u in app.store.usage()],
+    }
+
+
+def check_updates_document(app: App) -> dict:
+    rows, warnings = [], []
+    for recipe in sorted(app.catalog.recipes.values(), key=lambda r: r.id):
+        records = app.store.records_for_pack(recipe.id)
+        for record in records or [None]:
+            fresh = app.store.freshness(record, recipe.schedule_seconds)
+            rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **fresh})
+        if not records and recipe.tool_hint:
+            warnings.append(recipe.tool_hint)
+    return {"packs": rows, "warnings": warnings}
