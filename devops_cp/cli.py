@@ -217,11 +217,11 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
     for outcome in outcomes:
         if outcome.error is not None:
             exit_code = exit_code or outcome.error.exit_code
-            results.append({"pack": outcome.plan.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint})
-            click.echo(f"error: {outcome.plan.key}: {outcome.error}", err=True)
+            results.append({"pack": outcome.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint, "exit_code": outcome.error.exit_code})
+            click.echo(f"error: {outcome.key}: {outcome.error}", err=True)
         else:
             record = outcome.record
-            results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": list(outcome.plan.warnings) + outcome.notes})
+            results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": outcome.notes})
             if not as_json:
                 click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
     if as_json:
@@ -250,9 +250,6 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, progres
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
-    for plan in plans:
-        for warning in plan.warnings:
-            click.echo(f"warning: {warning}", err=True)
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
     with progress_renderer(progress) as listener:
         engine = app.engine(listener)

@@ -104,7 +104,7 @@ def demo(size: str, keep: bool, progress: str) -> None:
         failed = [o for o in outcomes if o.error]
         for outcome in outcomes:
             if outcome.error:
-                click.echo(f"error: {outcome.plan.key}: {outcome.error}", err=True)
+                click.echo(f"error: {outcome.key}: {outcome.error}", err=True)
             else:
                 r = outcome.record
                 click.echo(f"installed {r.key}: {len(r.files)} file(s), {fmt_size(r.size)}, sha256 verified, in {r.data_dir}")

@@ -43,10 +43,29 @@ def never_confirm(plan: Plan, size: int, times: dict) -> bool:
 
 @dataclass
 class Outcome:
-    plan: Plan
+    """What happened to one pack: a record, or the error that stopped it."""
+
+    key: str
     record: InstallRecord | None = None
     error: DataPackError | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings a person should read
+
+
+@dataclass(frozen=True)
+class PackIdentity:
+    """Who a staged pack is, from a plan (install) or a bundle manifest (sideload)."""
+
+    key: str
+    pack_id: str
+    label: str
+    data_type: str
+    choices: dict[str, str]
+    update_schedule: str
+
+    @classmethod
+    def of_plan(cls, plan: Plan) -> "PackIdentity":
+        r = plan.recipe
+        return cls(plan.key, r.id, r.label, r.data_type, dict(plan.choices), r.update_schedule)
 
 
 @dataclass
@@ -139,24 +158,33 @@ class Engine:
 
         return oci.run_oci_artifact(self.step_context(), plan.key, index, step, txn)
 
-    def commit(self, plan: Plan, txn: PackTransaction, outcomes: list[step_types.StepOutcome], *, fetched_at: str | None = None, source: str | None = None, bundle_created: str | None = None) -> InstallRecord:
-        data_dir = txn.data_dir
+    def commit(
+        self,
+        pack: PackIdentity,
+        txn: PackTransaction,
+        *,
+        source: str,
+        checksum_verified: bool,
+        fetched_at: str | None = None,
+        bundle_created: str | None = None,
+    ) -> InstallRecord:
+        """Make a staged pack visible, with its install record (see executor/txn.py)."""
         record = InstallRecord(
-            key=plan.key,
-            pack_id=plan.pack_id,
-            label=plan.recipe.label,
-            data_type=plan.recipe.data_type,
-            data_dir=str(data_dir),
-            choices=dict(plan.choices),
+            key=pack.key,
+            pack_id=pack.pack_id,
+            label=pack.label,
+            data_type=pack.data_type,
+            data_dir=str(txn.data_dir),
+            choices=dict(pack.choices),
             files=[],
-            source=source or ", ".join(o.source for o in outcomes if o.source),
+            source=source,
             installed_at=now_iso(),
             fetched_at=fetched_at or now_iso(),
-            checksum_verified=all(o.checksum_verified for o in outcomes),
-            update_schedule=plan.recipe.update_schedule,
+            checksum_verified=checksum_verified,
+            update_schedule=pack.update_schedule,
             bundle_created=bundle_created,
         )
-        txn.commit(record, self.store.read_record(plan.key), use_syncfs=self.use_syncfs)
+        txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
@@ -176,13 +204,18 @@ class Engine:
         try:
             with PackTransaction(self.store, data_dir, plan.key) as txn:
                 outcomes = self.stage(plan, txn, source)
-                record = self.commit(plan, txn, outcomes)
+                record = self.commit(
+                    PackIdentity.of_plan(plan),
+                    txn,
+                    source=", ".join(o.source for o in outcomes if o.source),
+                    checksum_verified=all(o.checksum_verified for o in outcomes),
+                )
         except DataPackError as exc:
-            return Outcome(plan, error=exc)
-        notes = [n for o in outcomes for n in o.notes]
+            return Outcome(plan.key, error=exc)
+        notes = list(plan.warnings) + [n for o in outcomes for n in o.notes]
         for note in notes:
             self.listener(Notice(plan.key, "warning", note))
-        return Outcome(plan, record=record, notes=notes)
+        return Outcome(plan.key, record=record, notes=notes)
 
     def remove(self, record: InstallRecord) -> None:
         """Deletes only that pack's files, then its record."""

@@ -83,6 +83,9 @@ class PackEntry:
     source: str
     checksum_verified: bool  # False: hashed on the way in, not checked against a published checksum
     tool_hint: str
+    # The chosen options' hardware needs, checked on the host that installs ("" and 0: none).
+    gpu_vendor: str = ""
+    min_vram_mb: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +188,7 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
                 "source": p.source,
                 "checksum_verified": p.checksum_verified,
                 "tool_hint": p.tool_hint,
+                "hardware": {"gpu_vendor": p.gpu_vendor, "min_vram_mb": p.min_vram_mb},
             }
             for p in m.packs
         ],
@@ -400,7 +404,7 @@ def _manifest_from_doc(doc: Any) -> BundleManifest:
 def _pack_from_doc(p: _Obj) -> PackEntry:
     p.only(
         "key", "id", "label", "data_type", "choices", "update_schedule", "fetched_at",
-        "offline_steps", "source", "checksum_verified", "tool_hint",
+        "offline_steps", "source", "checksum_verified", "tool_hint", "hardware",
     )  # fmt: skip
     choices = p.child("choices")
     for name, value in choices.value.items():
@@ -410,6 +414,8 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     for i in range(len(steps)):
         p.child("offline_steps", i)  # each step is an object; its fields are the recipe's business
     p.timestamp("fetched_at")
+    hardware = p.child("hardware")
+    hardware.only("gpu_vendor", "min_vram_mb")
     return PackEntry(
         key=p.text("key"),
         id=p.text("id"),
@@ -422,6 +428,8 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
         source=p.text("source", empty=True),
         checksum_verified=p.boolean("checksum_verified"),
         tool_hint=p.text("tool_hint", empty=True),
+        gpu_vendor=hardware.text("gpu_vendor", empty=True),
+        min_vram_mb=hardware.integer("min_vram_mb"),
     )
 
 
