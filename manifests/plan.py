@@ -8,7 +8,7 @@ option applies, whether the hardware allows it, and where each step writes
 from __future__ import annotations
 
 import dataclasses
-import string
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -103,14 +103,16 @@ def _hardware_warnings(recipe: Recipe, selected: dict[str, str], hardware: Hardw
     return warnings
 
 
-class _KeepUnknown(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def expand(text: str, values: dict[str, str]) -> str:
-    """Fill {choice} placeholders; leave executor-time ones ({data_dir}, {file}) for later."""
-    return string.Formatter().vformat(text, (), _KeepUnknown(values)) if "{" in text else text
+    """Fill {choice} placeholders; leave executor-time ones ({data_dir}, {file}) for later.
+
+    Only `{name}` is a placeholder: any other brace (a shell snippet's `{ ...; }`, `${VAR:-x}`,
+    a lone `}`) is left as written, as the executor's runtime expansion does.
+    """
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def normalize_dest(recipe: Recipe, dest: str) -> str:

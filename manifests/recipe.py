@@ -153,9 +153,12 @@ class _Fields:
 
 
 def _parse_option(f: _Fields) -> Option:
-    requires = f.get("requires", dict, {})
-    hardware = f.sub("requires", requires).get("hardware", dict, {})
-    gpu_vendor = f.sub("requires.hardware", hardware).text("gpu_vendor") or None
+    req = f.sub("requires", f.get("requires", dict, {}))
+    hw = req.sub("hardware", req.get("hardware", dict, {}))
+    gpu_vendor = hw.text("gpu_vendor") or None
+    # A misspelt gate (`gpu = "nvidia"`) must not silently drop the GPU requirement.
+    hw.reject_unknown()
+    req.reject_unknown()
     if gpu_vendor not in (None, "nvidia"):
         raise f.fail("requires.hardware.gpu_vendor", f"only 'nvidia' is supported, got {gpu_vendor!r}")
     option = Option(
@@ -308,7 +311,7 @@ def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
         tool_hint=f.text("tool_hint"),
     )
     f.reject_unknown()
-    for steps in (*recipe.install.values(), *recipe.bundle.values()):
+    for steps in (*recipe.install.values(), *recipe.bundle.values(), *recipe.offline.values()):
         for step in steps:
             if step.credentials and step.credentials not in credentials:
                 raise RecipeError(source, "credentials", f"step names credentials {step.credentials!r}, which the recipe does not declare")
