@@ -17,6 +17,7 @@ from executor.http import parse_sha256sum
 from manifests.errors import DataPackError, NetworkError, UsageError
 from manifests.plan import Plan
 from manifests.units import fmt_size
+from sideload.reader import looks_like_bundle
 
 PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
 
@@ -243,10 +244,10 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
 def install(packs, choices, yes, force, source, checksum, checksum_file, progress, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     app = App()
-    if source is not None and _is_bundle(source):
-        from sideload.cli_support import install_from_bundle  # a bundle: verify and sideload
+    if source is not None and looks_like_bundle(source):
+        from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(install_from_bundle(app, source, packs, yes=yes, force=force, as_json=as_json, progress=progress))
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json))
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
@@ -258,15 +259,6 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, progres
         finally:
             engine.close()
     sys.exit(_print_outcomes(outcomes, as_json))
-
-
-def _is_bundle(path: Path) -> bool:
-    """By content, not extension: a bundle (or its first part) starts with its manifest."""
-    try:
-        from bundler.archive import looks_like_bundle
-    except ImportError:
-        return False
-    return looks_like_bundle(path)
 
 
 # --- status / check-updates / remove --------------------------------------------------------

@@ -1,0 +1,181 @@
+"""bundle: plans -> the executor stages every pack (two at a time) -> one signed archive.
+
+Staging lives in the user cache (`~/.cache/devops-cp/bundle-staging`), so an
+interrupted bundle resumes its downloads on the next run. Files are hashed once,
+as they are fetched; the archive writer reads each staged file once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import platformdirs
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bundler.writer import Member, write_archive
+from executor import durable
+from executor.engine import Engine
+from executor.events import Meter
+from executor.preflight import check_space
+from executor.txn import PackTransaction
+from manifests import signing
+from manifests.bundle import (
+    BundleManifest,
+    FileEntry,
+    PackEntry,
+    PartEntry,
+    PartsIndex,
+    format_timestamp,
+    parts_index_name,
+    sha256sum_lines,
+    to_json,
+)
+from manifests.plan import Plan
+from manifests.recipe import StepSpec
+
+TOOL_VERSION = "0.1.0"
+SHA256_SUFFIX = ".sha256"
+SIG_SUFFIX = ".sig"
+
+
+def staging_dir() -> Path:
+    return platformdirs.user_cache_path("devops-cp", appauthor=False) / "bundle-staging"
+
+
+def step_to_json(step: StepSpec) -> dict:
+    """Only the fields that differ from a blank step: short, readable manifests."""
+    blank = StepSpec(type=step.type)
+    return {
+        f.name: list(v) if isinstance(v, tuple) else v
+        for f in dataclasses.fields(step)
+        if (v := getattr(step, f.name)) != getattr(blank, f.name) or f.name == "type"
+    }
+
+
+def step_from_json(data: dict) -> StepSpec:
+    return StepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class BundleResult:
+    manifest: BundleManifest
+    paths: list[Path]  # the archive or its parts, then the checksum list and signatures
+    parts: list[PartEntry]
+    notes: list[str]
+
+
+def _hardware_needs(plan: Plan) -> tuple[str, int]:
+    vendor, vram = "", 0
+    for choice in plan.recipe.choices:
+        option = choice.option(dict(plan.choices)[choice.id])
+        vendor = option.gpu_vendor or vendor
+        vram = max(vram, option.min_vram_mb or 0)
+    return vendor, vram
+
+
+def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackEntry, list[str]]:
+    outcomes = engine.stage(plan, txn)
+    vendor, vram = _hardware_needs(plan)
+    entry = PackEntry(
+        key=plan.key,
+        id=plan.pack_id,
+        label=plan.recipe.label,
+        data_type=plan.recipe.data_type,
+        choices=dict(plan.choices),
+        update_schedule=plan.recipe.update_schedule,
+        fetched_at=format_timestamp(datetime.now(timezone.utc)),
+        offline_steps=[step_to_json(s) for s in plan.offline_steps],
+        source=", ".join(o.source for o in outcomes if o.source),
+        checksum_verified=all(o.checksum_verified for o in outcomes),
+        tool_hint=plan.recipe.tool_hint,
+        gpu_vendor=vendor,
+        min_vram_mb=vram,
+    )
+    return entry, [n for o in outcomes for n in o.notes]
+
+
+def build_bundle(
+    engine: Engine,
+    plans: list[Plan],
+    out: Path,
+    *,
+    private_key: Ed25519PrivateKey | None,
+    expires_in: timedelta | None = None,
+    split_size: int | None = None,
+    confirm=None,
+) -> BundleResult:
+    """Fetch, stage and archive. Nothing named OUT* exists until the archive is complete."""
+    out = out.resolve()
+    work = staging_dir()
+    engine.store.ensure_writable(out.parent)
+    engine.preflight(plans, confirm or (lambda *_: True), target_dir=work)
+    check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
+    txns = [PackTransaction(engine.store, work, plan.key) for plan in plans]
+    try:
+        workers = max(1, min(engine.config.max_parallel_downloads, len(plans)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            staged = list(pool.map(lambda pt: _stage_pack(engine, *pt), zip(plans, txns)))
+        return _write(engine, out, plans, txns, staged, private_key, expires_in, split_size)
+    finally:
+        for txn in txns:
+            txn.abort()
+
+
+def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size) -> BundleResult:
+    files, members = [], []
+    for plan, txn in zip(plans, txns):
+        for rel in sorted(txn.files):
+            record = txn.files[rel]
+            name = f"packs/{plan.key}/{rel}"
+            files.append(FileEntry(plan.key, rel, record.size, record.sha256, name))
+            members.append(Member(name, txn.files_root / rel, record.size))
+    now = datetime.now(timezone.utc)
+    signer = signing.key_id(private_key.public_key()) if private_key else None
+    manifest = BundleManifest(
+        bundle_id=uuid.uuid4().hex,
+        created=format_timestamp(now),
+        expires=format_timestamp(now + expires_in) if expires_in else None,
+        tool_version=TOOL_VERSION,
+        signer_key_id=signer,
+        packs=tuple(entry for entry, _ in staged),
+        files=tuple(files),
+    )
+    manifest_bytes = to_json(manifest)
+    signature = signing.sign(private_key, manifest_bytes) if private_key else None
+    total = sum(m.size for m in members)
+    check_space(out.parent, total)
+    meter = Meter(engine.listener, "bundle", 0, out.name, total)
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        meter.update(done)
+
+    parts = write_archive(out, manifest_bytes, signature, members, split_size=split_size, on_bytes=on_bytes)
+    meter.done(done)
+    paths = [out.with_name(p.name) for p in parts]
+    paths += _write_side_files(out, parts, private_key, signer, split_size is not None)
+    return BundleResult(manifest, paths, parts, [n for _, notes in staged for n in notes])
+
+
+def _write_side_files(out: Path, parts: list[PartEntry], private_key, signer: str | None, split: bool) -> list[Path]:
+    """OUT.sha256 (for `sha256sum -c`) and, for split bundles, the parts index; each signed."""
+    written = []
+    documents = [(out.with_name(out.name + SHA256_SUFFIX), sha256sum_lines((p.name, p.sha256) for p in parts).encode())]
+    if split:
+        index = PartsIndex(bundle_name=out.name, parts=tuple(parts), total_size=sum(p.size for p in parts), signer_key_id=signer)
+        documents.append((out.with_name(parts_index_name(out.name)), to_json(index)))
+    for path, data in documents:
+        durable.write_atomic(path, data)
+        written.append(path)
+        if private_key is not None:
+            sig_path = path.with_name(path.name + SIG_SUFFIX)
+            durable.write_atomic(sig_path, signing.sign(private_key, data))
+            written.append(sig_path)
+    return written

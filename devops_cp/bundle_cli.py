@@ -1,0 +1,227 @@
+"""keygen, trust, bundle, inspect, verify, sideload: the air-gapped commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from devops_cp.app import App
+from devops_cp.cli import PROGRESS_MODES, _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.render import progress_renderer
+from executor.config import config_dir
+from manifests import signing
+from manifests.errors import UsageError
+from manifests.units import fmt_size, parse_duration, parse_size
+
+PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
+
+
+def _passphrase(confirm: bool) -> bytes:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None:
+        if not sys.stdin.isatty():
+            raise UsageError("the key needs a passphrase and there is no terminal to ask", hint=f"set {PASSPHRASE_ENV}, or use --no-passphrase for keygen")
+        value = click.prompt("Key passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
+    return value.encode()
+
+
+def _trust_store() -> signing.TrustStore:
+    return signing.TrustStore(config_dir() / signing.TRUSTED_KEYS_DIRNAME)
+
+
+@click.command()
+@click.option("-o", "--output", "prefix", required=True, type=click.Path(path_type=Path), help="Writes PREFIX.key and PREFIX.pub.")
+@click.option("--no-passphrase", is_flag=True, help="Leave the private key unencrypted.")
+@json_option
+@reports_errors
+def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub)."""
+    passphrase = None if no_passphrase else _passphrase(confirm=True)
+    key_id = signing.write_keypair(prefix, passphrase)
+    if as_json:
+        emit_json({"key_id": key_id, "private_key": f"{prefix}.key", "public_key": f"{prefix}.pub"})
+    else:
+        click.echo(f"wrote {prefix}.key and {prefix}.pub\nkey id: {key_id}")
+
+
+@click.group()
+def trust() -> None:
+    """The public keys this host trusts for sideloading."""
+
+
+@trust.command("add")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@reports_errors
+def trust_add(public_key: Path, as_json: bool) -> None:
+    key_id = _trust_store().add(public_key.read_bytes())
+    emit_json({"added": key_id}) if as_json else click.echo(f"trusted {key_id}")
+
+
+@trust.command("list")
+@json_option
+@reports_errors
+def trust_list(as_json: bool) -> None:
+    keys = _trust_store().list()
+    if as_json:
+        emit_json({"keys": [{"key_id": k, "path": str(p)} for k, p in keys]})
+    elif not keys:
+        click.echo("no trusted keys (add one with `devops-cp data trust add FILE.pub`)")
+    else:
+        for key_id, path in keys:
+            click.echo(f"{key_id}  {path}")
+
+
+@trust.command("remove")
+@click.argument("key_id")
+@json_option
+@reports_errors
+def trust_remove(key_id: str, as_json: bool) -> None:
+    removed = _trust_store().remove(key_id)
+    emit_json({"removed": removed}) if as_json else click.echo(f"removed {removed}")
+
+
+@click.command()
+@click.argument("packs", nargs=-1, required=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The bundle: OUT.tar.zst.")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The signing key (PREFIX.key).")
+@click.option("--unsigned", is_flag=True, help="Write an unsigned bundle (sideload then needs --allow-unsigned).")
+@click.option("--split-size", help="Split into parts of at most SIZE (4G, 700MiB, fat32).")
+@click.option("--expires", help="Refuse the bundle after this long (30d, 12h).")
+@click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
+@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@json_option
+@reports_errors
+def bundle(packs, out, key_path, unsigned, split_size, expires, yes, progress, as_json) -> None:
+    """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
+    from bundler.build import build_bundle
+
+    if key_path is None and not unsigned:
+        raise UsageError("bundle needs a signing key", hint="pass --key PREFIX.key (make one with `devops-cp data keygen`), or --unsigned")
+    if not out.name.endswith(".tar.zst"):
+        raise UsageError(f"{out} must end in .tar.zst")
+    existing = [p for p in out.parent.glob(out.name + "*") if p.is_file()]
+    if existing:
+        raise UsageError(f"{existing[0]} already exists", hint="choose another -o name or remove the old bundle")
+    private_key = None
+    if key_path is not None:
+        private_key = signing.read_private_key_file(key_path, _key_passphrase(key_path))
+    app = App()
+    plans = [app.plan(p, mode="bundle") for p in packs]
+    for plan in plans:
+        for warning in plan.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    with progress_renderer(progress) as listener:
+        engine = app.engine(listener)
+        try:
+            result = build_bundle(
+                engine,
+                plans,
+                out,
+                private_key=private_key,
+                expires_in=timedelta(seconds=parse_duration(expires)) if expires else None,
+                split_size=parse_size(split_size) if split_size else None,
+                confirm=_confirm_on_terminal(yes),
+            )
+        finally:
+            engine.close()
+    m = result.manifest
+    if as_json:
+        emit_json({"ok": True, "bundle_id": m.bundle_id, "signer_key_id": m.signer_key_id, "packs": [p.key for p in m.packs], "files": len(m.files), "payload_bytes": m.total_size, "outputs": [str(p) for p in result.paths], "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in result.parts], "notes": result.notes})
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"bundle {m.bundle_id}: {len(m.packs)} pack(s), {len(m.files)} file(s), {fmt_size(m.total_size)} of data")
+    for path in result.paths:
+        click.echo(f"  {path}")
+
+
+def _key_passphrase(key_path: Path) -> bytes | None:
+    return _passphrase(confirm=False) if b"ENCRYPTED" in key_path.read_bytes()[:64] else None
+
+
+@click.command()
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key.")
+@json_option
+@reports_errors
+def inspect(bundle_path: Path, trust_files, as_json: bool) -> None:
+    """Show a bundle's manifest and signer (reads nothing else)."""
+    from sideload.api import inspect_bundle
+
+    doc = inspect_bundle(bundle_path, trust_files)
+    if as_json:
+        emit_json(doc)
+        return
+    state = f"signed by {doc['signer_key_id']} ({'trusted here' if doc['trusted'] else 'NOT trusted here'})" if doc["signed"] else "UNSIGNED"
+    click.echo(f"bundle {doc['bundle_id']}: {state}")
+    click.echo(f"  created {doc['created']}, expires {doc['expires'] or 'never'}, tool {doc['tool_version']}, {len(doc['parts'])} part(s)")
+    for pack in doc["packs"]:
+        click.echo(f"  {pack['key']:<40} {pack['files']:>5} file(s) {fmt_size(pack['size']):>10}  fetched {pack['fetched_at']}")
+
+
+def _trust_options(trust_files, allow_unsigned=False, allow_expired=False):
+    from sideload.api import TrustOptions
+
+    return TrustOptions(tuple(trust_files), allow_unsigned, allow_expired)
+
+
+@click.command()
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--allow-unsigned", is_flag=True)
+@click.option("--allow-expired", is_flag=True)
+@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@json_option
+@reports_errors
+def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progress, as_json: bool) -> None:
+    """The full check, without installing anything."""
+    from sideload.api import verify_bundle
+
+    with progress_renderer(progress) as listener:
+        manifest, signer = verify_bundle(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), listener)
+    if as_json:
+        emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size})
+    else:
+        click.echo(f"OK: bundle {manifest.bundle_id}, {len(manifest.files)} file(s), {fmt_size(manifest.total_size)}, signed by {signer or '(unsigned)'}")
+
+
+def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, progress="auto", as_json=False) -> int:
+    from sideload.api import SideloadRequest, sideload_bundle
+
+    request = SideloadRequest(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), tuple(packs), allow_downgrade, force, dry_run, app.hardware)
+    with progress_renderer(progress) as listener:
+        engine = app.engine(listener)
+        outcomes = sideload_bundle(engine, request)
+    if dry_run and not as_json:
+        for o in outcomes:
+            click.echo(f"{o.key}: {'; '.join(o.notes)}")
+        return 0
+    return _print_outcomes(outcomes, as_json)
+
+
+@click.command()
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--pack", "packs", multiple=True, help="Install only this pack (id or key); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Check signature, policy, space and permissions; install nothing.")
+@click.option("--allow-downgrade", is_flag=True)
+@click.option("--allow-expired", is_flag=True)
+@click.option("--allow-unsigned", is_flag=True)
+@click.option("--force", is_flag=True, help="Install options whose GPU requirement is not met here.")
+@click.option("--yes", "-y", is_flag=True, help="Accepted for symmetry with install; sideload asks nothing.")
+@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@json_option
+@reports_errors
+def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_expired, allow_unsigned, force, yes, progress, as_json) -> None:
+    """Verify BUNDLE against the trusted keys, then install its packs."""
+    sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, progress=progress, as_json=as_json))
+
+
+def register(main: click.Group, data: click.Group) -> None:
+    for command in (keygen, trust, bundle, inspect, verify, sideload):
+        data.add_command(command)

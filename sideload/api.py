@@ -1,0 +1,219 @@
+"""inspect, verify and sideload: the air-gapped side.
+
+The signature is checked against the trusted keys before any payload byte is read.
+Every member is streamed into a staging file beside its destination, hashed as it
+is written; packs are committed only after the whole bundle checked out, so nothing
+is installed from anything that fails verification.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bundler.build import step_from_json
+from executor import steps as step_types
+from executor.config import config_dir
+from executor.engine import Engine, Outcome, PackIdentity
+from executor.events import Listener, Meter, Notice, ignore
+from executor.preflight import check_space
+from executor.store import parse_iso
+from executor.transfer import Copy, file_chunks
+from executor.txn import PackTransaction, recover
+from manifests import signing
+from manifests.bundle import BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
+from manifests.errors import DataPackError, HardwareRequirementError, PolicyError, SignatureError, UsageError
+from manifests.hardware import Hardware
+from sideload.reader import BundleReader, locate, read_parts_index
+
+
+@dataclass(frozen=True)
+class TrustOptions:
+    trust_files: tuple[Path, ...] = ()
+    allow_unsigned: bool = False
+    allow_expired: bool = False
+
+
+def trusted_keys(trust_files=()) -> list:
+    """This host's trust store (config dir/trusted-keys) plus any --trust FILE.pub."""
+    keys = signing.TrustStore(config_dir() / signing.TRUSTED_KEYS_DIRNAME).keys()
+    for path in trust_files:
+        keys.append(signing.load_public_key(Path(path).read_bytes(), source=str(path)))
+    return keys
+
+
+def _open(path: Path, keys, options: TrustOptions) -> BundleReader:
+    location = locate(path)
+    index = read_parts_index(location, keys, options.allow_unsigned) if location.split else None
+    return BundleReader(location, index)
+
+
+def inspect_bundle(path: Path, trust_files=()) -> dict:
+    """Reads only the manifest and its signature; reports, never refuses on trust."""
+    keys = trusted_keys(trust_files)
+    location = locate(path)
+    # Inspect reports on trust and refuses nothing: the index is parsed, its signature checked by verify/sideload.
+    index = parse_parts_index(location.index_path.read_bytes()) if location.split else None
+    with BundleReader(location, index) as reader:
+        manifest_bytes, signature = reader.read_header()
+    manifest = parse_manifest(manifest_bytes)
+    try:
+        signer = verify_manifest(manifest_bytes, signature, keys, allow_unsigned=False, now=datetime.now(timezone.utc), allow_expired=True)[1]
+        trust = {"signed": True, "trusted": True, "verified_by": signer}
+    except SignatureError as exc:
+        trust = {"signed": True, "trusted": False, "why": exc.message}
+    except PolicyError as exc:
+        trust = {"signed": False, "trusted": False, "why": exc.message}
+    return {
+        "bundle": str(path),
+        "bundle_id": manifest.bundle_id,
+        "created": manifest.created,
+        "expires": manifest.expires,
+        "tool_version": manifest.tool_version,
+        "signer_key_id": manifest.signer_key_id,
+        **trust,
+        "split": location.split,
+        "parts": [p.name for p in index.parts] if index else [location.parts[0].name],
+        "total_size": manifest.total_size,
+        "packs": [
+            {"key": p.key, "id": p.id, "label": p.label, "data_type": p.data_type, "choices": p.choices, "fetched_at": p.fetched_at, "files": len(manifest.files_for(p.key)), "size": sum(f.size for f in manifest.files_for(p.key))}
+            for p in manifest.packs
+        ],
+        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+    }
+
+
+def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> tuple[BundleManifest, str | None]:
+    manifest_bytes, signature = reader.read_header()
+    return verify_manifest(
+        manifest_bytes, signature, keys, allow_unsigned=options.allow_unsigned, now=datetime.now(timezone.utc), allow_expired=options.allow_expired
+    )
+
+
+def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: Listener = ignore) -> tuple[BundleManifest, str | None]:
+    """The full check (signature, every member's length and hash, nothing extra, nothing missing); writes nothing."""
+    keys = trusted_keys(options.trust_files)
+    with _open(path, keys, options) as reader:
+        manifest, signer = _read_verified_header(reader, keys, options)
+        meter = Meter(listener, "verify", 0, Path(path).name, manifest.total_size)
+        done = 0
+        for entry, source in reader.payload(manifest):
+            copy = Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size))
+            copy.check(entry.sha256, entry.size)
+            done += entry.size
+            meter.update(done)
+        reader.finish()
+        meter.done(done)
+    return manifest, signer
+
+
+@dataclass
+class SideloadRequest:
+    path: Path
+    trust: TrustOptions = TrustOptions()
+    packs: tuple[str, ...] = ()  # pack ids or keys; empty: all
+    allow_downgrade: bool = False
+    force: bool = False  # install options whose GPU requirement is not met
+    dry_run: bool = False
+    hardware: Hardware | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _select(manifest: BundleManifest, wanted: tuple[str, ...]) -> list[PackEntry]:
+    if not wanted:
+        return list(manifest.packs)
+    chosen = [p for p in manifest.packs if p.id in wanted or p.key in wanted]
+    unknown = [w for w in wanted if not any(w in (p.id, p.key) for p in manifest.packs)]
+    if unknown:
+        raise UsageError(f"the bundle has no pack {unknown[0]!r}", hint="it holds: " + ", ".join(p.key for p in manifest.packs))
+    return chosen
+
+
+def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+    installed = engine.store.read_record(pack.key)
+    if installed and parse_iso(installed.fetched_at) > parse_iso(pack.fetched_at) and not request.allow_downgrade:
+        raise PolicyError(
+            f"{pack.key}: the bundle's data (fetched {pack.fetched_at}) is older than what is installed (fetched {installed.fetched_at})",
+            hint="pass --allow-downgrade to install the older data anyway",
+        )
+    hardware = request.hardware or Hardware()
+    if pack.gpu_vendor and not hardware.has_vendor(pack.gpu_vendor):
+        why = f"{pack.key} requires an {pack.gpu_vendor.upper()} GPU and none was detected on this host"
+        if not request.force:
+            raise HardwareRequirementError(why, hint="pass --force to install it anyway")
+        request.warnings.append(why + "; installing anyway because of --force")
+    vram = hardware.max_vram_mb(pack.gpu_vendor or None)
+    if pack.min_vram_mb and (vram or 0) < pack.min_vram_mb:
+        request.warnings.append(f"{pack.key} needs about {pack.min_vram_mb} MiB of GPU memory ({vram or 'none'} MiB detected)")
+
+
+def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
+    keys = trusted_keys(request.trust.trust_files)
+    with _open(request.path, keys, request.trust) as reader:
+        manifest, signer = _read_verified_header(reader, keys, request.trust)
+        selected = _select(manifest, request.packs)
+        data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
+        for pack in selected:
+            _check_policy(engine, pack, request)
+        for directory in set(data_dirs.values()):
+            engine.store.ensure_writable(directory)
+            check_space(directory, sum(f.size for p in selected if data_dirs[p.key] == directory for f in manifest.files_for(p.key)))
+        if request.dry_run:
+            return [Outcome(p.key, notes=[f"would install {len(manifest.files_for(p.key))} file(s) into {data_dirs[p.key]}"]) for p in selected]
+        with engine.store.locked(sorted(set(data_dirs.values()))), ExitStack() as stack:
+            for directory in set(data_dirs.values()):
+                recover(engine.store, directory)
+            txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
+            _stream_payload(engine, reader, manifest, txns)
+            reader.finish()  # trailing data and every part's hash, before anything becomes visible
+            return [_commit(engine, manifest, pack, txns[pack.key], request) for pack in selected]
+
+
+def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
+    meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
+    done = 0
+    for entry, source in reader.payload(manifest):
+        txn = txns.get(entry.pack_key)
+        chunks = file_chunks(source, entry.size)
+        if txn is None:  # a pack not chosen: still verified, written nowhere
+            Copy(None, what=entry.member, limit=entry.size).feed(chunks).check(entry.sha256, entry.size)
+        else:
+            with open(txn.path_for(entry.path), "wb") as out:
+                copy = Copy(out, what=entry.member, limit=entry.size).feed(chunks)
+            copy.check(entry.sha256, entry.size)
+            txn.add(entry.path, copy.done, copy.sha256)
+        done += entry.size
+        meter.update(done)
+    meter.done(done)
+
+
+def _commit(engine: Engine, manifest: BundleManifest, pack: PackEntry, txn: PackTransaction, request: SideloadRequest) -> Outcome:
+    identity = PackIdentity(pack.key, pack.id, pack.label, pack.data_type, dict(pack.choices), pack.update_schedule)
+    record = engine.commit(
+        identity,
+        txn,
+        source=f"bundle:{manifest.bundle_id}",
+        checksum_verified=pack.checksum_verified,
+        fetched_at=pack.fetched_at,
+        bundle_created=manifest.created,
+    )
+    notes = [w for w in request.warnings if w.startswith(pack.key)]
+    try:
+        run_offline_steps(engine, pack, Path(record.data_dir))
+    except DataPackError as exc:
+        return Outcome(pack.key, record=record, error=exc, notes=notes)
+    for note in notes:
+        engine.listener(Notice(pack.key, "warning", note))
+    return Outcome(pack.key, record=record, notes=notes)
+
+
+def run_offline_steps(engine: Engine, pack: PackEntry, data_dir: Path) -> None:
+    """The pack's offline steps (pip install, docker load, ...) against its installed files."""
+    values = {"data_dir": str(data_dir), "python": engine.python, "pack": pack.id}
+    for data in pack.offline_steps:
+        step = step_from_json(data)
+        if step.type != "tool_command":
+            raise UsageError(f"{pack.key}: offline step type {step.type!r} cannot run on this host")
+        step_types.run_tool_command(engine.step_context(), pack.key, step, values, None)
