@@ -23,7 +23,7 @@ from executor.events import Listener, LockedListener, Notice, ignore
 from executor.http import HttpSettings, make_client
 from executor.preflight import check_space, check_tools
 from executor.store import InstallRecord, Store, now_iso
-from executor.txn import PackTransaction, prune_empty_parents, recover
+from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.units import estimated_times, fmt_size
@@ -197,7 +197,10 @@ class Engine:
                     self.listener(Notice("", "info", note))
             workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                return list(pool.map(lambda plan: self._install_one(plan, source), plans))
+                outcomes = list(pool.map(lambda plan: self._install_one(plan, source), plans))
+            for data_dir in data_dirs:
+                remove_empty_staging(data_dir)
+            return outcomes
 
     def _install_one(self, plan: Plan, source: LocalSource | None) -> Outcome:
         data_dir = self.store.data_dir(plan.recipe.data_type)

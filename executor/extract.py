@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 import zstandard
 
 from executor.events import Meter
-from executor.transfer import Copy, file_chunks
+from executor.transfer import Copy, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
 
 
@@ -65,8 +65,12 @@ class _Extractor:
         self.seen.add(rel)
         if self.max_total is not None and self.total + size > self.max_total:
             raise LengthError(f"{self.archive} unpacks to more than the {self.max_total} bytes allowed for it", hint="raise unpacked_size_bytes in the recipe if the data really grew")
-        dest = self.txn.path_for(rel)
-        with open(dest, "wb") as out:
+        try:
+            out = open(self.txn.path_for(rel), "wb")
+        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            # `a` as a file and `a/b` below it: not an archive any tool we know of writes.
+            raise UnsafeArchiveError(f"{self.archive}: member {name!r} clashes with another member's file or folder", hint="the archive is damaged or hostile; nothing was installed") from exc
+        with closing_output(out):
             copy = Copy(out, what=f"{self.archive}:{name}", limit=size).feed(file_chunks(source, size + 1))
         copy.check(None, size)
         self.total += size
@@ -108,7 +112,7 @@ def _extract_zip(archive: Path, ex: _Extractor) -> None:
             if info.is_dir():
                 safe_member_path(info.filename, ex.strip, ex.archive)
                 continue
-            if mode and not stat.S_ISREG(mode):
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits at all (zipfile.writestr, Windows): a file
                 ex.refuse(info.filename, "link or special file")
             with zf.open(info) as source:
                 ex.place(info.filename, info.file_size, source)

@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 import httpx
 
 from executor.events import Meter
-from executor.transfer import Copy, hash_file
-from manifests.errors import ChecksumMismatch, NetworkError
+from executor.transfer import Copy, closing_output, hash_file
+from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 
 VERSION = "0.1.0"
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -160,6 +160,9 @@ class Download:
                 self.settings.sleep(min(wait, 300.0) if wait is not None else backoff)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"download of {self.url} failed: {exc}") from exc
+            except LengthError:
+                self.discard()  # more bytes than declared: nothing of it is kept to resume from
+                raise
         try:
             copy.check(expected_sha256)
         except ChecksumMismatch:
@@ -207,7 +210,7 @@ class Download:
         copy.limit = min(caps) if caps else None
         if self.meter is not None:
             self.meter.restart(offset, total or self.size_cap)
-        with open(self.partial, "ab" if offset else "wb") as out:
+        with closing_output(open(self.partial, "ab" if offset else "wb")) as out:
             copy.out = out
             try:
                 copy.feed(_until(deadline, response.iter_raw(), self.url))

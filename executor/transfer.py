@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -57,6 +58,11 @@ class Copy:
             self.done += size
             if meter is not None:
                 meter.update(self.done)
+        if out is not None:
+            try:
+                out.flush()  # a full disk (or an NFS quota) may only say so now, not at close()
+            except OSError as exc:
+                raise _translate_write_error(exc, out, self.limit or self.done) from exc
         return self
 
     @property
@@ -84,6 +90,24 @@ def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exceptio
     return exc
 
 
+@contextmanager
+def closing_output(out: BinaryIO) -> Iterator[BinaryIO]:
+    """Close `out` without letting close() hide the real error.
+
+    After a failed write the io buffer still holds bytes, so close() fails again with a raw
+    OSError that would replace the NoSpaceError in flight; that second failure is dropped.
+    """
+    try:
+        yield out
+    except BaseException:
+        try:
+            out.close()
+        except OSError:
+            pass  # the same failure again: the exception in flight already says it
+        raise
+    out.close()
+
+
 def file_chunks(f: BinaryIO, size: int | None = None) -> Iterator[bytes]:
     """Chunks of an open file; at most `size` bytes when given."""
     remaining = size
@@ -105,7 +129,7 @@ def hash_file(path: Path, meter: Meter | None = None) -> Copy:
 def copy_file(source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None) -> Copy:
     """Stream `source` into a new file at `dest`, hashing as it goes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
+    with closing_output(open(dest, "wb")) as out:
         return Copy(out, what=what, limit=limit, meter=meter).feed(file_chunks(source, size))
 
 

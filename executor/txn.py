@@ -115,9 +115,21 @@ def recover(store: Store, data_dir: Path) -> list[str]:
         else:
             shutil.rmtree(txn_root, ignore_errors=True)
             done.append(f"removed an unfinished staging area in {data_dir}")
-    if not any(root.iterdir()):
-        root.rmdir()
+    remove_empty_staging(data_dir)
     return done
+
+
+def remove_empty_staging(data_dir: Path) -> None:
+    """No empty staging folders left behind in users' data dirs; kept partial downloads stay.
+
+    Call it only under the data dir's lock with no transaction running there.
+    """
+    root = staging_root(data_dir)
+    for directory in (root / PARTIAL_DIR, root):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # missing, or not empty: a partial download kept to resume from
 
 
 def recover_all(store: Store) -> list[str]:

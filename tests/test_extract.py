@@ -1,0 +1,155 @@
+"""Safe extraction (executor/extract.py): every format, leading folders stripped, hostile members refused."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from executor.config import Config
+from executor.extract import extract, extract_tar_stream, safe_member_path
+from executor.store import Store
+from executor.txn import PackTransaction
+from manifests.errors import LengthError, UnsafeArchiveError
+
+from conftest import make_tar_gz, sha256
+
+GOOD = [("top/", "dir"), ("top/a.txt", b"alpha"), ("top/sub/b.bin", b"\x00" * 3000)]
+
+
+@pytest.fixture
+def txn(tmp_path):
+    store = Store(Config(path=tmp_path / "config.toml"), state=tmp_path / "state")
+    with PackTransaction(store, tmp_path / "data", "pack") as transaction:
+        yield transaction
+
+
+def write_archive(tmp_path: Path, fmt: str, members) -> Path:
+    path = tmp_path / f"archive.{fmt}"
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, content, *_ in members:
+                if content == "dir":
+                    zf.writestr(zipfile.ZipInfo(name), b"")
+                else:
+                    zf.writestr(name, content)
+        return path
+    raw = make_tar_gz(members, fmt={"tar.gz": "w:gz", "tar.xz": "w:xz", "tar": "w", "tar.zst": "w"}[fmt])
+    if fmt == "tar.zst":
+        raw = zstandard.ZstdCompressor().compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tar.zst", "tar.xz", "tar", "zip"])
+def test_every_format_extracts_with_strip_components(fmt, tmp_path, txn):
+    archive = write_archive(tmp_path, fmt, GOOD)
+    total = extract(archive, fmt, txn, "db", strip=1)
+    assert total == 5 + 3000
+    assert sorted(txn.files) == ["db/a.txt", "db/sub/b.bin"]
+    assert (txn.files_root / "db" / "a.txt").read_bytes() == b"alpha"
+    assert txn.files["db/sub/b.bin"].sha256 == sha256(b"\x00" * 3000) and txn.files["db/sub/b.bin"].size == 3000
+
+
+def test_without_strip_the_top_folder_is_kept(tmp_path, txn):
+    extract(write_archive(tmp_path, "tar.gz", GOOD), "tar.gz", txn, "db")
+    assert sorted(txn.files) == ["db/top/a.txt", "db/top/sub/b.bin"]
+
+
+def test_tar_stream_reads_front_to_back(txn):
+    extract_tar_stream(io.BytesIO(make_tar_gz(GOOD)), "tar.gz", txn, "db", strip=1, name="stick.tar.gz")
+    assert sorted(txn.files) == ["db/a.txt", "db/sub/b.bin"]
+
+
+HOSTILE_TAR = {
+    "dotdot": [("top/../../evil", b"x")],
+    "absolute": [("/etc/evil", b"x")],
+    "backslash-dotdot": [("top\\..\\..\\evil", b"x")],
+    "symlink": [("top/link", "symlink", "/etc/passwd")],
+    "relative-symlink": [("top/link", "symlink", "../../outside")],
+    "hardlink": [("top/a", b"x"), ("top/hard", "hardlink", "top/a")],
+    "duplicate": [("top/a", b"1"), ("top/a", b"2")],
+    "duplicate-after-strip": [("one/a", b"1"), ("two/a", b"2")],
+    "duplicate-via-dot": [("top/a", b"1"), ("top/./a", b"2")],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_TAR))
+def test_hostile_tar_members_are_refused(kind, tmp_path, txn):
+    archive = write_archive(tmp_path, "tar.gz", HOSTILE_TAR[kind])
+    with pytest.raises(UnsafeArchiveError) as exc:
+        extract(archive, "tar.gz", txn, "db", strip=1)
+    assert exc.value.exit_code == 3 and "archive.tar.gz" in exc.value.message
+    assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
+
+
+def test_special_files_are_refused(tmp_path, txn):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for kind in (tarfile.FIFOTYPE, tarfile.CHRTYPE):
+            info = tarfile.TarInfo(f"top/dev{kind!r}")
+            info.type = kind
+            tar.addfile(info)
+    with pytest.raises(UnsafeArchiveError) as exc:
+        extract_tar_stream(io.BytesIO(buffer.getvalue()), "tar", txn, "db", strip=1)
+    assert "special file" in exc.value.message
+
+
+@pytest.mark.parametrize("members", [
+    [("top/db", b"file"), ("top/db/inner", b"x")],  # a file, then a member below it
+    [("top/db/inner", b"x"), ("top/db", b"file")],  # a folder, then a file of the same name
+], ids=["file-then-child", "child-then-file"])
+def test_a_file_and_a_folder_of_the_same_name_is_refused_as_untrusted(members, tmp_path, txn):
+    with pytest.raises(UnsafeArchiveError):
+        extract(write_archive(tmp_path, "tar.gz", members), "tar.gz", txn, "db", strip=1)
+
+
+def test_zip_dotdot_and_symlink_are_refused(tmp_path, txn):
+    evil = tmp_path / "dotdot.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("top/../../evil", b"x")
+    with pytest.raises(UnsafeArchiveError):
+        extract(evil, "zip", txn, "db", strip=1)
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        info = zipfile.ZipInfo("top/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError) as exc:
+        extract(link, "zip", txn, "db", strip=1)
+    assert "link" in exc.value.message
+
+
+def test_decompression_bomb_stops_at_the_bound(tmp_path, txn):
+    archive = write_archive(tmp_path, "tar.gz", [("top/zeros", b"\0" * 2_000_000)])
+    assert archive.stat().st_size < 10_000  # it compresses a lot: the bound is on the unpacked size
+    with pytest.raises(LengthError) as exc:
+        extract(archive, "tar.gz", txn, "db", strip=1, max_total=1_000_000)
+    assert exc.value.exit_code == 3 and "1000000" in exc.value.message
+
+
+def test_damaged_archive_is_untrusted(tmp_path, txn):
+    good = make_tar_gz([("top/a", b"x" * 100_000)])
+    damaged = tmp_path / "cut.tar.gz"
+    damaged.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UnsafeArchiveError) as exc:
+        extract(damaged, "tar.gz", txn, "db", strip=1)
+    assert "damaged" in exc.value.message
+    garbage = tmp_path / "garbage.zip"
+    garbage.write_bytes(b"not a zip at all")
+    with pytest.raises(UnsafeArchiveError):
+        extract(garbage, "zip", txn, "db")
+
+
+def test_safe_member_path():
+    assert safe_member_path("top/a/b", 1, "x") == "a/b"
+    assert safe_member_path("./top/a", 1, "x") == "a"
+    assert safe_member_path("top/", 1, "x") is None
+    for bad in ("../a", "/a", "a/../../b", "a\x00b"):
+        with pytest.raises(UnsafeArchiveError):
+            safe_member_path(bad, 0, "x")

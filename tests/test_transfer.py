@@ -1,0 +1,140 @@
+"""THE streaming copy (executor/transfer.py): hash while writing, length cap, disk full, progress."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from executor.events import Meter, Progress, StepDone, StepStarted
+from executor.transfer import CHUNK_SIZE, Copy, HashingReader, closing_output, copy_file, file_chunks, hash_file
+from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
+
+from conftest import payload, sha256
+
+
+def test_copy_writes_hashes_and_counts(tmp_path):
+    data = payload(3 * CHUNK_SIZE + 17)
+    dest = tmp_path / "sub" / "out.bin"
+    copy = copy_file(io.BytesIO(data), dest, what="test")
+    assert dest.read_bytes() == data
+    assert copy.done == len(data)
+    assert copy.sha256 == sha256(data)
+    copy.check(sha256(data), len(data))
+
+
+def test_check_refuses_a_wrong_hash_and_a_wrong_size():
+    copy = Copy(None, what="thing").feed([b"abc"])
+    with pytest.raises(ChecksumMismatch) as exc:
+        copy.check("0" * 64)
+    assert exc.value.exit_code == 3
+    assert "thing" in exc.value.message and exc.value.actual == sha256(b"abc")
+    with pytest.raises(LengthError) as exc:
+        copy.check(None, 4)
+    assert exc.value.exit_code == 3
+
+
+def test_length_cap_refuses_the_chunk_that_crosses_it_and_writes_nothing_of_it():
+    out = io.BytesIO()
+    copy = Copy(out, what="capped", limit=5)
+    with pytest.raises(LengthError) as exc:
+        copy.feed([b"abc", b"def"])
+    assert "5 bytes" in exc.value.message
+    assert out.getvalue() == b"abc" and copy.done == 3
+
+
+def test_copy_file_respects_size_and_limit(tmp_path):
+    data = payload(1000)
+    copy = copy_file(io.BytesIO(data), tmp_path / "a", what="a", size=400)
+    assert (tmp_path / "a").read_bytes() == data[:400] and copy.done == 400
+    with pytest.raises(LengthError):
+        copy_file(io.BytesIO(data), tmp_path / "b", what="b", limit=999)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_hash_is_independent_of_how_the_stream_is_cut(chunks):
+    copy = Copy(None, what="x").feed(chunks)
+    joined = b"".join(chunks)
+    assert copy.sha256 == hashlib.sha256(joined).hexdigest()
+    assert copy.done == len(joined)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(max_size=5000), st.integers(min_value=0, max_value=6000))
+def test_file_chunks_reads_at_most_size(data, size):
+    assert b"".join(file_chunks(io.BytesIO(data), size)) == data[:size]
+
+
+def test_hash_file_and_hashing_reader(tmp_path):
+    data = payload(CHUNK_SIZE + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert hash_file(path).sha256 == sha256(data)
+    with open(path, "rb") as raw:
+        reader = HashingReader(raw)
+        assert reader.read(10) == data[:10]
+        copy = reader.drain()  # the rest is hashed even though nobody read it
+    assert copy.sha256 == sha256(data) and copy.done == len(data)
+
+
+def test_meter_reports_bytes_total_percent_speed_eta():
+    events = []
+    meter = Meter(events.append, "pack", 0, "file.bin", 1000)
+    meter.restart(0, 1000)
+    meter.update(500, force=True)
+    meter.done(1000)
+    assert isinstance(events[0], StepStarted) and events[0].total == 1000
+    progress = [e for e in events if isinstance(e, Progress)]
+    half = next(e for e in progress if e.downloaded == 500)
+    assert half.total == 1000 and half.percent == 50 and half.speed_bps > 0 and half.eta_seconds is not None
+    assert progress[-1].percent == 100
+    assert isinstance(events[-1], StepDone) and events[-1].size == 1000
+
+
+# --- disk full, under pyfakefs -------------------------------------------------------------
+
+
+def test_disk_full_while_writing_becomes_no_space_error(fs):
+    """pyfakefs raises ENOSPC once the fake disk is full; the copy names the place and the size."""
+    fs.create_dir("/data")
+    fs.set_disk_usage(100_000, "/data")
+    data = payload(300_000)
+    with pytest.raises(NoSpaceError) as exc:
+        with open("/data/out.part", "wb") as out:
+            Copy(out, what="out", limit=len(data)).feed(file_chunks(io.BytesIO(data)))
+    err = exc.value
+    assert err.exit_code == 5
+    assert err.where == "/data" and err.needed == len(data)
+    assert "/data" in err.message and "needs" in err.message
+    assert isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.ENOSPC
+
+
+def test_disk_full_surfacing_only_when_the_buffer_is_flushed_is_still_no_space_error(fs):
+    """A write smaller than the io buffer fails only at flush (as EDQUOT often does on NFS):
+    the copy flushes before it returns, so the error is ours, not a raw OSError at close()."""
+    fs.create_dir("/data")
+    fs.set_disk_usage(1000, "/data")
+    with pytest.raises(NoSpaceError) as exc:
+        with closing_output(open("/data/out.part", "wb")) as out:  # close() must not replace the error
+            Copy(out, what="out").feed([b"x" * 2000])
+    assert exc.value.where == "/data" and exc.value.needed == 2000
+
+
+def test_other_write_errors_are_not_disguised_as_disk_full(tmp_path):
+    class Broken(io.RawIOBase):
+        name = str(tmp_path / "x")
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError) as exc:
+        Copy(Broken(), what="x").feed([b"data"])
+    assert not isinstance(exc.value, NoSpaceError) and exc.value.errno == errno.EIO
