@@ -22,6 +22,7 @@ from executor import durable
 from executor.engine import Engine
 from executor.events import Meter
 from executor.preflight import check_space
+from executor.steps import uses_python
 from executor.txn import PackTransaction
 from manifests import signing
 from manifests.bundle import (
@@ -95,6 +96,7 @@ def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackE
         tool_hint=plan.recipe.tool_hint,
         gpu_vendor=vendor,
         min_vram_mb=vram,
+        python_packages=plan.recipe.requires.packages_pip if uses_python(plan.offline_steps) else (),
     )
     return entry, [n for o in outcomes for n in o.notes]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -36,8 +37,9 @@ class App:
     def hardware(self) -> Hardware:
         return hw.detect()
 
-    def engine(self, listener: Listener = ignore) -> Engine:
-        return Engine(self.store, listener=listener, settings=self.settings)
+    def engine(self, listener: Listener = ignore, *, python: str | None = None) -> Engine:
+        """`python`: the interpreter that `{python}` steps (a wheel's pip install) use; default this one."""
+        return Engine(self.store, listener=listener, settings=self.settings, python=python or sys.executable)
 
     def plan(self, pack_arg: str, extra_choices: tuple[str, ...] = (), *, mode: str = "install", force: bool = False) -> Plan:
         pack_id, choices = parse_choice_args(pack_arg, extra_choices)

@@ -126,7 +126,7 @@ def info(pack: str, as_json: bool) -> None:
     for option in options:
         choice = {recipe.choices[0].id: option.value} if option else {}
         online = resolve(recipe, choice, hardware, mode="bundle")  # bundle mode never refuses for hardware
-        direct = resolve(recipe, choice, hardware, mode="bundle" if option and option.gpu_vendor else "install", force=True)
+        direct = resolve(recipe, choice, hardware, mode="install", force=True)  # what `install --force` runs
         usable = not (option and option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
         variants.append(
             {
@@ -136,7 +136,7 @@ def info(pack: str, as_json: bool) -> None:
                 "available_here": usable,
                 "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
                 "min_vram_mb": option.min_vram_mb if option else None,
-                "direct_install": [_describe_step(s) for s in direct.steps if direct is not None],
+                "direct_install": [_describe_step(s) for s in direct.steps],
                 "bundle_fetch": [_describe_step(s) for s in online.steps],
                 "offline_install": ["place the bundled files, verified by sha256"] + [_describe_step(s) for s in online.offline_steps],
             }
@@ -238,22 +238,23 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
+@click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, source, checksum, checksum_file, progress, as_json) -> None:
+def install(packs, choices, yes, force, source, checksum, checksum_file, python, progress, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     app = App()
     if source is not None and looks_like_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json))
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python))
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
     with progress_renderer(progress) as listener:
-        engine = app.engine(listener)
+        engine = app.engine(listener, python=python)
         try:
             outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local)
         finally:

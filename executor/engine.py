@@ -119,6 +119,8 @@ class Engine:
             tools = [t for t in plan.recipe.requires.tools if t not in ("python", "python3")]
             tools += [s.command[0] for s in plan.steps if s.type == "tool_command" and not s.command[0].startswith("{")]
             check_tools(sorted(set(tools)), plan.pack_id)
+            if step_types.uses_python(plan.steps):  # a wheel installed --no-deps needs its framework there
+                step_types.check_python_packages(self.python, plan.recipe.requires.packages_pip, plan.pack_id)
             needed[data_dir] = needed.get(data_dir, 0) + sum(
                 (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
             )

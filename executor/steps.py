@@ -202,6 +202,44 @@ def run_tool_command(ctx: StepContext, key: str, step: StepSpec, values: dict[st
     return StepOutcome(source=f"tool:{command[0]}")
 
 
+def uses_python(steps) -> bool:
+    """Whether any of these steps runs `{python}` (a wheel's `pip install`, say)."""
+    return any("{python}" in arg for step in steps if step.type == "tool_command" for arg in step.command)
+
+
+_MISSING_DISTRIBUTIONS = """import sys
+from importlib import metadata
+for name in sys.argv[1:]:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        print(name)
+"""
+
+
+def check_python_packages(python: str, packages, why: str) -> None:
+    """The recipe's `requires.packages_pip`, looked up in the interpreter its `{python}` steps use.
+
+    A spaCy model's wheel is installed with `--no-deps`: without spacy in that interpreter it
+    would install and then fail at `spacy.load()`. Checked before anything is placed.
+    """
+    if not packages:
+        return
+    try:
+        result = subprocess.run([python, "-c", _MISSING_DISTRIBUTIONS, *packages], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolError(f"{why} installs into the Python interpreter {python}, which could not be run: {exc}", hint="name a working interpreter with --python PATH") from exc
+    if result.returncode != 0:
+        raise ToolError(f"{why}: could not ask {python} which packages it has (exit code {result.returncode})", hint=(result.stderr.strip().splitlines() or [""])[-1] or None)
+    missing = result.stdout.split()
+    if missing:
+        names = ", ".join(missing)
+        raise ToolError(
+            f"{why} needs the Python package{'s' if len(missing) > 1 else ''} {names}, which is not installed in {python}",
+            hint=f"install {names} into that interpreter first, or name one that has it with --python PATH",
+        )
+
+
 def capture_outputs(txn: PackTransaction, step: StepSpec) -> None:
     """The declared `produces`, or every new file the tool left in the staging area."""
     if step.produces:

@@ -56,6 +56,7 @@ PARTS_INDEX_SUFFIX = ".parts.json"
 _RESERVED_MEMBERS = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
 
 
 # --- the models ---------------------------------------------------------------------
@@ -86,6 +87,9 @@ class PackEntry:
     # The chosen options' hardware needs, checked on the host that installs ("" and 0: none).
     gpu_vendor: str = ""
     min_vram_mb: int = 0
+    # Python packages the offline steps' `{python}` needs (spacy, for a spaCy model's wheel); checked
+    # before the pack is placed. Written only when there are some; bundles without it read as ().
+    python_packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +193,7 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
                 "checksum_verified": p.checksum_verified,
                 "tool_hint": p.tool_hint,
                 "hardware": {"gpu_vendor": p.gpu_vendor, "min_vram_mb": p.min_vram_mb},
+                **({"python_packages": list(p.python_packages)} if p.python_packages else {}),
             }
             for p in m.packs
         ],
@@ -405,6 +410,7 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     p.only(
         "key", "id", "label", "data_type", "choices", "update_schedule", "fetched_at",
         "offline_steps", "source", "checksum_verified", "tool_hint", "hardware",
+        *(["python_packages"] if "python_packages" in p.value else []),  # optional: newer than the rest
     )  # fmt: skip
     choices = p.child("choices")
     for name, value in choices.value.items():
@@ -416,6 +422,10 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     p.timestamp("fetched_at")
     hardware = p.child("hardware")
     hardware.only("gpu_vendor", "min_vram_mb")
+    python_packages = p.array("python_packages") if "python_packages" in p.value else []
+    for i, name in enumerate(python_packages):
+        if not isinstance(name, str) or not _PACKAGE_NAME.match(name):
+            raise p.fail("python_packages", f"item {i} must be a Python package name, got {name!r}")
     return PackEntry(
         key=p.text("key"),
         id=p.text("id"),
@@ -430,6 +440,7 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
         tool_hint=p.text("tool_hint", empty=True),
         gpu_vendor=hardware.text("gpu_vendor", empty=True),
         min_vram_mb=hardware.integer("min_vram_mb"),
+        python_packages=tuple(python_packages),
     )
 
 

@@ -18,7 +18,7 @@ from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
-from executor.preflight import check_space
+from executor.preflight import check_space, check_tools
 from executor.store import parse_iso
 from executor.transfer import Copy, file_chunks
 from executor.txn import PackTransaction, recover
@@ -149,6 +149,13 @@ def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> 
         request.warnings.append(f"{pack.key} needs about {pack.min_vram_mb} MiB of GPU memory ({vram or 'none'} MiB detected)")
 
 
+def _check_offline_needs(engine: Engine, pack: PackEntry) -> None:
+    """The offline steps' programs and `{python}`'s packages (spacy for a spaCy wheel), before anything is placed."""
+    steps = [step_from_json(data) for data in pack.offline_steps]
+    check_tools(sorted({s.command[0] for s in steps if s.type == "tool_command" and s.command and not s.command[0].startswith("{")}), f"{pack.key} (its offline steps)")
+    step_types.check_python_packages(engine.python, pack.python_packages, pack.key)
+
+
 def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
     keys = trusted_keys(request.trust.trust_files)
     with _open(request.path, keys, request.trust) as reader:
@@ -157,6 +164,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
         for pack in selected:
             _check_policy(engine, pack, request)
+            _check_offline_needs(engine, pack)
         for directory in set(data_dirs.values()):
             engine.store.ensure_writable(directory)
             check_space(directory, sum(f.size for p in selected if data_dirs[p.key] == directory for f in manifest.files_for(p.key)))
