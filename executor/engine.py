@@ -110,11 +110,14 @@ class Engine:
 
     # --- decide -------------------------------------------------------------------------
 
-    def preflight(self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False) -> None:
-        """Everything that can refuse before the first byte: writable, space, tools, size warning."""
+    def preflight(self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False, target_dir: Path | None = None) -> None:
+        """Everything that can refuse before the first byte: writable, space, tools, size warning.
+
+        `target_dir` replaces the data dirs (a bundle stages into one cache directory).
+        """
         needed: dict[Path, int] = {}
         for plan in plans:
-            data_dir = self.store.data_dir(plan.recipe.data_type)
+            data_dir = target_dir or self.store.data_dir(plan.recipe.data_type)
             self.store.ensure_writable(data_dir)
             tools = [t for t in plan.recipe.requires.tools if t not in ("python", "python3")]
             tools += [s.command[0] for s in plan.steps if s.type == "tool_command" and not s.command[0].startswith("{")]
@@ -124,11 +127,13 @@ class Engine:
             needed[data_dir] = needed.get(data_dir, 0) + sum(
                 (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
             )
+        for data_dir, size in needed.items():
+            check_space(data_dir, size)
+        # Asked last: a person should not say yes to a download that cannot fit anyway.
+        for plan in plans:
             size = plan.size_estimate_bytes
             if not local and size > plan.recipe.size_warning_mb * 10**6 and not confirm(plan, size, estimated_times(size)):
                 raise ConfirmationRequired(f"{plan.pack_id}: not confirmed, nothing was downloaded")
-        for data_dir, size in needed.items():
-            check_space(data_dir, size)
 
     # --- act ----------------------------------------------------------------------------
 
