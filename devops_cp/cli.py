@@ -127,14 +127,15 @@ def info(pack: str, as_json: bool) -> None:
         choice = {recipe.choices[0].id: option.value} if option else {}
         online = resolve(recipe, choice, hardware, mode="bundle")  # bundle mode never refuses for hardware
         direct = resolve(recipe, choice, hardware, mode="install", force=True)  # what `install --force` runs
-        usable = not (option and option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
+        availability = reports.option_availability(option, hardware) if option else {"available": True, "why_not": None, "note": None}
         variants.append(
             {
                 "option": option.value if option else None,
                 "label": option.label if option else recipe.label,
                 "description": option.description if option else "",
-                "available_here": usable,
-                "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
+                "available_here": availability["available"],
+                "why_not": availability["why_not"],
+                "vram_note": availability["note"],
                 "min_vram_mb": option.min_vram_mb if option else None,
                 "direct_install": [_describe_step(s) for s in direct.steps],
                 "bundle_fetch": [_describe_step(s) for s in online.steps],
@@ -142,15 +143,7 @@ def info(pack: str, as_json: bool) -> None:
             }
         )
     document = {
-        "id": recipe.id,
-        "label": recipe.label,
-        "description": recipe.description,
-        "category": recipe.category,
-        "data_type": recipe.data_type,
-        "data_dir": str(app.store.data_dir(recipe.data_type)),
-        "update_schedule": recipe.update_schedule,
-        "size_estimate_mb": recipe.size_estimate_mb,
-        "size_warning_mb": recipe.size_warning_mb,
+        **reports.recipe_summary(app, recipe),
         "requires": {"tools": list(recipe.requires.tools), "packages_pip": list(recipe.requires.packages_pip), "network": recipe.requires.network},
         "choice": recipe.choices[0].id if recipe.choices else None,
         "variants": variants,

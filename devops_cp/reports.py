@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from devops_cp.app import App
+from manifests.hardware import Hardware
+from manifests.recipe import Option, Recipe
 from manifests.units import fmt_size
 
 
@@ -40,3 +42,32 @@ def check_updates_document(app: App) -> dict:
         if not records and recipe.tool_hint:
             warnings.append(recipe.tool_hint)
     return {"packs": rows, "warnings": warnings}
+
+
+def recipe_summary(app: App, recipe: Recipe) -> dict:
+    return {
+        "id": recipe.id,
+        "label": recipe.label,
+        "description": recipe.description,
+        "category": recipe.category,
+        "data_type": recipe.data_type,
+        "data_dir": str(app.store.data_dir(recipe.data_type)),
+        "update_schedule": recipe.update_schedule,
+        "size_estimate_mb": recipe.size_estimate_mb,
+        "size_warning_mb": recipe.size_warning_mb,
+    }
+
+
+def option_availability(option: Option, hardware: Hardware) -> dict:
+    """Whether an option can be installed on this host, and why not (as `install` would refuse)."""
+    usable = not (option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
+    note = None
+    vram = hardware.max_vram_mb(option.gpu_vendor)
+    if option.min_vram_mb and (vram or 0) < option.min_vram_mb:
+        have = f"{vram} MiB detected" if vram else "no GPU memory detected"
+        note = f"needs about {option.min_vram_mb} MiB of GPU memory ({have})"
+    return {
+        "available": usable,
+        "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
+        "note": note,
+    }

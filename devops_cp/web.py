@@ -295,20 +295,6 @@ def _size_fields(recipe: Recipe, choices: dict[str, str], hardware: Hardware) ->
     }
 
 
-def _option_availability(option, hardware: Hardware) -> dict:
-    usable = not (option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
-    note = None
-    vram = hardware.max_vram_mb(option.gpu_vendor)
-    if option.min_vram_mb and (vram or 0) < option.min_vram_mb:
-        have = f"{vram} MiB detected" if vram else "no GPU memory detected"
-        note = f"needs about {option.min_vram_mb} MiB of GPU memory ({have})"
-    return {
-        "available": usable,
-        "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
-        "note": note,
-    }
-
-
 def packs_document(app: App, jobs: Jobs) -> dict:
     """The catalog as the page needs it: choices gated by hardware (as `info` does), sizes, times."""
     hardware = app.hardware
@@ -327,7 +313,7 @@ def packs_document(app: App, jobs: Jobs) -> dict:
                     "description": option.description,
                     "default": option is choice.default,
                     "min_vram_mb": option.min_vram_mb,
-                    **_option_availability(option, hardware),
+                    **reports.option_availability(option, hardware),
                 }
                 if index == 0:  # the first choice selects the steps, so it decides the size
                     entry.update(_size_fields(recipe, {choice.id: option.value}, hardware))
@@ -336,15 +322,7 @@ def packs_document(app: App, jobs: Jobs) -> dict:
         running = jobs.running_for(recipe.id)
         packs.append(
             {
-                "id": recipe.id,
-                "label": recipe.label,
-                "description": recipe.description,
-                "category": recipe.category,
-                "data_type": recipe.data_type,
-                "data_dir": str(app.store.data_dir(recipe.data_type)),
-                "update_schedule": recipe.update_schedule,
-                "size_estimate_mb": recipe.size_estimate_mb,
-                "size_warning_mb": recipe.size_warning_mb,
+                **reports.recipe_summary(app, recipe),
                 "choices": choices,
                 "installed": sorted(installed.get(recipe.id, [])),
                 "running_job": running.id if running else None,
