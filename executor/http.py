@@ -252,9 +252,9 @@ def parse_sha256sum(text: str, filename: str | None) -> str:
     """A `sha256sum`-format checksum file: the line for `filename`, or its only line."""
     entries = []
     for line in text.splitlines():
-        match = re.match(r"^([0-9a-fA-F]{64})\s+\*?(.+?)\s*$", line.strip())
-        if match:
-            entries.append((match.group(1).lower(), match.group(2)))
+        match = re.match(r"^([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$", line.strip())
+        if match:  # "HASH  NAME", or a bare "HASH" as some projects publish
+            entries.append((match.group(1).lower(), match.group(2) or ""))
     named = [h for h, name in entries if filename and Path(name).name == filename]
     if named:
         return named[0]

@@ -21,7 +21,7 @@ import filelock
 from executor import durable
 from executor.config import Config, state_dir
 from manifests.datatypes import default_dir
-from manifests.errors import LockTimeout, NotWritableError
+from manifests.errors import ConfigError, LockTimeout, NotWritableError
 
 STAGING_NAME = ".devops-cp-staging"  # inside each data dir: same filesystem, so renames are atomic
 
@@ -111,17 +111,24 @@ class Store:
         safe = key.replace("/", "_")
         return self.records_dir / f"{safe}.json"
 
-    def read_record(self, key: str) -> InstallRecord | None:
-        path = self._record_path(key)
+    @staticmethod
+    def _load(path: Path) -> InstallRecord:
         try:
             return InstallRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(
+                f"{path} is not a valid install record: {exc}",
+                hint="move it away; the pack then counts as not installed and can be installed again",
+            ) from exc
+
+    def read_record(self, key: str) -> InstallRecord | None:
+        path = self._record_path(key)
+        return self._load(path) if path.is_file() else None
 
     def records(self) -> list[InstallRecord]:
         if not self.records_dir.is_dir():
             return []
-        return [InstallRecord.from_json(json.loads(p.read_text(encoding="utf-8"))) for p in sorted(self.records_dir.glob("*.json"))]
+        return [self._load(p) for p in sorted(self.records_dir.glob("*.json"))]
 
     def records_for_pack(self, pack_id: str) -> list[InstallRecord]:
         return [r for r in self.records() if r.pack_id == pack_id]
