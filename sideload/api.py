@@ -8,6 +8,7 @@ is installed from anything that fails verification.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,13 +19,13 @@ from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
-from executor.preflight import check_space, check_tools
+from executor.preflight import check_space, check_tools, existing_parent
 from executor.store import parse_iso
 from executor.transfer import Copy, file_chunks
-from executor.txn import PackTransaction, recover
+from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
-from manifests.errors import DataPackError, HardwareRequirementError, PolicyError, SignatureError, UsageError
+from manifests.errors import DataPackError, HardwareRequirementError, NotWritableError, PolicyError, SignatureError, UsageError
 from manifests.hardware import Hardware
 from sideload.reader import BundleReader, locate, read_parts_index
 
@@ -166,17 +167,42 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
             _check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
         for directory in set(data_dirs.values()):
-            engine.store.ensure_writable(directory)
+            _check_writable(engine, directory, request.dry_run)
             check_space(directory, sum(f.size for p in selected if data_dirs[p.key] == directory for f in manifest.files_for(p.key)))
         if request.dry_run:
             return [Outcome(p.key, notes=[f"would install {len(manifest.files_for(p.key))} file(s) into {data_dirs[p.key]}"]) for p in selected]
-        with engine.store.locked(sorted(set(data_dirs.values()))), ExitStack() as stack:
-            for directory in set(data_dirs.values()):
-                recover(engine.store, directory)
-            txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
-            _stream_payload(engine, reader, manifest, txns)
-            reader.finish()  # trailing data and every part's hash, before anything becomes visible
-            return [_commit(engine, manifest, pack, txns[pack.key], request) for pack in selected]
+        with engine.store.locked(sorted(set(data_dirs.values()))):
+            try:
+                with ExitStack() as stack:
+                    for directory in set(data_dirs.values()):
+                        recover(engine.store, directory)
+                    txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
+                    _stream_payload(engine, reader, manifest, txns)
+                    reader.finish()  # trailing data and every part's hash, before anything becomes visible
+                    return [_commit(engine, manifest, pack, txns[pack.key], request) for pack in selected]
+            finally:
+                for directory in set(data_dirs.values()):
+                    _remove_empty_staging(directory)
+
+
+def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
+    """A dry run checks without creating the data directory or writing a probe into it."""
+    if not dry_run:
+        engine.store.ensure_writable(directory)
+        return
+    parent = existing_parent(directory)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NotWritableError(str(directory), f"{parent} is not writable")
+
+
+def _remove_empty_staging(data_dir: Path) -> None:
+    """Refused or done, no empty staging folder is left in the user's data directory."""
+    root = staging_root(data_dir)
+    for directory in (root / PARTIAL_DIR, root):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # missing, or holding a partial download kept to resume from
 
 
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:

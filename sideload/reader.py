@@ -21,13 +21,14 @@ from typing import BinaryIO, Iterator
 import zstandard
 
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PartEntry, PartsIndex, parts_index_name, verify_parts_index
-from manifests.errors import BundleStructureError, LengthError, UsageError
+from manifests.errors import BundleStructureError, DataPackError, LengthError, SignatureError, TrustError, UsageError
 from manifests.signing import SIGNATURE_SIZE
 
 MAX_MANIFEST = 64 * 2**20
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _PART_NAME = re.compile(r"^(.+)\.(\d{3})$")
 MEMBER_OVERHEAD = 4096 + 511  # tar and pax headers plus block padding, per member
+BLOCKSIZE = tarfile.BLOCKSIZE
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,103 @@ def read_parts_index(location: BundleLocation, trusted, allow_unsigned: bool) ->
     data = location.index_path.read_bytes()
     sig_path = location.index_path.with_name(location.index_path.name + ".sig")
     signature = sig_path.read_bytes() if sig_path.exists() else None
-    index, _ = verify_parts_index(data, signature, trusted, allow_unsigned=allow_unsigned)
+    try:
+        index, _ = verify_parts_index(data, signature, trusted, allow_unsigned=allow_unsigned)
+    except (SignatureError, BundleStructureError) as exc:  # say which file: the manifest has the same errors
+        raise type(exc)(f"parts index {location.index_path.name}: {exc.message}", hint=exc.hint) from exc
     return index
+
+
+class FrameWalker:
+    """Follows the zstd frame and block headers of the compressed bytes, skipping block contents.
+
+    python-zstandard's stream reader ends silently when its input stops in the middle of a
+    frame (a truncated copy) and calls bytes after the last frame "unknown frame descriptor".
+    Walking the headers tells a complete stream from a cut one, and names trailing garbage.
+    """
+
+    _ZSTD = 0xFD2FB528
+    _SKIPPABLE = 0x184D2A50  # 0x184D2A50 .. 0x184D2A5F
+    _FCS_SIZES = (0, 2, 4, 8)
+    _DICT_ID_SIZES = (0, 1, 2, 4)
+
+    def __init__(self) -> None:
+        self.state, self.need, self.skip = "magic", 4, 0
+        self.buf = bytearray()
+        self.offset = 0  # compressed bytes seen
+        self.frames = 0
+        self.checksum = False
+        self.problem: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None and self.frames > 0 and self.state == "magic" and not self.buf and not self.skip
+
+    def why_incomplete(self) -> str:
+        if self.problem:
+            return self.problem
+        if self.frames == 0 and self.offset == 0:
+            return "the bundle is empty"
+        return f"the bundle is truncated: its compressed stream stops in the middle of a frame, after {self.offset} bytes"
+
+    def feed(self, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        view, i, n = memoryview(data), 0, len(data)
+        while i < n and self.problem is None:
+            if self.skip:
+                step = min(self.skip, n - i)
+                self.skip -= step
+                i += step
+                continue
+            take = min(self.need - len(self.buf), n - i)
+            self.buf += view[i : i + take]
+            i += take
+            if len(self.buf) == self.need:
+                header = bytes(self.buf)
+                self.buf.clear()
+                self._advance(header, self.offset + i - len(header))
+        self.offset += n
+
+    def _advance(self, header: bytes, at: int) -> None:
+        value = int.from_bytes(header, "little")
+        if self.state == "magic":
+            if value == self._ZSTD:
+                self.state, self.need = "descriptor", 1
+            elif value & 0xFFFFFFF0 == self._SKIPPABLE:
+                self.state, self.need = "skippable", 4
+            else:
+                self.problem = f"the bundle has trailing garbage: the bytes from offset {at} on are not zstd data"
+        elif self.state == "skippable":
+            self.skip = value
+            self._frame_done()
+        elif self.state == "descriptor":
+            single = (value >> 5) & 1
+            self.checksum = bool(value & 4)
+            if value & 8:
+                self.problem = f"the bundle is damaged: invalid zstd frame header at offset {at}"
+                return
+            rest = (0 if single else 1) + self._DICT_ID_SIZES[value & 3] + (self._FCS_SIZES[value >> 6] or single)
+            self.state, self.need = ("frame-header", rest) if rest else ("block", 3)
+        elif self.state == "frame-header":
+            self.state, self.need = "block", 3
+        elif self.state == "block":
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                self.problem = f"the bundle is damaged: invalid zstd block at offset {at}"
+                return
+            self.skip = 1 if kind == 1 else size
+            if value & 1:  # the frame's last block
+                if self.checksum:
+                    self.state, self.need = "checksum", 4
+                else:
+                    self._frame_done()
+        elif self.state == "checksum":
+            self._frame_done()
+
+    def _frame_done(self) -> None:
+        self.frames += 1
+        self.state, self.need = "magic", 4
 
 
 class PartsStream:
@@ -79,6 +175,7 @@ class PartsStream:
         self.index = -1
         self.file: BinaryIO | None = None
         self.hasher = hashlib.sha256()
+        self.frames = FrameWalker()
         self._next()
 
     def _next(self) -> bool:
@@ -104,6 +201,7 @@ class PartsStream:
             data = self.file.read(size)
             if data:
                 self.hasher.update(data)
+                self.frames.feed(data)
                 return data
             self._next()
         return b""
@@ -121,6 +219,22 @@ class PartsStream:
     def at_end(self) -> bool:
         return self.file is None
 
+    def damaged_part(self) -> str | None:
+        """After a failure: the first part read so far whose bytes do not match the signed index (read again, in place)."""
+        for path, entry in self.parts[: self.index + 1]:
+            if entry is None:
+                continue
+            hasher = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        hasher.update(chunk)
+            except OSError:
+                return path.name
+            if hasher.hexdigest() != entry.sha256:
+                return path.name
+        return None
+
 
 class _Bounded:
     """Decompressed bytes, at most `limit` of them: a bomb stops at the declared sizes."""
@@ -136,8 +250,28 @@ class _Bounded:
         return data
 
 
-def _structure_errors(exc: Exception) -> BundleStructureError:
+_ARCHIVE_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError)
+
+
+def _structure_errors(exc: Exception, raw: "PartsStream | None" = None) -> BundleStructureError:
+    """A third-party archive error, in our words; the frame walker says what it was when it knows."""
+    frames = raw.frames if raw is not None else None
+    if frames is not None and (frames.problem or (raw.at_end() and not frames.complete)):
+        return BundleStructureError(f"{frames.why_incomplete()} ({exc})", hint="copy the bundle again; nothing was installed")
     return BundleStructureError(f"the bundle is damaged or truncated: {exc}", hint="copy it again; nothing was installed")
+
+
+class _MemberReader:
+    """One payload member's bytes; archive errors while reading them become BundleStructureError."""
+
+    def __init__(self, member, raw: PartsStream):
+        self.member, self.raw = member, raw
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.member.read(size)
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
 
 
 class BundleReader:
@@ -148,11 +282,15 @@ class BundleReader:
             parts = [(location.parts[0], None)]
         self.raw = PartsStream(parts)
         self.stream = _Bounded(zstandard.ZstdDecompressor().stream_reader(self.raw, read_size=1 << 20, read_across_frames=True), MAX_MANIFEST + 2 * MEMBER_OVERHEAD)
+        self._pending: tarfile.TarInfo | None = None
         try:
             self.tar = tarfile.open(fileobj=self.stream, mode="r|", bufsize=1 << 20)
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise _structure_errors(exc) from exc
-        self._pending: tarfile.TarInfo | None = None
+        except _ARCHIVE_ERRORS as exc:
+            self.close()
+            raise self._diagnosed(_structure_errors(exc, self.raw)) from exc
+        except DataPackError as exc:
+            self.close()
+            raise self._diagnosed(exc) from exc
 
     def close(self) -> None:
         self.raw.close()
@@ -160,22 +298,38 @@ class BundleReader:
     def __enter__(self) -> "BundleReader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if isinstance(exc, DataPackError):
+            better = self._diagnosed(exc)
+            if better is not exc:
+                raise better from exc
+
+    def _diagnosed(self, exc: DataPackError) -> DataPackError:
+        """Whatever failed, a split bundle's damaged part is what a person must fix: name it."""
+        if not isinstance(exc, TrustError) or self.raw.parts[0][1] is None:  # one archive: nothing to name
+            return exc
+        name = self.raw.damaged_part()
+        if name is None or exc.message.startswith(f"part {name} "):
+            return exc
+        return BundleStructureError(
+            f"part {name} is damaged: its sha256 does not match the signed parts index ({exc.message})",
+            hint="copy that part again; nothing was installed",
+        )
 
     def _next_member(self) -> tarfile.TarInfo | None:
         try:
             return self.tar.next()
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise _structure_errors(exc) from exc
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
 
     def _read_small(self, member: tarfile.TarInfo, limit: int) -> bytes:
         if not member.isreg() or member.size > limit:
             raise BundleStructureError(f"bundle member {member.name!r} is not a plain file of at most {limit} bytes")
         try:
             return self.tar.extractfile(member).read()
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise _structure_errors(exc) from exc
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
 
     def read_header(self) -> tuple[bytes, bytes | None]:
         """The manifest's exact bytes and its signature (None when the bundle is unsigned)."""
@@ -204,24 +358,67 @@ class BundleReader:
             _check_member(member, entry, listed, seen)
             seen.add(member.name)
             try:
-                yield entry, self.tar.extractfile(member)
-            except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-                raise _structure_errors(exc) from exc
-        extra = self._pending or self._next_member()
-        if extra is not None:
-            raise BundleStructureError(f"bundle member {extra.name!r} is not listed in the manifest", hint="the bundle was altered; nothing was installed")
+                source = self.tar.extractfile(member)
+            except _ARCHIVE_ERRORS as exc:
+                raise _structure_errors(exc, self.raw) from exc
+            yield entry, _MemberReader(source, self.raw)
+        if self._pending is not None:
+            _refuse_extra(self._pending.name, seen)
+        self._check_end(seen)
+
+    def _check_end(self, seen: set[str]) -> None:
+        """After the last listed member: the tar's end marker (two zero blocks) and zero padding, nothing else.
+
+        Read here rather than with tarfile's next(), which takes a cut or garbled header for the end.
+        """
+        stream = self.tar.fileobj
+        zeros = 0
+        try:
+            stream.seek(self.tar.offset)  # past the last member's padding
+            while chunk := stream.read(1 << 16):
+                if chunk.strip(b"\0"):
+                    at = len(chunk) - len(chunk.lstrip(b"\0"))
+                    name = _header_name(chunk[at - at % BLOCKSIZE :]) if zeros + at < 2 * BLOCKSIZE else None
+                    if name is not None:
+                        _refuse_extra(name, seen)
+                    raise BundleStructureError("the bundle has data after its last member", hint="the bundle was altered; nothing was installed")
+                zeros += len(chunk)
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
+        if zeros < 2 * BLOCKSIZE:
+            raise BundleStructureError("the bundle is truncated: its archive stops without the end-of-archive marker", hint="copy it again; nothing was installed")
 
     def finish(self) -> None:
-        """Nothing may follow the tar's end but its zero padding; every part must check out."""
+        """Nothing may follow the archive's end; the compressed stream must be whole; every part must check out."""
         try:
-            while chunk := self.stream.read(1 << 16):
+            while chunk := self.stream.read(1 << 16):  # payload() read to the tar's end already: only the frame's end is left
                 if chunk.strip(b"\0"):
                     raise BundleStructureError("the bundle has data after its last member", hint="the bundle was altered; nothing was installed")
-        except zstandard.ZstdError as exc:
-            raise BundleStructureError(f"the bundle has trailing garbage or a damaged end: {exc}") from exc
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
         self.raw.read()  # reach the end, so the last part's hash is checked
         if not self.raw.at_end():
             raise BundleStructureError("the bundle has bytes after its compressed stream")
+        if not self.raw.frames.complete:
+            raise BundleStructureError(self.raw.frames.why_incomplete(), hint="copy it again; nothing was installed")
+
+
+def _header_name(block: bytes) -> str | None:
+    """The member name in a tar header block (a PAX header's `path` when there is one), or None."""
+    try:
+        info = tarfile.TarInfo.frombuf(block[:BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        return None
+    if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+        found = re.search(rb"\d+ path=([^\n]*)\n", block[BLOCKSIZE : BLOCKSIZE + info.size])
+        return found.group(1).decode("utf-8", "surrogateescape") if found else None
+    return info.name
+
+
+def _refuse_extra(name: str, seen: set[str]) -> None:
+    if name in seen:
+        raise BundleStructureError(f"bundle member {name!r} appears twice", hint="the bundle is hostile or damaged; nothing was installed")
+    raise BundleStructureError(f"bundle member {name!r} is not listed in the manifest", hint="the bundle was altered; nothing was installed")
 
 
 def _check_member(member: tarfile.TarInfo, entry: FileEntry, listed: set[str], seen: set[str]) -> None:
