@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from devops_cp.app import App
 from manifests.hardware import Hardware
-from manifests.recipe import Option, Recipe
+from manifests.recipe import SCHEDULES, Option, Recipe
 from manifests.units import fmt_size
 
 
@@ -33,14 +33,21 @@ def status_document(app: App) -> dict:
 
 
 def check_updates_document(app: App) -> dict:
+    """Every catalog pack, plus installed packs this host has no recipe for (a sideloaded site
+    pack): their record carries the update schedule."""
     rows, warnings = [], []
+    records = app.store.records()
     for recipe in sorted(app.catalog.recipes.values(), key=lambda r: r.id):
-        records = app.store.records_for_pack(recipe.id)
-        for record in records or [None]:
+        installed = [r for r in records if r.pack_id == recipe.id]
+        for record in installed or [None]:
             fresh = app.store.freshness(record, recipe.schedule_seconds)
             rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **fresh})
-        if not records and recipe.tool_hint:
+        if not installed and recipe.tool_hint:
             warnings.append(recipe.tool_hint)
+    for record in records:
+        if record.pack_id not in app.catalog.recipes:
+            fresh = app.store.freshness(record, SCHEDULES.get(record.update_schedule))
+            rows.append({"pack": record.pack_id, "key": record.key, "schedule": record.update_schedule, **fresh})
     return {"packs": rows, "warnings": warnings}
 
 
