@@ -8,6 +8,9 @@ as they are fetched; the archive writer reads each staged file once.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
+import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bundler import bootstrap, tool_wheels
 from bundler.writer import Member, write_archive
 from executor import durable
 from executor.engine import Engine
@@ -31,11 +35,13 @@ from manifests.bundle import (
     PackEntry,
     PartEntry,
     PartsIndex,
+    TOOL_DATA_TYPE,
     format_timestamp,
     parts_index_name,
     sha256sum_lines,
     to_json,
 )
+from manifests.errors import UsageError
 from manifests.plan import Plan
 from manifests.recipe import StepSpec
 
@@ -110,26 +116,44 @@ def build_bundle(
     expires_in: timedelta | None = None,
     split_size: int | None = None,
     confirm=None,
+    include_tool: tool_wheels.Target | None = None,
 ) -> BundleResult:
-    """Fetch, stage and archive. Nothing named OUT* exists until the archive is complete."""
+    """Fetch, stage and archive. Nothing named OUT* exists until the archive is complete.
+
+    `include_tool`: also carry wheels of this tool and its dependencies for that target
+    (bundler/tool_wheels.py), and write OUT.bootstrap.sh beside the bundle.
+    """
     out = out.resolve()
     work = staging_dir()
     engine.store.ensure_writable(out.parent)
+    if include_tool is not None and private_key is None:
+        raise UsageError("--include-tool needs a signed bundle: the air-gapped host checks it with openssl before running anything", hint="pass --key PREFIX.key")
     engine.preflight(plans, confirm or (lambda *_: True), target_dir=work)
     check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
     txns = [PackTransaction(engine.store, work, plan.key) for plan in plans]
+    wheel_dir = None
     try:
+        tool = None
+        if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
+            wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
+            tool = tool_wheels.collect(wheel_dir, include_tool)
         workers = max(1, min(engine.config.max_parallel_downloads, len(plans)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             staged = list(pool.map(lambda pt: _stage_pack(engine, *pt), zip(plans, txns)))
-        return _write(engine, out, plans, txns, staged, private_key, expires_in, split_size)
+        return _write(engine, out, plans, txns, staged, private_key, expires_in, split_size, tool)
     finally:
         for txn in txns:
             txn.abort()
+        if wheel_dir is not None:
+            shutil.rmtree(wheel_dir, ignore_errors=True)
 
 
-def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size) -> BundleResult:
-    files, members = [], []
+def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size, tool=None) -> BundleResult:
+    files, members, packs = [], [], [entry for entry, _ in staged]
+    if tool is not None:  # the wheels go first: the bootstrap's tar stops reading right after them
+        tool_pack, files, tool_members = tool_wheels.manifest_entries(tool, format_timestamp(datetime.now(timezone.utc)), TOOL_VERSION)
+        packs.append(tool_pack)
+        members = [Member(name, path, size) for name, path, size in tool_members]
     for plan, txn in zip(plans, txns):
         for rel in sorted(txn.files):
             record = txn.files[rel]
@@ -144,7 +168,7 @@ def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size
         expires=format_timestamp(now + expires_in) if expires_in else None,
         tool_version=TOOL_VERSION,
         signer_key_id=signer,
-        packs=tuple(entry for entry, _ in staged),
+        packs=tuple(packs),
         files=tuple(files),
     )
     manifest_bytes = to_json(manifest)
@@ -162,14 +186,33 @@ def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size
     parts = write_archive(out, manifest_bytes, signature, members, split_size=split_size, on_bytes=on_bytes)
     meter.done(done)
     paths = [out.with_name(p.name) for p in parts]
-    paths += _write_side_files(out, parts, private_key, signer, split_size is not None)
+    listed = []  # besides the parts, in the signed checksum list
+    if tool is not None:
+        script, digest = bootstrap.write(out.parent, bootstrap_info(manifest, out.name, [p.name for p in parts] if split_size is not None else []))
+        listed.append((script.name, digest))
+        paths.append(script)
+    paths += _write_side_files(out, parts, private_key, signer, split_size is not None, listed)
     return BundleResult(manifest, paths, parts, [n for _, notes in staged for n in notes])
 
 
-def _write_side_files(out: Path, parts: list[PartEntry], private_key, signer: str | None, split: bool) -> list[Path]:
-    """OUT.sha256 (for `sha256sum -c`) and, for split bundles, the parts index; each signed."""
+def bootstrap_info(manifest: BundleManifest, bundle_name: str, parts: list[str]) -> bootstrap.BootstrapInfo:
+    """What the bootstrap script needs, from the manifest alone (so `bootstrap-script` prints the same bytes)."""
+    tool = next((p for p in manifest.packs if p.data_type == TOOL_DATA_TYPE), None)
+    if tool is None:
+        raise UsageError(f"{bundle_name} carries no wheels of this tool", hint="make the bundle with `devops-cp data bundle ... --include-tool`")
+    python = tool.choices.get("python", "")
+    if not re.fullmatch(r"3\.\d{1,2}", python):
+        raise UsageError(f"{bundle_name}: its tool wheels name no target Python (got {python!r})", hint="make the bundle again with --include-tool")
+    members = tuple(f.member for f in manifest.files_for(tool.key))
+    return bootstrap.BootstrapInfo(bundle_name, tuple(parts), members, python, tool_wheels.DIST_NAME)
+
+
+def _write_side_files(out: Path, parts: list[PartEntry], private_key, signer: str | None, split: bool, listed=()) -> list[Path]:
+    """OUT.sha256 (for `sha256sum -c`: the parts, then `listed` (name, sha256) such as the
+    bootstrap script) and, for split bundles, the parts index; each signed."""
     written = []
-    documents = [(out.with_name(out.name + SHA256_SUFFIX), sha256sum_lines((p.name, p.sha256) for p in parts).encode())]
+    checksums = [*((p.name, p.sha256) for p in parts), *listed]
+    documents = [(out.with_name(out.name + SHA256_SUFFIX), sha256sum_lines(checksums).encode())]
     if split:
         index = PartsIndex(bundle_name=out.name, parts=tuple(parts), total_size=sum(p.size for p in parts), signer_key_id=signer)
         documents.append((out.with_name(parts_index_name(out.name)), to_json(index)))

@@ -93,13 +93,20 @@ def trust_remove(key_id: str, as_json: bool) -> None:
 @click.option("--split-size", help="Split into parts of at most SIZE (4G, 700MiB, fat32).")
 @click.option("--expires", help="Refuse the bundle after this long (30d, 12h).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
+@click.option("--include-tool", is_flag=True, help="Also carry wheels of this tool and its dependencies, and OUT.bootstrap.sh.")
+@click.option("--target-python", metavar="X.Y", help="With --include-tool: wheels for this Python [default: this one].")
+@click.option("--target-platform", metavar="TAG", help="With --include-tool: wheels for this platform, e.g. manylinux_2_17_x86_64 [default: this host's].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def bundle(packs, out, key_path, unsigned, split_size, expires, yes, progress, as_json) -> None:
+def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_tool, target_python, target_platform, progress, as_json) -> None:
     """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
     from bundler.build import build_bundle
+    from bundler.tool_wheels import Target
 
+    if (target_python or target_platform) and not include_tool:
+        raise UsageError("--target-python and --target-platform go with --include-tool")
+    tool_target = Target(target_python, target_platform) if include_tool else None
     if key_path is None and not unsigned:
         raise UsageError("bundle needs a signing key", hint="pass --key PREFIX.key (make one with `devops-cp data keygen`), or --unsigned")
     if not out.name.endswith(".tar.zst"):
@@ -126,6 +133,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, progress, a
                 expires_in=timedelta(seconds=parse_duration(expires)) if expires else None,
                 split_size=parse_size(split_size) if split_size else None,
                 confirm=_confirm_on_terminal(yes),
+                include_tool=tool_target,
             )
         finally:
             engine.close()
@@ -223,6 +231,31 @@ def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_ex
     sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, progress=progress, as_json=as_json, python=python))
 
 
+@click.command("bootstrap-script")
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it here (mode 0755) instead of printing it.")
+@reports_errors
+def bootstrap_script(bundle_path: Path, trust_files, output: Path | None) -> None:
+    """The sh script that installs this tool from BUNDLE's own wheels on a host without it, then sideloads BUNDLE.
+
+    Bundles made with --include-tool have it beside them already (OUT.tar.zst.bootstrap.sh);
+    run it there: `sh OUT.tar.zst.bootstrap.sh DIR SITE.pub`.
+    """
+    from bundler.bootstrap import render
+    from bundler.build import bootstrap_info
+    from sideload.api import read_verified_manifest
+
+    manifest, parts = read_verified_manifest(bundle_path, _trust_options(trust_files, allow_expired=True))
+    name = Path(parts[0]).name.rsplit(".", 1)[0] if parts else bundle_path.name
+    text = render(bootstrap_info(manifest, name, list(parts)))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        output.chmod(0o755)
+
+
 def register(main: click.Group, data: click.Group) -> None:
-    for command in (keygen, trust, bundle, inspect, verify, sideload):
+    for command in (keygen, trust, bundle, inspect, verify, sideload, bootstrap_script):
         data.add_command(command)

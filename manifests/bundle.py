@@ -31,6 +31,9 @@ __all__ = [
     "PARTS_INDEX_SUFFIX",
     "SIGNATURE_NAME",
     "SIGNATURE_SUFFIX",
+    "TOOL_DATA_TYPE",
+    "TOOL_MEMBER_DIR",
+    "TOOL_PACK_ID",
     "BundleManifest",
     "FileEntry",
     "PackEntry",
@@ -54,6 +57,11 @@ SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_NAME = MANIFEST_NAME + SIGNATURE_SUFFIX
 PARTS_INDEX_SUFFIX = ".parts.json"
 _RESERVED_MEMBERS = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+# The tool's own wheels (`bundle --include-tool`) travel as one pseudo-pack of this data type,
+# members under tool/: covered by the signature like any file, never installed as data.
+TOOL_PACK_ID = "devops-cp-tool"
+TOOL_DATA_TYPE = "tool_wheels"
+TOOL_MEMBER_DIR = "tool/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
@@ -462,6 +470,7 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
         if pack.key in keys:
             raise top.fail(f"packs[{i}].key", f"duplicate pack key {pack.key!r}")
         keys.add(pack.key)
+    tool_keys = {p.key for p in packs if p.data_type == TOOL_DATA_TYPE}
     seen_paths: set[tuple[str, str]] = set()
     members: set[str] = set()
     for i, entry in enumerate(files):
@@ -474,6 +483,7 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
         if entry.member in members:
             raise top.fail(f"{where}.member", f"duplicate archive member {entry.member!r}")
         members.add(entry.member)
+        _check_tool_member(top, where, entry, tool_keys)
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once.
     for pack_key, path in seen_paths:
         parts = path.split("/")
@@ -481,6 +491,15 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
             if (pack_key, "/".join(parts[:n])) in seen_paths:
                 parent = "/".join(parts[:n])
                 raise top.fail("files", f"{parent!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
+
+
+def _check_tool_member(top: _Obj, where: str, entry: FileEntry, tool_keys: set[str]) -> None:
+    """tool/NAME.whl belongs to the tool's pseudo-pack and nothing else does: a data pack cannot pose as wheels."""
+    in_tool_dir = entry.member.startswith(TOOL_MEMBER_DIR)
+    if (entry.pack_key in tool_keys) != in_tool_dir:
+        raise top.fail(f"{where}.member", f"{entry.member!r}: only the {TOOL_DATA_TYPE!r} pack has members under {TOOL_MEMBER_DIR}, and all of them are there")
+    if in_tool_dir and (entry.member != TOOL_MEMBER_DIR + entry.path or "/" in entry.path or not entry.path.endswith(".whl")):
+        raise top.fail(f"{where}.member", f"{entry.member!r}: a tool member is {TOOL_MEMBER_DIR}NAME.whl, with NAME.whl as its path")
 
 
 def _parts_from_doc(doc: Any) -> PartsIndex:

@@ -24,7 +24,7 @@ from executor.store import parse_iso
 from executor.transfer import Copy, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
-from manifests.bundle import BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
+from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, NotWritableError, PolicyError, SignatureError, UsageError
 from manifests.hardware import Hardware
 from sideload.reader import BundleReader, locate, read_parts_index
@@ -123,12 +123,17 @@ class SideloadRequest:
 
 
 def _select(manifest: BundleManifest, wanted: tuple[str, ...]) -> list[PackEntry]:
+    # The tool's own wheels (--include-tool) are verified with the rest, never installed as data: pip installs them.
+    tool = [w for w in wanted if any(w in (p.id, p.key) and p.data_type == TOOL_DATA_TYPE for p in manifest.packs)]
+    if tool:
+        raise UsageError(f"{tool[0]!r} holds this tool's wheels, not data", hint="install them with pip: see `devops-cp data bootstrap-script` and the README's air-gapped section")
+    packs = [p for p in manifest.packs if p.data_type != TOOL_DATA_TYPE]
     if not wanted:
-        return list(manifest.packs)
-    chosen = [p for p in manifest.packs if p.id in wanted or p.key in wanted]
-    unknown = [w for w in wanted if not any(w in (p.id, p.key) for p in manifest.packs)]
+        return packs
+    chosen = [p for p in packs if p.id in wanted or p.key in wanted]
+    unknown = [w for w in wanted if not any(w in (p.id, p.key) for p in packs)]
     if unknown:
-        raise UsageError(f"the bundle has no pack {unknown[0]!r}", hint="it holds: " + ", ".join(p.key for p in manifest.packs))
+        raise UsageError(f"the bundle has no pack {unknown[0]!r}", hint="it holds: " + ", ".join(p.key for p in packs))
     return chosen
 
 
@@ -251,3 +256,16 @@ def run_offline_steps(engine: Engine, pack: PackEntry, data_dir: Path) -> None:
         if step.type != "tool_command":
             raise UsageError(f"{pack.key}: offline step type {step.type!r} cannot run on this host")
         step_types.run_tool_command(engine.step_context(), pack.key, step, values, None)
+
+
+def read_verified_manifest(path: Path, options: TrustOptions = TrustOptions()) -> tuple[BundleManifest, tuple[str, ...]]:
+    """The manifest, parsed only after its signature verified, and the part names (() for one archive).
+
+    Reads nothing past the signature: for `bootstrap-script`, which needs the manifest, not the payload.
+    """
+    keys = trusted_keys(options.trust_files)
+    location = locate(path)
+    index = read_parts_index(location, keys, options.allow_unsigned) if location.split else None
+    with BundleReader(location, index) as reader:
+        manifest, _ = _read_verified_header(reader, keys, options)
+    return manifest, tuple(p.name for p in index.parts) if index else ()
