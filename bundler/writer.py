@@ -21,6 +21,7 @@ from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 
 ZSTD_LEVEL = 3
 TAR_COPY_BUFFER = 1 << 20
+ZSTD_JOB_SIZE = 2 << 20  # bounds the compressor's memory (see write_archive)
 
 
 class PartWriter:
@@ -128,7 +129,10 @@ def write_archive(
 ) -> list[PartEntry]:
     parts = PartWriter(out, split_size)
     try:
-        compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        # Every core compresses, in jobs of ZSTD_JOB_SIZE: libzstd's default job at level 3 is
+        # several MiB and its worker pool then holds about 110 MiB; 2 MiB jobs hold about 30.
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=-1, job_size=ZSTD_JOB_SIZE, write_checksum=True)
+        compressor = zstandard.ZstdCompressor(compression_params=params)
         with compressor.stream_writer(parts, closefd=False) as zst:
             # bufsize: tarfile's stream mode re-slices its buffer into blocks of `bufsize` bytes, each
             # slice copying what is left; at the default 10 KiB that is ~50 copies of every MiB written.
