@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ from executor.engine import Engine
 from executor.events import Meter
 from executor.preflight import check_space
 from executor.steps import uses_python
-from executor.txn import PackTransaction
+from executor.txn import PackTransaction, recover
 from manifests import signing
 from manifests.bundle import (
     BundleManifest,
@@ -130,9 +131,13 @@ def build_bundle(
         raise UsageError("--include-tool needs a signed bundle: the air-gapped host checks it with openssl before running anything", hint="pass --key PREFIX.key")
     engine.preflight(plans, confirm or (lambda *_: True), target_dir=work)
     check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
-    txns = [PackTransaction(engine.store, work, plan.key) for plan in plans]
+    held = ExitStack()  # bundles share this staging cache and its partial downloads: one at a time
+    txns: list[PackTransaction] = []
     wheel_dir = None
     try:
+        held.enter_context(engine.store.locked([work]))
+        recover(engine.store, work)  # staged copies that a killed bundle left behind
+        txns = [PackTransaction(engine.store, work, plan.key) for plan in plans]
         tool = None
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
@@ -146,6 +151,7 @@ def build_bundle(
             txn.abort()
         if wheel_dir is not None:
             shutil.rmtree(wheel_dir, ignore_errors=True)
+        held.close()
 
 
 def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size, tool=None) -> BundleResult:

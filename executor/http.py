@@ -157,7 +157,10 @@ class Download:
                     ) from exc
                 wait = getattr(exc, "wait", None)
                 backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (failures - 1))
-                self.settings.sleep(min(wait, 300.0) if wait is not None else backoff)
+                pause = min(wait, 300.0) if wait is not None else backoff
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise _past_deadline(self.url) from exc  # waiting would only overrun it
+                self.settings.sleep(pause)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"download of {self.url} failed: {exc}") from exc
             except LengthError:
@@ -221,14 +224,15 @@ class Download:
         return copy
 
 
+def _past_deadline(url: str) -> NetworkError:
+    return NetworkError(f"download of {url} ran past its deadline", hint="the partial file is kept: run the same command again to resume")
+
+
 def _until(deadline: float | None, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
     for chunk in chunks:
         yield chunk
         if deadline is not None and time.monotonic() > deadline:
-            raise NetworkError(
-                f"download of {url} ran past its deadline",
-                hint="the partial file is kept: run the same command again to resume",
-            )
+            raise _past_deadline(url)
 
 
 def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> httpx.Response:

@@ -26,7 +26,7 @@ from executor.http import Download, HttpSettings, fetch_small, parse_sha256sum
 from executor.preflight import check_space, check_tools
 from executor.transfer import Copy, HashingReader, copy_file, file_chunks, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
-from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, UsageError
+from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, TrustError, UsageError
 from manifests.recipe import Recipe, StepSpec
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
@@ -128,7 +128,11 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     outcome = StepOutcome(source=url, checksum_verified=expected is not None)
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
-    place_file(download.partial, step, txn, copy, meter)
+    try:
+        place_file(download.partial, step, txn, copy, meter)
+    except (NoSpaceError, TrustError):
+        download.discard()  # a full disk or a refused archive: nothing of it is kept in the data dir
+        raise
     download.discard()
     return outcome
 

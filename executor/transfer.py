@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from executor.events import Meter
+from executor.store import STAGING_NAME
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
@@ -82,6 +83,7 @@ class Copy:
 def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exception:
     if exc.errno in _SPACE_ERRNOS:
         where = os.path.dirname(os.path.abspath(getattr(out, "name", ".")))
+        where = where.split(os.sep + STAGING_NAME)[0]  # the data dir, not a staging folder about to go
         try:
             free = shutil.disk_usage(where).free
         except OSError:

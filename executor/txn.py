@@ -135,6 +135,7 @@ def remove_empty_staging(data_dir: Path) -> None:
 def recover_all(store: Store) -> list[str]:
     """Recover every data dir whose lock is free now; one held by a live run is its business."""
     done = []
+    remove_dead_temp_files(store.records_dir)
     for data_dir in store.known_data_dirs():
         if not staging_root(data_dir).is_dir():
             continue
@@ -144,3 +145,21 @@ def recover_all(store: Store) -> list[str]:
         except LockTimeout:
             continue
     return done
+
+
+def remove_dead_temp_files(directory: Path) -> None:
+    """`write_atomic`'s `.NAME.PID.tmp`, left when its process was killed before the rename."""
+    for tmp in directory.glob(".*.tmp") if directory.is_dir() else ():
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

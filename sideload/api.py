@@ -25,7 +25,7 @@ from executor.transfer import Copy, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
-from manifests.errors import DataPackError, HardwareRequirementError, NotWritableError, PolicyError, SignatureError, UsageError
+from manifests.errors import DataPackError, HardwareRequirementError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UsageError
 from manifests.hardware import Hardware
 from sideload.reader import BundleReader, locate, read_parts_index
 
@@ -219,8 +219,12 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         if txn is None:  # a pack not chosen: still verified, written nowhere
             Copy(None, what=entry.member, limit=entry.size).feed(chunks).check(entry.sha256, entry.size)
         else:
-            with open(txn.path_for(entry.path), "wb") as out:
-                copy = Copy(out, what=entry.member, limit=entry.size).feed(chunks)
+            try:
+                with open(txn.path_for(entry.path), "wb") as out:
+                    copy = Copy(out, what=entry.member, limit=entry.size).feed(chunks)
+            except NoSpaceError as exc:  # name what the update needs in that data dir, not this one file
+                needed = sum(f.size for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == txn.data_dir)
+                raise NoSpaceError(str(txn.data_dir), needed, exc.free) from exc
             copy.check(entry.sha256, entry.size)
             txn.add(entry.path, copy.done, copy.sha256)
         done += entry.size
