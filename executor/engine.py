@@ -21,7 +21,7 @@ from executor import steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.http import HttpSettings, make_client
-from executor.preflight import check_space, check_tools
+from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
@@ -127,8 +127,7 @@ class Engine:
             needed[data_dir] = needed.get(data_dir, 0) + sum(
                 (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
             )
-        for data_dir, size in needed.items():
-            check_space(data_dir, size)
+        check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.
         for plan in plans:
             size = plan.size_estimate_bytes

@@ -25,6 +25,17 @@ def check_space(directory: Path, needed_bytes: int) -> None:
         raise NoSpaceError(str(directory), wanted, free)
 
 
+def check_space_for(needs: dict[Path, int]) -> None:
+    """Several directories may share one filesystem: their needs add up there."""
+    by_device: dict[int, tuple[Path, int]] = {}
+    for directory, size in needs.items():
+        device = existing_parent(directory).stat().st_dev
+        first, total = by_device.get(device, (directory, 0))
+        by_device[device] = (first, total + size)
+    for directory, size in by_device.values():
+        check_space(directory, size)
+
+
 def check_tools(tools: list[str] | tuple[str, ...], why: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:

@@ -19,7 +19,7 @@ from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
-from executor.preflight import check_space, check_tools, existing_parent
+from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
 from executor.transfer import Copy, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
@@ -171,9 +171,12 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         for pack in selected:
             _check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
-        for directory in set(data_dirs.values()):
+        needs = {d: 0 for d in data_dirs.values()}
+        for pack in selected:
+            needs[data_dirs[pack.key]] += sum(f.size for f in manifest.files_for(pack.key))
+        for directory in needs:
             _check_writable(engine, directory, request.dry_run)
-            check_space(directory, sum(f.size for p in selected if data_dirs[p.key] == directory for f in manifest.files_for(p.key)))
+        check_space_for(needs)
         if request.dry_run:
             return [Outcome(p.key, notes=[f"would install {len(manifest.files_for(p.key))} file(s) into {data_dirs[p.key]}"]) for p in selected]
         with engine.store.locked(sorted(set(data_dirs.values()))):
