@@ -587,10 +587,10 @@ def _check_signature(
         if allow_unsigned:
             return None
         stripped = f", although it names signer key {claimed}: its signature may have been removed" if claimed else ""
-        raise PolicyError(
-            f"{what} is not signed ({sig_name} is missing){stripped}",
-            hint="pass --allow-unsigned to use an unsigned bundle anyway",
-        )
+        hint = "pass --allow-unsigned to use an unsigned bundle anyway"
+        if claimed:  # most likely damage or tampering, not a bundle meant to be unsigned
+            hint = "get a fresh copy of the bundle; " + hint + ", only if you accept data nobody vouches for"
+        raise PolicyError(f"{what} is not signed ({sig_name} is missing){stripped}", hint=hint)
     # A bad signature is never "unsigned": --allow-unsigned does not excuse it.
     return verify_signature(data, signature, trusted_keys, claimed_key_id=claimed)
 
