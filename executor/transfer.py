@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import shutil
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -18,6 +20,8 @@ from executor.store import STAGING_NAME
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
+HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see _HashThread)
+HASH_BATCH = 1 << 20  # bytes handed to that thread at a time
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -43,27 +47,42 @@ class Copy:
 
     def feed(self, chunks: Iterable[bytes]) -> "Copy":
         out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
-        for chunk in chunks:
-            size = len(chunk)
-            if limit is not None and self.done + size > limit:
-                raise LengthError(
-                    f"{self.what} is longer than the {limit} bytes declared for it",
-                    hint="the source sent more than it announced; nothing was installed",
-                )
+        start, worker, batch, batched = self.done, None, [], 0
+        try:
+            for chunk in chunks:
+                size = len(chunk)
+                if limit is not None and self.done + size > limit:
+                    raise LengthError(
+                        f"{self.what} is longer than the {limit} bytes declared for it",
+                        hint="the source sent more than it announced; nothing was installed",
+                    )
+                if out is not None:
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
+                if worker is None and self.done - start >= HASH_AHEAD:
+                    worker = _HashThread(hasher)
+                if worker is None:
+                    hasher.update(chunk)
+                else:
+                    batch.append(chunk if type(chunk) is bytes else bytes(chunk))  # a reused buffer would change under the thread
+                    batched += size
+                    if batched >= HASH_BATCH:
+                        worker.put(batch)
+                        batch, batched = [], 0
+                self.done += size
+                if meter is not None:
+                    meter.update(self.done)
             if out is not None:
                 try:
-                    out.write(chunk)
+                    out.flush()  # a full disk (or an NFS quota) may only say so now, not at close()
                 except OSError as exc:
-                    raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
-            hasher.update(chunk)
-            self.done += size
-            if meter is not None:
-                meter.update(self.done)
-        if out is not None:
-            try:
-                out.flush()  # a full disk (or an NFS quota) may only say so now, not at close()
-            except OSError as exc:
-                raise _translate_write_error(exc, out, self.limit or self.done) from exc
+                    raise _translate_write_error(exc, out, self.limit or self.done) from exc
+        finally:
+            if worker is not None:  # whatever happened, the hash covers exactly the `done` bytes
+                worker.put(batch)
+                worker.close()
         return self
 
     @property
@@ -78,6 +97,36 @@ class Copy:
             )
         if expected_sha256 is not None and self.sha256 != expected_sha256:
             raise ChecksumMismatch(self.what, expected_sha256, self.sha256)
+
+
+class _HashThread:
+    """sha256 on a second core while the copy loop reads and writes the next chunks.
+
+    hashlib releases the GIL while it hashes a large buffer, and so do the socket and
+    file calls, so the hash overlaps the I/O instead of following it. At most QUEUE
+    batches wait, so memory stays flat; close() returns once every byte is hashed.
+    """
+
+    QUEUE = 4
+
+    def __init__(self, hasher: "hashlib._Hash"):
+        self.hasher = hasher
+        self.queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
+        self.thread = threading.Thread(target=self._run, name="copy-sha256", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            for chunk in batch:
+                self.hasher.update(chunk)
+
+    def put(self, batch: list[bytes]) -> None:
+        if batch:
+            self.queue.put(batch)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
 def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exception:

@@ -1,0 +1,53 @@
+"""The local HTTP server as its own process (`python -m devops_cp.localserver DIR`), so its
+CPU never counts against a contender, and a check that it is much faster than the client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.measure import run
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        self.process: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "Server":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devops_cp.localserver", str(self.root)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env(),
+        )
+        self.base_url = self.process.stdout.readline().strip().rstrip("/")
+        if not self.base_url.startswith("http://"):
+            self.process.kill()
+            raise RuntimeError("the local server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without proxies (loopback must not go through one)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env.update(extra)
+    return env
+
+
+def curl_to_null(url: str, runs: int) -> list[float]:
+    """Seconds for `curl -o /dev/null URL`: the server's speed with a client that writes nothing."""
+    return [run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", url], env=clean_env()).wall for _ in range(runs)]

@@ -1,0 +1,83 @@
+"""The benchmark's pieces (bench/): data generators, measurement and tables; and the fast
+paths it drove in the streaming copy. No timings are asserted anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tarfile
+
+import pytest
+
+from bench import data
+from bench.measure import Contender, Sample, run
+from bench.table import ratio_table, results_table
+from executor.transfer import HASH_AHEAD, HASH_BATCH, Copy
+from manifests.errors import LengthError
+
+
+def test_generators_write_what_they_report(tmp_path):
+    sha = data.write_incompressible(tmp_path / "big.bin", 3 * data.CHUNK + 5)
+    assert (tmp_path / "big.bin").stat().st_size == 3 * data.CHUNK + 5
+    assert sha == hashlib.sha256((tmp_path / "big.bin").read_bytes()).hexdigest()
+
+    sha = data.write_text_like(tmp_path / "vuln.json", 300_000)
+    text = (tmp_path / "vuln.json").read_bytes()
+    assert len(text) >= 300_000 and sha == hashlib.sha256(text).hexdigest()
+    advisories = json.loads(text)
+    assert advisories[0]["VulnerabilityID"].startswith("CVE-") and len(advisories) > 100
+
+    total = data.write_small_files(tmp_path / "small", 50, mean_size=1000)
+    files = sorted(p for p in (tmp_path / "small").rglob("*") if p.is_file())
+    assert len(files) == 50 and sum(p.stat().st_size for p in files) == total
+    sha = data.write_tar(tmp_path / "small", tmp_path / "small.tar", "smallfiles")
+    with tarfile.open(tmp_path / "small.tar") as tar:
+        names = tar.getnames()
+    assert len(names) == 50 and all(n.startswith("smallfiles/d") for n in names)
+    assert sha == data.sha256_file(tmp_path / "small.tar")
+
+
+def test_run_measures_a_child_and_reports_failures():
+    sample = run(["python3", "-c", "x = b'x' * (30 << 20)"])
+    assert sample.wall > 0 and sample.cpu >= 0 and sample.maxrss_kib >= 30 << 10
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        run(["bash", "-c", "echo oops >&2; exit 3"])
+
+
+def test_tables_show_medians_and_ratios_to_each_peer():
+    ours = Contender("ours", [], ours=True, samples=[Sample(w, 1.0, 0.5, 0.5, 50 << 10) for w in (2.0, 1.0, 3.0)])
+    peer = Contender("peer", [], samples=[Sample(w, 1.0, 0.5, 0.5, 10 << 10) for w in (4.0, 4.0, 5.0)])
+    table = results_table([ours, peer], size_bytes=2_000_000_000)
+    assert "| **ours** | 2.00 s (1.00-3.00) |" in table and "| peer | 4.00 s (4.00-5.00) |" in table
+    assert "1,000 MB/s" in table and "50 MiB" in table
+    ratios = ratio_table([ours, peer], {("ours", "peer"): 0.6})
+    assert "| ours | 0.50x (target <= 0.6x: met) |" in ratios
+
+
+def test_a_long_copy_hashes_on_a_second_thread_exactly(tmp_path):
+    """Past HASH_AHEAD the hash runs on another thread: still every byte, in order, even from
+    a reused buffer, and exactly the bytes counted when the copy stops on an error."""
+    rng = random.Random(5)
+    chunks = [rng.randbytes(rng.randrange(1, 300_000)) for _ in range(60)]
+    total = sum(map(len, chunks))
+    assert total > HASH_AHEAD + 3 * HASH_BATCH
+    reused = bytearray()
+
+    def through_a_reused_buffer():
+        for chunk in chunks:
+            reused[:] = chunk
+            yield reused
+
+    with open(tmp_path / "out.bin", "wb") as out:
+        copy = Copy(out, what="long").feed(through_a_reused_buffer())
+    expected = hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert copy.done == total and copy.sha256 == expected
+    assert (tmp_path / "out.bin").read_bytes() == b"".join(chunks)
+
+    limit = total - 10
+    copy = Copy(None, what="capped", limit=limit)
+    with pytest.raises(LengthError):
+        copy.feed(iter(chunks))
+    assert copy.done == total - len(chunks[-1])
+    assert copy.sha256 == hashlib.sha256(b"".join(chunks[:-1])).hexdigest()
