@@ -3,6 +3,10 @@
 `syncfs` (one filesystem sync for a whole pack) is the fast path on Linux;
 per-file fsync is the plain path, used where syncfs is missing and under pyfakefs,
 which cannot see syncfs.
+
+DEVOPS_CP_NO_SYNC=1 skips the per-pack sync (sync_files) and nothing else: the
+benchmarks (`python -m bench`) report what durability costs with it. Not for real use:
+after a power loss a pack installed that way may be visible with empty files.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Iterable
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
 _syncfs = getattr(_libc, "syncfs", None)
+NO_SYNC_ENV = "DEVOPS_CP_NO_SYNC"
 
 
 def fsync_path(path: Path) -> None:
@@ -50,6 +55,8 @@ def _is_real_path(path: Path) -> bool:
 
 def sync_files(root: Path, files: Iterable[Path], *, use_syncfs: bool = True) -> None:
     """Every staged file of a pack on disk: one syncfs, else one fsync per file."""
+    if os.environ.get(NO_SYNC_ENV) == "1":  # benchmarks only (see the module's docstring)
+        return
     if use_syncfs and syncfs(root):
         return
     for path in files:

@@ -81,3 +81,17 @@ def test_a_long_copy_hashes_on_a_second_thread_exactly(tmp_path):
         copy.feed(iter(chunks))
     assert copy.done == total - len(chunks[-1])
     assert copy.sha256 == hashlib.sha256(b"".join(chunks[:-1])).hexdigest()
+
+
+def test_no_sync_switch_skips_only_the_per_pack_sync(tmp_path, monkeypatch):
+    """DEVOPS_CP_NO_SYNC=1 (the bench's `no sync` rows) skips sync_files; unset, the pack is synced."""
+    from executor import durable
+
+    calls = []
+    monkeypatch.setattr(durable, "syncfs", lambda path: calls.append(("syncfs", path)) or True)
+    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
+    durable.sync_files(tmp_path, [tmp_path / "a"])
+    assert calls == []
+    monkeypatch.delenv(durable.NO_SYNC_ENV)
+    durable.sync_files(tmp_path, [tmp_path / "a"])
+    assert calls == [("syncfs", tmp_path)]
