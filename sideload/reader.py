@@ -367,9 +367,11 @@ class BundleReader:
 
     def _next_member(self) -> tarfile.TarInfo | None:
         try:
-            return self.tar.next()
+            member = self.tar.next()
         except _ARCHIVE_ERRORS as exc:
             raise _structure_errors(exc, self.raw) from exc
+        self.tar.members.clear()  # tarfile keeps every TarInfo it read (for getmembers()); we never look back
+        return member
 
     def _read_small(self, member: tarfile.TarInfo, limit: int) -> bytes:
         if not member.isreg() or member.size > limit:
