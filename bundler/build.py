@@ -44,9 +44,10 @@ from manifests.bundle import (
 )
 from manifests.errors import UsageError
 from manifests.plan import Plan
+from manifests.version import VERSION
 from manifests.recipe import StepSpec
 
-TOOL_VERSION = "0.1.0"
+TOOL_VERSION = VERSION
 SHA256_SUFFIX = ".sha256"
 SIG_SUFFIX = ".sig"
 

@@ -1,3 +1,5 @@
 """devops-cp data: download, bundle, verify and sideload large data packs."""
 
-__version__ = "0.1.0"
+from manifests.version import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -23,9 +23,9 @@ import httpx
 
 from executor.events import Meter
 from executor.transfer import Copy, closing_output, hash_file
+from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 
-VERSION = "0.1.0"
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 SOCKET_READ = 256 << 10
 
