@@ -20,6 +20,7 @@ from typing import BinaryIO, Iterator
 
 import zstandard
 
+from executor.transfer import hash_file
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PartEntry, PartsIndex, parts_index_name, verify_parts_index
 from manifests.errors import BundleStructureError, DataPackError, LengthError, SignatureError, TrustError, UsageError
 from manifests.signing import SIGNATURE_SIZE
@@ -225,14 +226,10 @@ class PartsStream:
         for path, entry in self.parts[: self.index + 1]:
             if entry is None:
                 continue
-            hasher = hashlib.sha256()
             try:
-                with open(path, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        hasher.update(chunk)
+                if hash_file(path).sha256 != entry.sha256:
+                    return path.name
             except OSError:
-                return path.name
-            if hasher.hexdigest() != entry.sha256:
                 return path.name
         return None
 
