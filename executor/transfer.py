@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from executor import durable
 from executor.events import Meter
 from executor.store import STAGING_NAME
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
@@ -22,6 +23,7 @@ from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
 HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see _HashThread)
 HASH_BATCH = 1 << 20  # bytes handed to that thread at a time
+WRITEBACK_STEP = 16 << 20  # a copy with writeback=True starts writing to disk every this many bytes
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -37,8 +39,12 @@ class Copy:
         meter: Meter | None = None,
         done: int = 0,
         hasher: "hashlib._Hash | None" = None,
+        writeback: bool = False,
     ):
+        """`writeback`: the file will be synced before it becomes visible; start writing it to
+        disk as it is copied (durable.start_writeback), so that sync has little left to do."""
         self.out = out
+        self.writeback = writeback
         self.what = what
         self.limit = limit
         self.meter = meter
@@ -48,6 +54,7 @@ class Copy:
     def feed(self, chunks: Iterable[bytes]) -> "Copy":
         out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
         start, worker, batch, batched = self.done, None, [], 0
+        next_writeback = self.done + WRITEBACK_STEP if self.writeback else None
         try:
             for chunk in chunks:
                 size = len(chunk)
@@ -59,6 +66,10 @@ class Copy:
                 if out is not None:
                     try:
                         out.write(chunk)
+                        if next_writeback is not None and self.done + size >= next_writeback:
+                            out.flush()
+                            durable.start_writeback(out)
+                            next_writeback += WRITEBACK_STEP
                     except OSError as exc:
                         raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
                 if worker is None and self.done - start >= HASH_AHEAD:

@@ -224,7 +224,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         else:
             try:
                 with open(txn.path_for(entry.path), "wb") as out:
-                    copy = Copy(out, what=entry.member, limit=entry.size).feed(chunks)
+                    copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(chunks)
             except NoSpaceError as exc:  # name what the update needs in that data dir, not this one file
                 needed = sum(f.size for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == txn.data_dir)
                 raise NoSpaceError(str(txn.data_dir), needed, exc.free) from exc

@@ -95,3 +95,22 @@ def test_no_sync_switch_skips_only_the_per_pack_sync(tmp_path, monkeypatch):
     monkeypatch.delenv(durable.NO_SYNC_ENV)
     durable.sync_files(tmp_path, [tmp_path / "a"])
     assert calls == [("syncfs", tmp_path)]
+
+
+def test_writeback_starts_during_a_long_durable_copy(tmp_path, monkeypatch):
+    """Copy(writeback=True) asks the kernel to start writing every WRITEBACK_STEP bytes; the
+    bytes, hash and count are unchanged, and a plain copy never asks."""
+    from executor import durable, transfer
+
+    chunk = random.Random(7).randbytes(1 << 20)
+    total = 2 * transfer.WRITEBACK_STEP + 5 * len(chunk)
+    calls = []
+    real = durable.start_writeback
+    monkeypatch.setattr(durable, "start_writeback", lambda out: calls.append(out.tell()) or real(out))
+    for writeback in (True, False):
+        calls.clear()
+        with open(tmp_path / "out.bin", "wb") as out:
+            copy = Copy(out, what="durable", writeback=writeback).feed(chunk for _ in range(total // len(chunk)))
+        assert copy.done == total and (tmp_path / "out.bin").stat().st_size == total
+        assert copy.sha256 == hashlib.sha256(chunk * (total // len(chunk))).hexdigest()
+        assert calls == ([transfer.WRITEBACK_STEP, 2 * transfer.WRITEBACK_STEP] if writeback else [])
