@@ -8,6 +8,11 @@
 Figures are warm-cache: the page cache is not dropped (that needs root and disturbs
 everyone else on a shared machine); every input is read once before the first run,
 and `sync` runs (untimed) before every timed run.
+
+Put --workdir on the kind of filesystem users have (a journaled ext4, xfs, ...): the
+header says which one it was. On ext4 without a journal, file creation right after many
+deletions is pathologically slow (see bench/machine.py), which swamps workload 4.
+The bench needs about 4x --size-gib plus 16 GiB (workload 5 at 4 GiB) of free space.
 """
 
 from __future__ import annotations
@@ -53,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m bench needs {tool} (Debian: apt-get install curl zstd tar coreutils openssl findutils)", file=sys.stderr)
             return 7
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    header = "## Run\n\n" + description(command.strip(), loadavg())
-    print(header, flush=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="devops-cp-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    header = "## Run\n\n" + description(command.strip(), loadavg(), str(work))
+    print(header, flush=True)
     sizes = Sizes.quick() if args.quick else Sizes.full(args.size_gib)
     bench = Bench(work, sizes, args.runs, log=lambda line: print(line, flush=True))
     try:

@@ -84,14 +84,26 @@ def loadavg() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def compare(contenders: list[Contender], runs: int, log: Callable[[str], None] = print) -> None:
-    """Every contender once per round, the order rotated each round; `runs` rounds."""
+SETTLE_SECONDS = 6.0
+
+
+def compare(contenders: list[Contender], runs: int, log: Callable[[str], None] = print, *, settle: bool = False) -> None:
+    """Every contender once per round, the order rotated each round; `runs` rounds.
+
+    `settle`: wait SETTLE_SECONDS after the sync before each run. On ext4 without a journal
+    (this machine's root), creating a file scans past every inode deleted in the last 5
+    seconds (ext4's recently_deleted()): right after one contender's 20,000 files were
+    removed, the next one's 20,000 creations cost seconds of kernel time (perf: 75% in
+    recently_deleted/find_get_block_common). Waiting puts every contender on the same footing.
+    """
     for round_no in range(runs):
         shift = round_no % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             if contender.prepare:
                 contender.prepare()
             os.sync()  # nobody pays for the previous contender's dirty pages
+            if settle:
+                time.sleep(SETTLE_SECONDS)
             try:
                 sample = run(contender.argv, env=contender.env, cwd=contender.cwd)
                 if contender.check:
