@@ -270,3 +270,29 @@ def make_tar_gz(members: list[tuple], *, fmt: str = "w:gz") -> bytes:
                 info.linkname = member[2]
                 tar.addfile(info)
     return buffer.getvalue()
+
+
+def fresh_host(monkeypatch, root: Path) -> Path:
+    """Another machine: a new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
+    home = root / "home"
+    dirs = {
+        "HOME": home,
+        "XDG_CACHE_HOME": home / ".cache",
+        "XDG_DATA_HOME": home / ".local" / "share",
+        "XDG_STATE_HOME": home / ".local" / "state",
+        "XDG_CONFIG_HOME": home / ".config",
+        "DEVOPS_CP_CATALOG": root / "empty-catalog",
+    }
+    for name, path in dirs.items():
+        path.mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(name, str(path))
+    return dirs["XDG_CACHE_HOME"]
+
+
+def read_manifest(bundle: Path) -> dict:
+    """A bundle's manifest as JSON (read without verifying: for assertions only)."""
+    from sideload.reader import BundleReader, locate
+
+    with BundleReader(locate(bundle)) as reader:
+        manifest_bytes, _ = reader.read_header()
+    return json.loads(manifest_bytes)

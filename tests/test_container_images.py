@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fresh_host, read_manifest
+
 from manifests.catalog import load_catalog
 from manifests.hardware import Hardware
 from manifests.plan import resolve
-from sideload.reader import BundleReader, locate
 
 FAKE_DOCKER = """#!{python}
 import hashlib, io, json, os, sys, tarfile
@@ -70,27 +71,8 @@ def calls(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def fresh_host(monkeypatch, root: Path) -> Path:
-    """Another machine: new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
-    home = root / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_STATE_HOME": home / ".local" / "state",
-        "XDG_CONFIG_HOME": home / ".config",
-        "DEVOPS_CP_CATALOG": root / "empty-catalog",
-    }
-    for name, path in dirs.items():
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(path))
-    return dirs["XDG_CACHE_HOME"]
 
 
-def read_manifest(bundle: Path) -> dict:
-    with BundleReader(locate(bundle)) as reader:
-        manifest_bytes, _ = reader.read_header()
-    return json.loads(manifest_bytes)
 
 
 def make_bundle(cli, tmp_path: Path, pack: str) -> tuple[Path, Path]:

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fresh_host, read_manifest
+
 from manifests.bundle import BundleManifest, PackEntry, parse_manifest, to_json
 from manifests.catalog import builtin_dir
 from manifests.errors import BundleStructureError
-from sideload.reader import BundleReader, locate
 
 REAL_SM_CHECKSUM = "sha256:1932429db727d4bff3deed6b34cfc05df17794f4a52eeb26cf8928f7c1a0fb85"
 RELEASES = "https://github.com/explosion/spacy-models/releases/download/"
@@ -105,27 +106,8 @@ def spacy_pack(isolated_env, local_server, tmp_path) -> dict:
     return {"wheel": data, "path": path}
 
 
-def fresh_host(monkeypatch, root: Path) -> Path:
-    """Another machine: new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
-    home = root / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_STATE_HOME": home / ".local" / "state",
-        "XDG_CONFIG_HOME": home / ".config",
-        "DEVOPS_CP_CATALOG": root / "empty-catalog",
-    }
-    for name, path in dirs.items():
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(path))
-    return dirs["XDG_CACHE_HOME"]
 
 
-def read_manifest(bundle: Path) -> dict:
-    with BundleReader(locate(bundle)) as reader:
-        manifest_bytes, _ = reader.read_header()
-    return json.loads(manifest_bytes)
 
 
 def make_bundle(cli, tmp_path: Path) -> tuple[Path, Path]:

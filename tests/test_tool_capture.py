@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sideload.reader import BundleReader, locate
+from conftest import fresh_host, read_manifest
+
 
 FAKE_TRIVY = """#!{python}
 import json, os, shutil, sys
@@ -44,27 +45,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fresh_host(monkeypatch, root: Path) -> Path:
-    """Another machine: a new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
-    home = root / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_STATE_HOME": home / ".local" / "state",
-        "XDG_CONFIG_HOME": home / ".config",
-        "DEVOPS_CP_CATALOG": root / "empty-catalog",
-    }
-    for name, path in dirs.items():
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(path))
-    return dirs["XDG_CACHE_HOME"]
 
 
-def read_manifest(bundle: Path) -> dict:
-    with BundleReader(locate(bundle)) as reader:
-        manifest_bytes, _ = reader.read_header()
-    return json.loads(manifest_bytes)
 
 
 def keypair(cli, tmp_path: Path) -> tuple[Path, Path]:

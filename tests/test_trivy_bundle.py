@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import fresh_host
+
 from sideload.reader import BundleReader, locate
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,21 +124,6 @@ def push(registry: str, name: str, tag: str, manifest: bytes, blobs: dict[str, b
     return digest(manifest)
 
 
-def fresh_host(monkeypatch, root: Path) -> Path:
-    """Another machine: new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
-    home = root / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_STATE_HOME": home / ".local" / "state",
-        "XDG_CONFIG_HOME": home / ".config",
-        "DEVOPS_CP_CATALOG": root / "empty-catalog",
-    }
-    for name, path in dirs.items():
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(path))
-    return dirs["XDG_CACHE_HOME"]
 
 
 @pytest.mark.parametrize("form", ["config", "artifactType"])
