@@ -40,11 +40,14 @@ class PackTransaction:
         self.files: dict[str, FileRecord] = {}
         self.committed = False
         self.files_root.mkdir(parents=True)
+        self._made_dirs: set[Path] = {self.files_root}  # a pack of many small files: one mkdir per folder, not per file
 
     def path_for(self, rel: str) -> Path:
         """Where to stage the file that will appear at `data_dir/rel`."""
         path = self.files_root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made_dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
         return path
 
     def add(self, rel: str, size: int, sha256: str) -> None:
@@ -73,15 +76,12 @@ class PackTransaction:
 def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None]) -> None:
     """Idempotent: safe to run again after a kill at any point inside it."""
     journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
-    touched: set[Path] = set()
+    files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
+    touched: set[str] = set()
     for rel in journal["renames"]:
-        staged, final = txn_root / "files" / rel, data_dir / rel
-        if staged.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)  # a directory where the new version has a file
-            os.replace(staged, final)
-            touched.add(final.parent)
+        final = os.path.join(top, rel)
+        move_into_place(os.path.join(files_root, rel), final)
+        touched.add(os.path.dirname(final))  # also when an earlier, killed run moved it: it may not have synced the folder
     for rel in journal["remove"]:
         gone = data_dir / rel
         gone.unlink(missing_ok=True)
@@ -90,6 +90,24 @@ def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[Install
         durable.fsync_dir(directory)
     write_record(InstallRecord.from_json(journal["record"]))
     shutil.rmtree(txn_root, ignore_errors=True)
+
+
+def move_into_place(staged: str, final: str) -> None:
+    """Rename a staged file over its final name: one rename when nothing is in the way.
+
+    Idempotent: a staged file that is gone was moved by an earlier run that was killed.
+    """
+    for _ in range(2):
+        try:
+            os.replace(staged, final)
+            return
+        except FileNotFoundError:
+            if not os.path.lexists(staged):
+                return
+            os.makedirs(os.path.dirname(final), exist_ok=True)  # the first file of a new folder
+        except IsADirectoryError:
+            shutil.rmtree(final)  # a directory where the new version has a file
+    os.replace(staged, final)
 
 
 def prune_empty_parents(directory: Path, stop: Path) -> None:

@@ -1,0 +1,78 @@
+"""roll_forward (executor/txn.py) at the level of one transaction: new folders, a folder in the
+way of a file, and a second run after a kill part-way through the renames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from executor.config import Config
+from executor.store import InstallRecord, Store, now_iso
+from executor.txn import JOURNAL, PackTransaction, move_into_place, roll_forward
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(Config(path=tmp_path / "config.toml"), state=tmp_path / "state")
+
+
+def record(data_dir) -> InstallRecord:
+    return InstallRecord(key="pack", pack_id="pack", label="Pack", data_type="generic", data_dir=str(data_dir), choices={}, files=[], source="test", installed_at=now_iso(), fetched_at=now_iso())
+
+
+def stage(txn: PackTransaction, files: dict[str, bytes]) -> None:
+    for rel, content in files.items():
+        txn.path_for(rel).write_bytes(content)
+        txn.add(rel, len(content), "0" * 64)
+
+
+FILES = {"a/one": b"1", "a/b/two": b"22", "c/three": b"333", "top": b"4444"}
+
+
+def test_commit_creates_new_folders_and_replaces_a_folder_in_the_way(tmp_path, store):
+    data = tmp_path / "data"
+    (data / "top" / "old").mkdir(parents=True)  # a folder where the new version has a file
+    (data / "top" / "old" / "x").write_bytes(b"old")
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, FILES)
+        txn.commit(record(data), None)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert sorted(r.path for r in store.read_record("pack").files) == sorted(FILES)
+    assert not txn.root.exists()
+
+
+def test_path_for_makes_each_folder_once_and_still_finds_new_ones(tmp_path, store):
+    with PackTransaction(store, tmp_path / "data", "pack") as txn:
+        assert txn.path_for("a/b/c").parent.is_dir()
+        assert txn.path_for("a/b/d") == txn.files_root / "a/b/d"
+        assert txn.path_for("e/f").parent.is_dir()
+
+
+@pytest.mark.parametrize("moved", [0, 1, 3, 4])
+def test_roll_forward_again_after_a_kill_part_way_finishes_the_same(tmp_path, store, moved):
+    """A killed run moved the first `moved` files (and maybe made their folders); the next finishes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    txn = PackTransaction(store, data, "pack")
+    stage(txn, FILES)
+    rec = record(data)
+    rec.files = sorted(txn.files.values(), key=lambda f: f.path)
+    journal = {"key": "pack", "renames": sorted(txn.files), "remove": [], "record": rec.to_json()}
+    (txn.root / JOURNAL).write_text(json.dumps(journal))
+    for rel in sorted(FILES)[:moved]:
+        move_into_place(str(txn.files_root / rel), str(data / rel))
+    roll_forward(txn.root, data, store.write_record)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert not txn.root.exists()
+    assert store.read_record("pack").files == rec.files
+
+
+def test_move_into_place_when_the_staged_file_is_already_gone_does_nothing(tmp_path):
+    final = tmp_path / "data" / "f"
+    final.parent.mkdir()
+    final.write_bytes(b"moved before the kill")
+    move_into_place(str(tmp_path / "gone"), str(final))
+    move_into_place(str(tmp_path / "gone"), str(tmp_path / "data" / "new-folder" / "g"))
+    assert final.read_bytes() == b"moved before the kill"
+    assert not (tmp_path / "data" / "new-folder" / "g").exists()
