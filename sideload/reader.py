@@ -307,16 +307,30 @@ def _structure_errors(exc: Exception, raw: "PartsStream | None" = None) -> Bundl
 
 
 class _MemberReader:
-    """One payload member's bytes; archive errors while reading them become BundleStructureError."""
+    """One payload member's bytes, read straight from the tar stream, never past its end.
 
-    def __init__(self, member, raw: PartsStream):
-        self.member, self.raw = member, raw
+    tarfile's extractfile() would put two more file objects and a copy between the stream
+    and the caller, per member: most of the reading cost of a small file. A stream that ends
+    early and archive errors become BundleStructureError, as they do for tarfile's headers.
+    """
+
+    def __init__(self, stream: _ForwardOnly, member: tarfile.TarInfo, raw: PartsStream):
+        self.stream, self.left, self.raw = stream, member.size, raw
+        try:
+            stream.seek(member.offset_data)  # where tarfile left it: a no-op, or a refused seek backwards
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, raw) from exc
 
     def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
         try:
-            return self.member.read(size)
+            data = self.stream.read(size)
+            if len(data) < size:
+                raise tarfile.ReadError("unexpected end of data")
         except _ARCHIVE_ERRORS as exc:
             raise _structure_errors(exc, self.raw) from exc
+        self.left -= size
+        return data
 
 
 class BundleReader:
@@ -404,11 +418,7 @@ class BundleReader:
                 raise BundleStructureError(f"the bundle ends before {entry.member!r}, which its manifest lists", hint="the bundle is truncated; copy it again")
             _check_member(member, entry, listed, seen)
             seen.add(member.name)
-            try:
-                source = self.tar.extractfile(member)
-            except _ARCHIVE_ERRORS as exc:
-                raise _structure_errors(exc, self.raw) from exc
-            yield entry, _MemberReader(source, self.raw)
+            yield entry, _MemberReader(self.tar.fileobj, member, self.raw)
         if self._pending is not None:
             _refuse_extra(self._pending.name, seen)
         self._check_end(seen)
