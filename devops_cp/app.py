@@ -1,30 +1,38 @@
-"""What every front end needs: config, store, catalog, hardware; built once per command."""
+"""What every front end needs: config, store, catalog, hardware; built once per command.
+
+The executor modules are imported where they are first used: `list` and `--help` must not pay
+the start-up time of httpx (executor.http, executor.engine) or of hardware detection.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from executor import hardware as hw
 from executor.config import Config, load_config
-from executor.engine import Engine
-from executor.events import Listener, ignore
-from executor.http import HttpSettings
-from executor.store import Store
-from executor.txn import recover_all
 from manifests.catalog import Catalog, load_catalog
 from manifests.hardware import Hardware
 from manifests.plan import Plan, parse_choice_args, resolve
+
+if TYPE_CHECKING:
+    from executor.engine import Engine
+    from executor.events import Listener
+    from executor.http import HttpSettings
+    from executor.store import Store
 
 
 @dataclass
 class App:
     config: Config = field(default_factory=load_config)
-    settings: HttpSettings = HttpSettings()
+    settings: HttpSettings | None = None  # None: the defaults, built with the engine
 
     @cached_property
     def store(self) -> Store:
+        from executor.store import Store
+        from executor.txn import recover_all
+
         store = Store(self.config)
         recover_all(store)  # any command that touches the store finishes what a killed run left
         return store
@@ -35,11 +43,17 @@ class App:
 
     @cached_property
     def hardware(self) -> Hardware:
+        from executor import hardware as hw
+
         return hw.detect()
 
-    def engine(self, listener: Listener = ignore, *, python: str | None = None) -> Engine:
+    def engine(self, listener: Listener | None = None, *, python: str | None = None) -> Engine:
         """`python`: the interpreter that `{python}` steps (a wheel's pip install) use; default this one."""
-        return Engine(self.store, listener=listener, settings=self.settings, python=python or sys.executable)
+        from executor.engine import Engine
+        from executor.events import ignore
+        from executor.http import HttpSettings
+
+        return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(), python=python or sys.executable)
 
     def plan(self, pack_arg: str, extra_choices: tuple[str, ...] = (), *, mode: str = "install", force: bool = False) -> Plan:
         pack_id, choices = parse_choice_args(pack_arg, extra_choices)

@@ -1,4 +1,8 @@
-"""keygen, trust, bundle, inspect, verify, sideload: the air-gapped commands."""
+"""keygen, trust, bundle, inspect, verify, sideload: the air-gapped commands.
+
+Signing (cryptography), bundler and sideload code are imported inside the commands that use
+them: every `devops-cp` command loads this file, and they cost start-up time.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,9 +18,11 @@ from devops_cp.app import App
 from devops_cp.cli import PROGRESS_MODES, _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
 from devops_cp.render import progress_renderer
 from executor.config import config_dir
-from manifests import signing
 from manifests.errors import UsageError
 from manifests.units import fmt_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from manifests.signing import TrustStore
 
 PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
 
@@ -29,8 +36,10 @@ def _passphrase(confirm: bool) -> bytes:
     return value.encode()
 
 
-def _trust_store() -> signing.TrustStore:
-    return signing.TrustStore(config_dir() / signing.TRUSTED_KEYS_DIRNAME)
+def _trust_store() -> TrustStore:
+    from manifests.signing import TRUSTED_KEYS_DIRNAME, TrustStore
+
+    return TrustStore(config_dir() / TRUSTED_KEYS_DIRNAME)
 
 
 @click.command()
@@ -40,8 +49,10 @@ def _trust_store() -> signing.TrustStore:
 @reports_errors
 def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
     """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub)."""
+    from manifests.signing import write_keypair
+
     passphrase = None if no_passphrase else _passphrase(confirm=True)
-    key_id = signing.write_keypair(prefix, passphrase)
+    key_id = write_keypair(prefix, passphrase)
     if as_json:
         emit_json({"key_id": key_id, "private_key": f"{prefix}.key", "public_key": f"{prefix}.pub"})
     else:
@@ -103,6 +114,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
+    from manifests.signing import read_private_key_file
 
     if (target_python or target_platform) and not include_tool:
         raise UsageError("--target-python and --target-platform go with --include-tool")
@@ -116,7 +128,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
         raise UsageError(f"{existing[0]} already exists", hint="choose another -o name or remove the old bundle")
     private_key = None
     if key_path is not None:
-        private_key = signing.read_private_key_file(key_path, _key_passphrase(key_path))
+        private_key = read_private_key_file(key_path, _key_passphrase(key_path))
     app = App()
     plans = [app.plan(p, mode="bundle") for p in packs]
     for plan in plans:

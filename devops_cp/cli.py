@@ -1,4 +1,9 @@
-"""`devops-cp data ...`: parsing and rendering only; the work is in executor/, bundler/, sideload/."""
+"""`devops-cp data ...`: parsing and rendering only; the work is in executor/, bundler/, sideload/.
+
+Every command starts by importing this file (and bundle_cli, web_cli, demo): modules only some
+commands need (the engine and httpx, sideload, signing, rich, the web app) are imported inside
+those commands, so `--help`, `list` or `status` do not pay their start-up time.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,17 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from devops_cp import __version__, reports
+from devops_cp import reports
 from devops_cp.app import App
-from devops_cp.render import progress_renderer
-from executor.engine import LocalSource, never_confirm
-from executor.http import parse_sha256sum
 from manifests.errors import DataPackError, NetworkError, UsageError
-from manifests.plan import Plan
 from manifests.units import fmt_size
-from sideload.reader import looks_like_bundle
+
+if TYPE_CHECKING:
+    from manifests.plan import Plan
 
 PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
 
@@ -46,8 +50,18 @@ def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """click.version_option's output; the version is read only when asked for (start-up time)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from manifests.version import VERSION
+
+    click.echo(f"devops-cp, version {VERSION}", color=ctx.color)
+    ctx.exit()
+
+
 @click.group()
-@click.version_option(__version__, prog_name="devops-cp")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version, help="Show the version and exit.")
 def main() -> None:
     """devops-cp: tools for a DevOps control panel."""
 
@@ -172,6 +186,8 @@ def info(pack: str, as_json: bool) -> None:
 
 
 def _confirm_on_terminal(yes: bool):
+    from executor.engine import never_confirm
+
     if yes:
         return lambda plan, size, times: True
     if not sys.stdin.isatty():
@@ -192,6 +208,8 @@ def _read_checksum(checksum: str | None, checksum_file: Path | None, source: Pat
             raise UsageError(f"invalid checksum {checksum!r}", hint="write sha256:<64 hex digits>")
         return digest.lower()
     if checksum_file:
+        from executor.http import parse_sha256sum
+
         try:
             return parse_sha256sum(checksum_file.read_text(), source.name if source else None)
         except NetworkError as exc:  # the parser's "no entry" error, in a local file
@@ -223,6 +241,12 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
     return exit_code
 
 
+def _is_bundle(source: Path) -> bool:
+    from sideload.reader import looks_like_bundle  # only with --source: sideload code costs start-up time
+
+    return looks_like_bundle(source)
+
+
 @data.command()
 @click.argument("packs", nargs=-1, required=True)
 @click.option("-c", "--choice", "choices", multiple=True, metavar="KEY=VALUE", help="A choice, e.g. -c model_size=base (repeatable).")
@@ -237,8 +261,11 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
 @reports_errors
 def install(packs, choices, yes, force, source, checksum, checksum_file, python, progress, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
+    from devops_cp.render import progress_renderer
+    from executor.engine import LocalSource
+
     app = App()
-    if source is not None and looks_like_bundle(source):
+    if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
         sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python))

@@ -16,9 +16,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import click
 
-from devops_cp.localserver import Fault, LocalServer
+if TYPE_CHECKING:
+    from devops_cp.localserver import LocalServer
 
 
 def sample_model(size: int, seed: int = 7) -> bytes:
@@ -78,7 +81,9 @@ def write_sample_catalog(server: LocalServer, catalog: Path, model_size: int) ->
 @click.option("--progress", type=click.Choice(["auto", "bar", "plain", "json", "none"]), default="auto", show_default=True)
 def demo(size: str, keep: bool, progress: str) -> None:
     """Install built-in sample packs from an embedded server on 127.0.0.1 into a temporary HOME."""
+    # Imported here, not at the top: every command's start-up would pay for the embedded server.
     from devops_cp.app import App
+    from devops_cp.localserver import Fault, LocalServer
     from devops_cp.render import progress_renderer
     from manifests.units import fmt_size, parse_size
 

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress as RichProgress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import IO, TYPE_CHECKING
 
 from executor import events
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 class RichBars:
     """One bar per step: bytes, speed and ETA. Drawn on stderr."""
 
     def __init__(self, console: Console):
+        # rich is imported only when a bar is drawn: it costs ~30 ms of start-up.
+        from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
         self.console = console
         self.progress = RichProgress(
             TextColumn("[bold]{task.description}"),
@@ -107,6 +103,8 @@ def progress_renderer(mode: str = "auto"):
     if mode == "none":
         return _Silent()
     if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        from rich.console import Console
+
         return RichBars(Console(stderr=True))
     return PlainLines(sys.stderr)
 

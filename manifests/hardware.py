@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 
@@ -50,6 +49,8 @@ def parse_nvidia_smi_csv(text: str) -> tuple[Gpu, ...]:
 
 def parse_nvidia_smi_xml(text: str) -> tuple[Gpu, ...]:
     """Output of `nvidia-smi -q -x`."""
+    import xml.etree.ElementTree as ET  # only here: every command imports this module (start-up time)
+
     root = ET.fromstring(text)
     driver = (root.findtext("driver_version") or "").strip()
     gpus = []

@@ -1,0 +1,125 @@
+"""Start-up: each command imports only what it needs (structural checks, no timings).
+
+Every `devops-cp` run imports devops_cp.cli and the command modules beside it; the web app,
+the engine's HTTP stack, signing, sideload and rich are imported inside the commands that use
+them. The checks run in a fresh interpreter, since this test process has imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from devops_cp.cli import main
+from manifests import version
+
+# Needed by no command's --help, nor by list/status.
+HEAVY = (
+    "httpx",
+    "httpcore",
+    "rich",
+    "cryptography",
+    "starlette",
+    "uvicorn",
+    "zstandard",
+    "importlib.metadata",
+    "devops_cp.localserver",
+    "devops_cp.web",
+    "devops_cp.jobs",
+    "executor.engine",
+    "executor.http",
+    "manifests.signing",
+    "manifests.bundle",
+    "sideload.reader",
+    "sideload.api",
+    "bundler.build",
+)
+
+
+def modules_after(*argv: str) -> set[str]:
+    """sys.modules of a fresh interpreter after `devops-cp ARGV` (nothing: only the import)."""
+    code = (
+        "import json, sys\n"
+        "from devops_cp.cli import main\n"
+        f"argv = {list(argv)!r}\n"
+        "if argv:\n"
+        "    try:\n"
+        "        main(argv, prog_name='devops-cp')\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), exc.code\n"
+        "sys.stdout = sys.__stdout__\n"
+        "print('\\n' + json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_importing_the_cli_loads_no_heavy_module():
+    loaded = modules_after()
+    assert "devops_cp.cli" in loaded
+    assert sorted(loaded & set(HEAVY)) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["data", "--help"],
+        ["data", "install", "--help"],
+        ["data", "sideload", "--help"],
+        ["data", "bundle", "--help"],
+        ["data", "list"],
+        ["data", "status"],
+    ],
+    ids=" ".join,
+)
+def test_commands_that_need_no_heavy_module_do_not_load_one(argv):
+    assert sorted(modules_after(*argv) & set(HEAVY)) == []
+
+
+def test_version_reads_the_metadata_without_importlib_metadata():
+    loaded = modules_after("--version")
+    assert "importlib.metadata" not in loaded
+
+
+def test_version_matches_the_distribution_metadata():
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as metadata_version
+
+    try:
+        expected = metadata_version(version.DISTRIBUTION)
+    except PackageNotFoundError:
+        expected = version.UNKNOWN
+    assert version.VERSION == expected
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"devops-cp, version {expected}\n"
+
+
+def test_version_of_an_egg_info_on_the_path(tmp_path, monkeypatch):
+    """A checkout built in place (`pip install -e` with an old setuptools) has an egg-info folder."""
+    egg = tmp_path / "devops_cp_data.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: devops-cp-data\nVersion: 9.8.7\n\nDescription body\nVersion: 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert version._version_from_dist_info() == "9.8.7"
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()):
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+@pytest.mark.parametrize("path", list(_commands(main)), ids=" ".join)
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
