@@ -11,8 +11,9 @@ import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,7 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a pack may have tens of thousands: no __dict__ each
 class FileRecord:
     path: str  # relative to the data dir
     size: int
@@ -63,13 +64,43 @@ class InstallRecord:
         return sum(f.size for f in self.files)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Built directly: dataclasses.asdict deep-copies field by field, slow for 20,000 files."""
+        data = self._fields_but_files()
+        data["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]
+        return data
+
+    def dumps(self) -> bytes:
+        """The record file: sorted keys, two-space indent, one file per line.
+
+        json's indent mode runs its pure-Python encoder, slow for a long file list, so the
+        files are written one line each and set in place of an empty list.
+        """
+        data = self._fields_but_files()
+        data["files"] = []
+        text = json.dumps(data, indent=2, sort_keys=True)
+        if self.files:
+            lines = ",\n    ".join(map(_file_line, self.files))
+            text = text.replace('\n  "files": []', f'\n  "files": [\n    {lines}\n  ]', 1)  # the top-level key: nested ones are indented further
+        return text.encode()
+
+    def _fields_but_files(self) -> dict:
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS if name != "files"}
+        data["choices"], data["extra"] = dict(self.choices), dict(self.extra)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "InstallRecord":
         data = dict(data)
         data["files"] = [FileRecord(**f) for f in data["files"]]
         return cls(**data)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(InstallRecord))
+
+
+def _file_line(f: FileRecord) -> str:
+    """One file as json.dumps(..., sort_keys=True) writes it, without a dict per file."""
+    return f'{{"path": {_json_string(f.path)}, "sha256": {_json_string(f.sha256)}, "size": {f.size:d}}}'
 
 
 def _xdg(base: str, env: str, fallback: str) -> Path:
@@ -135,7 +166,7 @@ class Store:
 
     def write_record(self, record: InstallRecord) -> None:
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        durable.write_atomic(self._record_path(record.key), json.dumps(record.to_json(), indent=2, sort_keys=True).encode())
+        durable.write_atomic(self._record_path(record.key), record.dumps())
 
     def delete_record(self, key: str) -> None:
         self._record_path(key).unlink(missing_ok=True)

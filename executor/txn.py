@@ -56,11 +56,14 @@ class PackTransaction:
     def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
         record.files = sorted(self.files.values(), key=lambda f: f.path)
         durable.sync_files(self.root, (self.files_root / rel for rel in self.files), use_syncfs=use_syncfs)
-        leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
-        journal = {"key": self.key, "renames": sorted(self.files), "remove": leftovers, "record": record.to_json()}
-        durable.write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
+        durable.write_atomic(self.root / JOURNAL, self._journal(record, previous))
         roll_forward(self.root, self.data_dir, self.store.write_record)
         self.committed = True
+
+    def _journal(self, record: InstallRecord, previous: InstallRecord | None) -> bytes:
+        leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
+        journal = {"key": self.key, "renames": sorted(self.files), "remove": leftovers, "record": record.to_json()}
+        return json.dumps(journal).encode()  # no indent: json's C encoder only runs without one
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -76,6 +79,7 @@ class PackTransaction:
 def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None]) -> None:
     """Idempotent: safe to run again after a kill at any point inside it."""
     journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
+    record = InstallRecord.from_json(journal.pop("record"))  # its 20,000 file dicts need not live through the renames
     files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
     touched: set[str] = set()
     for rel in journal["renames"]:
@@ -88,7 +92,7 @@ def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[Install
         prune_empty_parents(gone.parent, data_dir)
     for directory in touched:
         durable.fsync_dir(directory)
-    write_record(InstallRecord.from_json(journal["record"]))
+    write_record(record)
     shutil.rmtree(txn_root, ignore_errors=True)
 
 
