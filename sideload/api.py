@@ -187,7 +187,9 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                     txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
                     _stream_payload(engine, reader, manifest, txns)
                     reader.finish()  # trailing data and every part's hash, before anything becomes visible
-                    return [_commit(engine, manifest, pack, txns[pack.key], request) for pack in selected]
+                    bundle_id, created = manifest.bundle_id, manifest.created
+                    del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
+                    return [_commit(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
             finally:
                 for directory in set(data_dirs.values()):
                     _remove_empty_staging(directory)
@@ -235,15 +237,15 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
     meter.done(done)
 
 
-def _commit(engine: Engine, manifest: BundleManifest, pack: PackEntry, txn: PackTransaction, request: SideloadRequest) -> Outcome:
+def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry, txn: PackTransaction, request: SideloadRequest) -> Outcome:
     identity = PackIdentity(pack.key, pack.id, pack.label, pack.data_type, dict(pack.choices), pack.update_schedule)
     record = engine.commit(
         identity,
         txn,
-        source=f"bundle:{manifest.bundle_id}",
+        source=f"bundle:{bundle_id}",
         checksum_verified=pack.checksum_verified,
         fetched_at=pack.fetched_at,
-        bundle_created=manifest.created,
+        bundle_created=bundle_created,
     )
     notes = [w for w in request.warnings if w.startswith(pack.key)]
     try:
