@@ -105,8 +105,8 @@ class Engine:
         if self._client is not None:
             self._client.close()
 
-    def step_context(self) -> step_types.StepContext:
-        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python)
+    def step_context(self, *, will_sync: bool = False) -> step_types.StepContext:
+        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python, will_sync=will_sync)
 
     # --- decide -------------------------------------------------------------------------
 
@@ -136,9 +136,13 @@ class Engine:
 
     # --- act ----------------------------------------------------------------------------
 
-    def stage(self, plan: Plan, txn: PackTransaction, source: LocalSource | None = None) -> list[step_types.StepOutcome]:
-        """Run the plan's steps into `txn`; nothing becomes visible here."""
-        ctx = self.step_context()
+    def stage(self, plan: Plan, txn: PackTransaction, source: LocalSource | None = None, *, will_sync: bool = False) -> list[step_types.StepOutcome]:
+        """Run the plan's steps into `txn`; nothing becomes visible here.
+
+        `will_sync`: `commit()` follows and syncs the pack (a direct install), so downloads may
+        start writing to disk while they run. A bundle's staging is never synced: False.
+        """
+        ctx = self.step_context(will_sync=will_sync)
         values = {"data_dir": str(txn.files_root), "python": self.python, "pack": plan.pack_id}
         outcomes = []
         for index, step in enumerate(plan.steps):
@@ -156,13 +160,13 @@ class Engine:
             elif step.type == "tool_command":
                 outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
             else:
-                outcomes.append(self.run_extension_step(plan, index, step, txn))
+                outcomes.append(self.run_extension_step(plan, index, step, txn, ctx))
         return outcomes
 
-    def run_extension_step(self, plan: Plan, index: int, step, txn: PackTransaction) -> step_types.StepOutcome:
+    def run_extension_step(self, plan: Plan, index: int, step, txn: PackTransaction, ctx: step_types.StepContext) -> step_types.StepOutcome:
         from executor import oci  # registry artifacts: imported only when a recipe uses them
 
-        return oci.run_oci_artifact(self.step_context(), plan.key, index, step, txn)
+        return oci.run_oci_artifact(ctx, plan.key, index, step, txn)
 
     def commit(
         self,
@@ -212,7 +216,7 @@ class Engine:
         data_dir = self.store.data_dir(plan.recipe.data_type)
         try:
             with PackTransaction(self.store, data_dir, plan.key) as txn:
-                outcomes = self.stage(plan, txn, source)
+                outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
                 record = self.commit(
                     PackIdentity.of_plan(plan),
                     txn,

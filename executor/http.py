@@ -114,6 +114,7 @@ class Download:
     size_cap: int | None = None  # exact size from the recipe or the OCI descriptor
     auth: httpx.Auth | None = None
     space_check: Callable[[int], None] = lambda remaining: None
+    writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
     _copy: Copy | None = None
 
     @property
@@ -221,7 +222,7 @@ class Download:
         if self.meter is not None:
             self.meter.restart(offset, total or self.size_cap)
         with closing_output(open(self.partial, "ab" if offset else "wb")) as out:
-            copy.out = out
+            copy.out, copy.writeback = out, self.writeback
             try:
                 copy.feed(_until(deadline, body_chunks(response, self.settings.stall_timeout), self.url))
             finally:

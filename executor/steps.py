@@ -41,6 +41,9 @@ class StepContext:
     listener: Listener
     settings: HttpSettings
     python: str = sys.executable
+    # A direct install syncs the pack before it becomes visible: its files may start going to disk
+    # as they arrive (Copy's writeback). Not bundle staging, which is never synced: there it only costs.
+    will_sync: bool = False
     _client: httpx.Client | None = None
 
     @property
@@ -115,6 +118,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
         size_cap=step.size_bytes if step.size_exact else None,
         auth=auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
+        writeback=ctx.will_sync,
     )
     try:
         try:

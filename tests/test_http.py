@@ -363,3 +363,34 @@ def test_bodies_only_h11_can_frame_are_left_to_it(headers, version):
 
     response = httpx.Response(200, headers=headers, extensions={"network_stream": object(), "http_version": version.encode()})
     assert _raw_stream(response) == (None, 0)
+
+
+# --- write-back during a durable direct install ---------------------------------------------
+
+
+def test_a_direct_install_writes_back_as_it_downloads_and_bundle_staging_does_not(local_server, serve_pack, monkeypatch, tmp_path):
+    """A direct install syncs the pack before it becomes visible, so its download starts the
+    disk early (Copy's writeback); a bundle's staging is never synced, so it must not pay for that."""
+    from devops_cp.app import App
+    from executor import durable
+    from executor.engine import Engine
+    from executor.transfer import WRITEBACK_STEP
+    from executor.txn import PackTransaction
+
+    calls = []
+    monkeypatch.setattr(durable, "start_writeback", lambda out: calls.append(out.name))
+    big = payload(WRITEBACK_STEP + 1_000_000)
+    serve_pack("big", big)
+    app = App(settings=fast_settings())
+    plan = app.plan("big")
+    engine = Engine(app.store, settings=app.settings)
+    try:
+        (outcome,) = engine.install([plan], confirm=lambda *a: True)
+        assert outcome.record is not None and len(calls) == 1
+        calls.clear()
+        with PackTransaction(app.store, tmp_path / "bundle-staging", plan.key) as txn:
+            engine.stage(plan, txn)  # what bundle does
+            assert txn.files
+        assert calls == []
+    finally:
+        engine.close()
