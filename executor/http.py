@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import httpcore
 import httpx
@@ -103,11 +103,11 @@ def _status_error(response: httpx.Response) -> NetworkError:
 
 @dataclass
 class Download:
-    """One file fetched into `partial`; call `run()`."""
+    """One file fetched into `partial` with `run()`, or streamed into a writer with `stream_into()`."""
 
     client: httpx.Client
     url: str
-    partial: Path
+    partial: Path | None  # None for stream_into(), which writes no partial file
     what: str
     settings: HttpSettings = HttpSettings()
     meter: Meter | None = None
@@ -116,6 +116,7 @@ class Download:
     space_check: Callable[[int], None] = lambda remaining: None
     writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
     _copy: Copy | None = None
+    _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
 
     @property
     def meta_path(self) -> Path:
@@ -145,11 +146,11 @@ class Download:
 
     def run(self, expected_sha256: str | None) -> Copy:
         """Fetch until complete, then check the hash. A mismatch deletes the partial file."""
-        deadline = time.monotonic() + self.settings.deadline if self.settings.deadline else None
-        failures = restarts = 0
+        attempts = _Attempts(self.url, self.settings, hint="the partial file is kept: run the same command again to resume")
+        restarts = 0
         while True:
             try:
-                copy = self._attempt(deadline)
+                copy = self._attempt(attempts)
                 break
             except _Restart:
                 restarts += 1
@@ -157,18 +158,7 @@ class Download:
                 if restarts > self.settings.retries:
                     raise NetworkError(f"{self.url}: the server keeps answering ranges wrongly") from None
             except (httpx.TransportError, _Retry) as exc:
-                failures += 1
-                if failures > self.settings.retries:
-                    raise NetworkError(
-                        f"download of {self.url} failed after {failures} attempts: {exc or type(exc).__name__}",
-                        hint="the partial file is kept: run the same command again to resume",
-                    ) from exc
-                wait = getattr(exc, "wait", None)
-                backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (failures - 1))
-                pause = min(wait, 300.0) if wait is not None else backoff
-                if deadline is not None and time.monotonic() + pause > deadline:
-                    raise _past_deadline(self.url) from exc  # waiting would only overrun it
-                self.settings.sleep(pause)
+                attempts.failed(exc)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"download of {self.url} failed: {exc}") from exc
             except LengthError:
@@ -181,55 +171,167 @@ class Download:
             raise
         return copy
 
-    def _attempt(self, deadline: float | None) -> Copy:
+    def _attempt(self, attempts: _Attempts) -> Copy:
         offset, validator = self._resume_state()
-        headers = {}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if validator:
-                headers["If-Range"] = validator
-        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
-            return self._receive(response, offset, deadline)
+        with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
+            return self._receive(response, offset, attempts)
 
-    def _receive(self, response: httpx.Response, offset: int, deadline: float | None) -> Copy:
+    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts) -> Copy:
         code = response.status_code
         if code == 416:
             match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("content-range", ""))
             if offset and match and int(match.group(1)) == offset:
                 return self._copy_at(offset)  # the partial file was already complete
             raise _Restart()
-        if code in RETRYABLE_STATUS:
-            raise _Retry(f"HTTP {code}", _retry_after(response.headers.get("retry-after")))
-        if code >= 400 or code not in (200, 206):
-            raise _status_error(response)
-        length = response.headers.get("content-length")
-        if code == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-            if not match or int(match.group(1)) != offset:
-                raise _Restart()
-            total = int(match.group(3)) if match.group(3) != "*" else None
-        else:
-            offset = 0  # a 200: the server ignored Range, or the file changed (If-Range)
-            total = int(length) if length and length.isdigit() else None
+        _check_status(response)
+        start, total = _body_range(response)
+        if code == 206 and start != offset:
+            raise _Restart()
+        offset = start  # 0 after a 200: the server ignored Range, or the file changed (If-Range)
         copy = self._copy_at(offset)
-        remaining = (total - offset) if total is not None else (self.size_cap - offset if self.size_cap else 0)
-        self.space_check(remaining)
-        validator = response.headers.get("etag") or response.headers.get("last-modified")
+        self._expect(copy, total)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self.meta_path.write_text(json.dumps({"url": self.url, "validator": validator}))
-        caps = [c for c in (total, self.size_cap) if c is not None]
-        copy.limit = min(caps) if caps else None
-        if self.meter is not None:
-            self.meter.restart(offset, total or self.size_cap)
+        self.meta_path.write_text(json.dumps({"url": self.url, "validator": _validator(response)}))
         with closing_output(open(self.partial, "ab" if offset else "wb")) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
-                copy.feed(_until(deadline, body_chunks(response, self.settings.stall_timeout), self.url))
+                copy.feed(attempts.until_deadline(body_chunks(response, self.settings.stall_timeout)))
             finally:
                 copy.out = None
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
         return copy
+
+    def _expect(self, copy: Copy, total: int | None) -> None:
+        """Before a body's first byte: its length cap, the space it needs, the meter's new start."""
+        caps = [c for c in (total, self.size_cap) if c is not None]
+        copy.limit = min(caps) if caps else None
+        size = total if total is not None else self.size_cap
+        self.space_check(size - copy.done if size is not None else 0)
+        if self.meter is not None:
+            self.meter.restart(copy.done, total or self.size_cap)
+
+    def stream_into(self, out: BinaryIO, expected_sha256: str) -> Copy:
+        """Fetch the whole body into `out`, forward only (say, a compressor inside an archive).
+
+        Hashed on the way and capped at `size_cap`, through `Copy.feed`; `partial` is never
+        touched. A drop or a stall is resumed here, with Range (+ If-Range) from the bytes
+        already written; a 200 to that (the server ignored Range, or the file changed) is read
+        past those bytes without writing or hashing them again, so the hash covers exactly
+        what was written and changed content fails the check. Written bytes cannot be taken
+        back: a wrong length or checksum is final, and so is a range that starts elsewhere.
+        """
+        copy = Copy(out, what=self.what, meter=self.meter)
+        attempts = _Attempts(self.url, self.settings, hint="nothing of it was kept: run the same command again")
+        self._validator = None
+        while True:
+            try:
+                self._stream_attempt(copy, attempts)
+                break
+            except (httpx.TransportError, _Retry) as exc:
+                attempts.failed(exc)
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"download of {self.url} failed: {exc}") from exc
+        copy.check(expected_sha256, self.size_cap)
+        return copy
+
+    def _stream_attempt(self, copy: Copy, attempts: _Attempts) -> None:
+        done = copy.done
+        with self.client.stream("GET", self.url, headers=_resume_headers(done, self._validator), auth=self.auth) as response:
+            code = response.status_code
+            if code == 416:
+                raise NetworkError(f"{self.url} refused to resume at byte {done} (HTTP 416): it may have changed", hint=_FORWARD_ONLY)
+            _check_status(response)
+            start, total = _body_range(response)
+            if code == 206 and start != done:
+                raise NetworkError(f"{self.url} sent a range from byte {start} when asked for byte {done}", hint=_FORWARD_ONLY)
+            if total is not None and total < done:
+                raise NetworkError(f"{self.url} is now {total} bytes, fewer than the {done} already written: it changed", hint=_FORWARD_ONLY)
+            self._validator = self._validator or _validator(response)
+            self._expect(copy, total)
+            body = _skip(body_chunks(response, self.settings.stall_timeout), done - start)  # after a 200: what was written already
+            copy.feed(attempts.until_deadline(body))
+        if total is not None and copy.done < total:
+            raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+
+
+_FORWARD_ONLY = "the bytes already streamed cannot be taken back: run the same command again to start over"
+
+
+class _Attempts:
+    """The retry budget of one file, shared by run() and stream_into(): backoff, Retry-After, deadline."""
+
+    def __init__(self, url: str, settings: HttpSettings, *, hint: str):
+        self.url, self.settings, self.hint = url, settings, hint
+        self.failures = 0
+        self.deadline = time.monotonic() + settings.deadline if settings.deadline else None
+
+    def failed(self, exc: Exception) -> None:
+        """Wait before the next attempt, or raise NetworkError when retries or time are spent."""
+        self.failures += 1
+        if self.failures > self.settings.retries:
+            raise NetworkError(
+                f"download of {self.url} failed after {self.failures} attempts: {exc or type(exc).__name__}", hint=self.hint
+            ) from exc
+        wait = getattr(exc, "wait", None)
+        backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (self.failures - 1))
+        pause = min(wait, 300.0) if wait is not None else backoff
+        if self.deadline is not None and time.monotonic() + pause > self.deadline:
+            raise self.past_deadline() from exc  # waiting would only overrun it
+        self.settings.sleep(pause)
+
+    def past_deadline(self) -> NetworkError:
+        return NetworkError(f"download of {self.url} ran past its deadline", hint=self.hint)
+
+    def until_deadline(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise self.past_deadline()
+
+
+def _resume_headers(offset: int, validator: str | None) -> dict[str, str]:
+    if not offset:
+        return {}
+    return {"Range": f"bytes={offset}-", **({"If-Range": validator} if validator else {})}
+
+
+def _check_status(response: httpx.Response) -> None:
+    """Anything but a 200 or 206 (416 is the caller's) is retried or refused here."""
+    code = response.status_code
+    if code in RETRYABLE_STATUS:
+        raise _Retry(f"HTTP {code}", _retry_after(response.headers.get("retry-after")))
+    if code not in (200, 206):
+        raise _status_error(response)
+
+
+def _body_range(response: httpx.Response) -> tuple[int, int | None]:
+    """Where a 200's or 206's body starts in the file, and the file's size where it is told.
+
+    A 206 whose Content-Range cannot be read starts at -1, which matches no offset asked for.
+    """
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+        if not match:
+            return -1, None
+        return int(match.group(1)), int(match.group(3)) if match.group(3) != "*" else None
+    length = response.headers.get("content-length", "")
+    return 0, int(length) if length.isdigit() else None
+
+
+def _validator(response: httpx.Response) -> str | None:
+    return response.headers.get("etag") or response.headers.get("last-modified")
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """The chunks without their first `count` bytes (read and dropped: neither written nor hashed)."""
+    for chunk in chunks:
+        if count:
+            cut = min(count, len(chunk))
+            chunk, count = chunk[cut:], count - cut
+            if not chunk:
+                continue
+        yield chunk
 
 
 def body_chunks(response: httpx.Response, stall_timeout: float) -> Iterator[bytes]:
@@ -285,17 +387,6 @@ def _read_socket(stream: httpcore.NetworkStream, size: int, stall_timeout: float
         raise _Retry(f"no data for {stall_timeout:g} s") from exc
     except httpcore.ReadError as exc:
         raise _Retry(f"connection failed: {exc or type(exc).__name__}") from exc
-
-
-def _past_deadline(url: str) -> NetworkError:
-    return NetworkError(f"download of {url} ran past its deadline", hint="the partial file is kept: run the same command again to resume")
-
-
-def _until(deadline: float | None, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-        if deadline is not None and time.monotonic() > deadline:
-            raise _past_deadline(url)
 
 
 def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> httpx.Response:
