@@ -13,20 +13,22 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import httpx
+from typing import TYPE_CHECKING, Callable
 
 from executor import steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
-from executor.http import HttpSettings, make_client
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.units import estimated_times, fmt_size
+
+if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
+    import httpx
+
+    from executor.http import HttpSettings
 
 # confirm(plan, size_bytes, estimated_times) -> True to go ahead
 Confirm = Callable[[Plan, int, dict], bool]
@@ -76,13 +78,19 @@ class LocalSource:
     sha256: str | None = None
 
 
+def _default_settings() -> HttpSettings:
+    from executor.http import HttpSettings
+
+    return HttpSettings()
+
+
 class Engine:
     def __init__(
         self,
         store: Store,
         *,
         listener: Listener = ignore,
-        settings: HttpSettings = HttpSettings(),
+        settings: HttpSettings | None = None,  # None: the defaults
         transport: httpx.BaseTransport | None = None,
         python: str = sys.executable,
         use_syncfs: bool = True,
@@ -90,7 +98,7 @@ class Engine:
         self.store = store
         self.config: Config = store.config
         self.listener = LockedListener(listener)
-        self.settings = settings
+        self.settings = settings if settings is not None else _default_settings()
         self.transport = transport
         self.python = python
         self.use_syncfs = use_syncfs
@@ -98,6 +106,8 @@ class Engine:
 
     def client(self) -> httpx.Client:
         if self._client is None:
+            from executor.http import make_client
+
             self._client = make_client(self.settings, self.transport)
         return self._client
 

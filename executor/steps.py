@@ -15,19 +15,22 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from executor import extract as extractor
 from executor.config import Config, rewrite_url
 from executor.events import Listener, Meter, Notice
-from executor.http import Download, HttpSettings, fetch_small, parse_sha256sum
 from executor.preflight import check_space, check_tools
 from executor.transfer import Copy, HashingReader, copy_file, file_chunks, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
 from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, TrustError, UsageError
 from manifests.recipe import Recipe, StepSpec
+
+if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that download (a sideload has none)
+    import httpx
+
+    from executor.http import HttpSettings
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
 
@@ -83,6 +86,8 @@ def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> http
             f"{recipe.id} needs {name} credentials",
             hint=f"set {spec.username_env} and {spec.password_env}, or username/password in the config file's [credentials.{name}]",
         )
+    import httpx
+
     return httpx.BasicAuth(user, password)
 
 
@@ -90,6 +95,8 @@ def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: st
     if step.checksum:
         return step.checksum.split(":", 1)[1]
     if step.checksum_url:
+        from executor.http import fetch_small, parse_sha256sum
+
         listing = fetch_small(ctx.client, rewrite_url(step.checksum_url, ctx.config.mirrors), auth=auth)
         return parse_sha256sum(listing.text, Path(urlsplit(url).path).name)
     return None
@@ -102,6 +109,8 @@ def partial_path(data_dir: Path, url: str) -> Path:
 
 
 def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: StepSpec, txn: PackTransaction) -> StepOutcome:
+    from executor.http import Download
+
     url = rewrite_url(step.url, ctx.config.mirrors)
     auth = credentials_auth(ctx, recipe, step.credentials)
     expected = _expected_checksum(ctx, recipe, step, url, auth)

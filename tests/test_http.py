@@ -394,3 +394,14 @@ def test_a_direct_install_writes_back_as_it_downloads_and_bundle_staging_does_no
         assert calls == []
     finally:
         engine.close()
+
+
+def test_the_engine_and_its_steps_load_httpx_only_when_something_downloads():
+    """A sideload never touches the network: importing the engine must not cost httpx's start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, executor.engine, executor.steps; print(sorted(m for m in ('httpx', 'httpcore', 'h11', 'executor.http') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
