@@ -8,6 +8,7 @@ as they are fetched; the archive writer reads each staged file once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,10 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bundler import bootstrap, tool_wheels
 from bundler.writer import Member, write_archive
 from executor import durable
+from executor.config import rewrite_url
 from executor.engine import Engine
 from executor.events import Meter
+from executor.http import Download
 from executor.preflight import check_space
-from executor.steps import uses_python
+from executor.steps import credentials_auth, step_label, uses_python
+from executor.transfer import Copy
 from executor.txn import PackTransaction, recover
 from manifests import signing
 from manifests.bundle import (
@@ -87,10 +92,9 @@ def _hardware_needs(plan: Plan) -> tuple[str, int]:
     return vendor, vram
 
 
-def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackEntry, list[str]]:
-    outcomes = engine.stage(plan, txn)
+def _pack_entry(plan: Plan, source: str, *, checksum_verified: bool) -> PackEntry:
     vendor, vram = _hardware_needs(plan)
-    entry = PackEntry(
+    return PackEntry(
         key=plan.key,
         id=plan.pack_id,
         label=plan.recipe.label,
@@ -99,14 +103,83 @@ def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackE
         update_schedule=plan.recipe.update_schedule,
         fetched_at=format_timestamp(datetime.now(timezone.utc)),
         offline_steps=[step_to_json(s) for s in plan.offline_steps],
-        source=", ".join(o.source for o in outcomes if o.source),
-        checksum_verified=all(o.checksum_verified for o in outcomes),
+        source=source,
+        checksum_verified=checksum_verified,
         tool_hint=plan.recipe.tool_hint,
         gpu_vendor=vendor,
         min_vram_mb=vram,
         python_packages=plan.recipe.requires.packages_pip if uses_python(plan.offline_steps) else (),
     )
+
+
+def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackEntry, list[str]]:
+    outcomes = engine.stage(plan, txn)
+    entry = _pack_entry(plan, ", ".join(o.source for o in outcomes if o.source), checksum_verified=all(o.checksum_verified for o in outcomes))
     return entry, [n for o in outcomes for n in o.notes]
+
+
+def _pinned(step: StepSpec) -> bool:
+    """A download whose every byte the recipe pins (sha256 and exact size), kept as it comes."""
+    return step.type == "download" and bool(step.checksum) and step.size_exact and step.size_bytes is not None and not step.extract
+
+
+def _choose_live(plans: list[Plan]) -> Plan | None:
+    """The pack whose downloads go straight into the archive instead of through staging.
+
+    Only a pack made of pinned downloads qualifies: its manifest entries are known before a
+    byte is fetched, and the manifest comes first in the archive. Streaming saves writing the
+    files to the staging cache and reading them back (and that much free space); the other
+    packs are staged first, in parallel, as before. The largest such pack gains the most.
+    """
+    candidates = [p for p in plans if p.steps and all(_pinned(s) for s in p.steps) and len({s.dest for s in p.steps}) == len(p.steps)]
+    return max(candidates, key=lambda p: sum(s.size_bytes for s in p.steps), default=None)
+
+
+@dataclass(frozen=True)
+class _File:
+    """A pack's file on its way into the archive: staged on disk, or fetched live by `fetch`."""
+
+    rel: str
+    size: int
+    sha256: str
+    path: Path | None = None
+    fetch: Callable[[BinaryIO], Copy] | None = None
+
+
+def _stream_download(download: Download, sha256: str, out: BinaryIO) -> Copy:
+    copy = download.stream_into(out, sha256)
+    download.meter.done(copy.done)
+    return copy
+
+
+def _live_files(engine: Engine, plan: Plan) -> list[_File]:
+    ctx = engine.step_context()
+    files = []
+    for index, step in enumerate(plan.steps):
+        url = rewrite_url(step.url, ctx.config.mirrors)
+        download = Download(
+            client=ctx.client,
+            url=url,
+            partial=None,  # forward-only: resumed in-process after a drop, never staged
+            what=url,
+            settings=ctx.settings,
+            meter=Meter(ctx.listener, plan.key, index, step_label(step), step.size_bytes),
+            size_cap=step.size_bytes,
+            auth=credentials_auth(ctx, plan.recipe, step.credentials),
+        )
+        sha256 = step.checksum.split(":", 1)[1]
+        files.append(_File(step.dest, step.size_bytes, sha256, fetch=functools.partial(_stream_download, download, sha256)))
+    return sorted(files, key=lambda f: f.rel)
+
+
+@dataclass
+class _PackContent:
+    """One pack as it goes into the archive: its manifest entry, its files, notes for the user."""
+
+    plan: Plan
+    entry: PackEntry
+    files: list[_File]
+    notes: list[str]
 
 
 def build_bundle(
@@ -143,10 +216,22 @@ def build_bundle(
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
             tool = tool_wheels.collect(wheel_dir, include_tool)
-        workers = max(1, min(engine.config.max_parallel_downloads, len(plans)))
+        live = _choose_live(plans)
+        to_stage = [(plan, txn) for plan, txn in zip(plans, txns) if plan is not live]
+        workers = max(1, min(engine.config.max_parallel_downloads, len(to_stage)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            staged = list(pool.map(lambda pt: _stage_pack(engine, *pt), zip(plans, txns)))
-        return _write(engine, out, plans, txns, staged, private_key, expires_in, split_size, tool)
+            staged = dict(zip((plan.key for plan, _ in to_stage), pool.map(lambda pt: _stage_pack(engine, *pt), to_stage)))
+        contents = []
+        for plan, txn in zip(plans, txns):
+            if plan is live:
+                files = _live_files(engine, plan)
+                sources = ", ".join(rewrite_url(s.url, engine.config.mirrors) for s in plan.steps)
+                contents.append(_PackContent(plan, _pack_entry(plan, sources, checksum_verified=True), files, []))
+            else:
+                entry, notes = staged[plan.key]
+                files = [_File(rel, r.size, r.sha256, path=txn.files_root / rel) for rel, r in sorted(txn.files.items())]
+                contents.append(_PackContent(plan, entry, files, notes))
+        return _write(engine, out, contents, private_key, expires_in, split_size, tool)
     finally:
         for txn in txns:
             txn.abort()
@@ -155,18 +240,18 @@ def build_bundle(
         held.close()
 
 
-def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size, tool=None) -> BundleResult:
-    files, members, packs = [], [], [entry for entry, _ in staged]
+def _write(engine, out, contents: list[_PackContent], private_key, expires_in, split_size, tool=None) -> BundleResult:
+    files, members, packs = [], [], [c.entry for c in contents]
     if tool is not None:  # the wheels go first: the bootstrap's tar stops reading right after them
         tool_pack, files, tool_members = tool_wheels.manifest_entries(tool, format_timestamp(datetime.now(timezone.utc)), TOOL_VERSION)
         packs.append(tool_pack)
         members = [Member(name, path, size) for name, path, size in tool_members]
-    for plan, txn in zip(plans, txns):
-        for rel in sorted(txn.files):
-            record = txn.files[rel]
-            name = f"packs/{plan.key}/{rel}"
-            files.append(FileEntry(plan.key, rel, record.size, record.sha256, name))
-            members.append(Member(name, txn.files_root / rel, record.size))
+    for content in contents:
+        key = content.plan.key
+        for f in content.files:
+            name = f"packs/{key}/{f.rel}"
+            files.append(FileEntry(key, f.rel, f.size, f.sha256, name))
+            members.append(Member(name, f.path, f.size, f.sha256, f.fetch))
     now = datetime.now(timezone.utc)
     signer = signing.key_id(private_key.public_key()) if private_key else None
     manifest = BundleManifest(
@@ -199,7 +284,7 @@ def _write(engine, out, plans, txns, staged, private_key, expires_in, split_size
         listed.append((script.name, digest))
         paths.append(script)
     paths += _write_side_files(out, parts, private_key, signer, split_size is not None, listed)
-    return BundleResult(manifest, paths, parts, [n for _, notes in staged for n in notes])
+    return BundleResult(manifest, paths, parts, [n for c in contents for n in c.notes])
 
 
 def bootstrap_info(manifest: BundleManifest, bundle_name: str, parts: list[str]) -> bootstrap.BootstrapInfo:

@@ -7,7 +7,6 @@ order, so a reader can check the signature before it reads any payload.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from typing import BinaryIO, Callable
 import zstandard
 
 from executor import durable
+from executor.transfer import Copy, file_chunks
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 
 ZSTD_LEVEL = 3
-TAR_COPY_BUFFER = 1 << 20
 ZSTD_JOB_SIZE = 2 << 20  # bounds the compressor's memory (see write_archive)
 
 
@@ -92,29 +91,77 @@ class PartWriter:
 
 @dataclass(frozen=True)
 class Member:
+    """One payload member: a staged file, or bytes that `fetch` writes itself (a live download).
+
+    `sha256`: what the signed manifest says; the bytes are checked against it as they are
+    written, so a bundle is never signed over a payload that changed after it was hashed.
+    """
+
     name: str
-    path: Path
+    path: Path | None
     size: int
+    sha256: str | None = None
+    fetch: Callable[[BinaryIO], Copy] | None = None
 
 
-class _Metered:
-    """Reports bytes as tarfile reads a staged file into the archive."""
+class _ArchiveMeter:
+    """Progress of one member's copy, reported as bytes of the whole archive."""
 
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]):
-        self.raw, self.on_bytes = raw, on_bytes
+    def __init__(self, on_bytes: Callable[[int], None]):
+        self.on_bytes, self.reported = on_bytes, 0
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.on_bytes(len(data))
-        return data
+    def update(self, done: int, force: bool = False) -> None:
+        self.on_bytes(done - self.reported)
+        self.reported = done
 
 
-def _info(name: str, size: int) -> tarfile.TarInfo:
+def _header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
     info.mtime = 0  # reproducible: the manifest carries the times that matter
-    return info
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+class TarWriter:
+    """The tar format written straight into the compressor: header, data, zero padding.
+
+    Byte for byte what tarfile.addfile writes (PAX headers, 512-byte blocks, two zero blocks and
+    padding to a 10 KiB record at the end), but the data of a member can be pushed in by whoever
+    has it (a download) instead of pulled from a file object, and nothing is buffered here.
+    """
+
+    def __init__(self, out: BinaryIO):
+        self.out = out
+        self.offset = 0
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._write(_header(name, len(data)))
+        self._write(data)
+        self._pad()
+
+    def add(self, member: Member, on_bytes: Callable[[int], None]) -> None:
+        self._write(_header(member.name, member.size))
+        if member.fetch is not None:
+            copy = member.fetch(self.out)
+            on_bytes(copy.done)
+        else:
+            with open(member.path, "rb") as raw:
+                copy = Copy(self.out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
+        copy.check(member.sha256, member.size)
+        self.offset += member.size
+        self._pad()
+
+    def _pad(self) -> None:
+        self._write(b"\0" * (-self.offset % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._write(b"\0" * (-self.offset % tarfile.RECORDSIZE))
 
 
 def write_archive(
@@ -134,19 +181,13 @@ def write_archive(
         params = zstandard.ZstdCompressionParameters.from_level(level, threads=-1, job_size=ZSTD_JOB_SIZE, write_checksum=True)
         compressor = zstandard.ZstdCompressor(compression_params=params)
         with compressor.stream_writer(parts, closefd=False) as zst:
-            # Plain 'w' mode, not the stream mode 'w|': tar writes straight into the compressor.
-            # The stream mode's buffer copies what it holds on every write (re-slicing it into
-            # bufsize blocks, or appending a 512-byte header to up to a whole buffer): ~50 copies
-            # of each MiB at its default 10 KiB, ~1 MiB copied per small file at 1 MiB.
-            # 'w' asks the file object only for tell() (0 here) and writes the same bytes.
-            with tarfile.open(fileobj=zst, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-                tar.copybufsize = TAR_COPY_BUFFER
-                tar.addfile(_info(MANIFEST_NAME, len(manifest)), io.BytesIO(manifest))
-                if signature is not None:
-                    tar.addfile(_info(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
-                for member in members:
-                    with open(member.path, "rb") as raw:
-                        tar.addfile(_info(member.name, member.size), _Metered(raw, on_bytes))
+            tar = TarWriter(zst)
+            tar.add_bytes(MANIFEST_NAME, manifest)
+            if signature is not None:
+                tar.add_bytes(SIGNATURE_NAME, signature)
+            for member in members:
+                tar.add(member, on_bytes)
+            tar.close()
         return parts.finish()
     except BaseException:
         parts.abort()
