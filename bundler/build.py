@@ -29,7 +29,6 @@ from executor import durable
 from executor.config import rewrite_url
 from executor.engine import Engine
 from executor.events import Meter
-from executor.http import Download
 from executor.preflight import check_space
 from executor.steps import credentials_auth, step_label, uses_python
 from executor.transfer import Copy
@@ -146,13 +145,15 @@ class _File:
     fetch: Callable[[BinaryIO], Copy] | None = None
 
 
-def _stream_download(download: Download, sha256: str, out: BinaryIO) -> Copy:
+def _stream_download(download, sha256: str, out: BinaryIO) -> Copy:
     copy = download.stream_into(out, sha256)
     download.meter.done(copy.done)
     return copy
 
 
 def _live_files(engine: Engine, plan: Plan) -> list[_File]:
+    from executor.http import Download  # httpx: not for sideload, which imports this module for step_from_json
+
     ctx = engine.step_context()
     files = []
     for index, step in enumerate(plan.steps):
