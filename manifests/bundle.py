@@ -70,7 +70,7 @@ _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  
 # --- the models ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per file, 20,000 in a big pack
 class FileEntry:
     pack_key: str
     path: str  # relative POSIX path inside the pack's data directory: where the file goes
@@ -119,7 +119,7 @@ class BundleManifest:
         return tuple(f for f in self.files if f.pack_key == pack_key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartEntry:
     name: str
     size: int
@@ -238,7 +238,7 @@ def sha256sum_lines(entries: Iterable[tuple[str, str]]) -> str:
 
 def parse_manifest(data: bytes) -> BundleManifest:
     """Strict: refuses duplicate keys, unknown fields, wrong types and unsafe paths."""
-    return _manifest_from_doc(_load_json(data, MANIFEST_NAME))
+    return _manifest_from_doc(_load_json(data, MANIFEST_NAME), release_files=True)
 
 
 def parse_parts_index(data: bytes) -> PartsIndex:
@@ -392,7 +392,7 @@ def _check_file_name(obj: _Obj, key: str, name: str) -> None:
         raise obj.fail(key, f"{name!r}: must be a plain file name")
 
 
-def _manifest_from_doc(doc: Any) -> BundleManifest:
+def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManifest:
     top = _Obj(MANIFEST_NAME, "", doc)
     version = _check_format_version(top)
     top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files")
@@ -400,7 +400,7 @@ def _manifest_from_doc(doc: Any) -> BundleManifest:
     if top.value["expires"] is not None and top.timestamp("expires") <= created:
         raise top.fail("expires", "must be later than 'created'")
     packs = tuple(_pack_from_doc(top.child("packs", i)) for i in range(len(top.array("packs"))))
-    files = tuple(_file_from_doc(top.child("files", i)) for i in range(len(top.array("files"))))
+    files = _files_from_doc(top, packs, release_files)
     _check_packs_and_files(top, packs, files)
     return BundleManifest(
         format_version=version,
@@ -452,16 +452,28 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     )
 
 
-def _file_from_doc(f: _Obj) -> FileEntry:
+def _files_from_doc(top: _Obj, packs: tuple[PackEntry, ...], release: bool) -> tuple[FileEntry, ...]:
+    """`release`: drop each JSON object once it is read (the document is ours alone), so that the
+    parsed JSON and the model are never held whole at once: megabytes with 20,000 files."""
+    items = top.array("files")
+    pack_keys = {p.key: p.key for p in packs}  # the files of a pack share its key string
+    files = []
+    for i in range(len(items)):
+        files.append(_file_from_doc(top.child("files", i), pack_keys))
+        if release:
+            items[i] = None
+    return tuple(files)
+
+
+def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
     f.only("pack_key", "path", "size", "sha256", "member")
     path, member = f.text("path"), f.text("member")
     _check_rel_path(f, "path", path)
     _check_rel_path(f, "member", member)
     if member in _RESERVED_MEMBERS:
         raise f.fail("member", f"{member!r} is reserved for the manifest and its signature")
-    return FileEntry(
-        pack_key=f.text("pack_key"), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member
-    )
+    pack_key = f.text("pack_key")
+    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member)
 
 
 def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple[FileEntry, ...]) -> None:
@@ -471,35 +483,36 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
             raise top.fail(f"packs[{i}].key", f"duplicate pack key {pack.key!r}")
         keys.add(pack.key)
     tool_keys = {p.key for p in packs if p.data_type == TOOL_DATA_TYPE}
-    seen_paths: set[tuple[str, str]] = set()
+    paths: dict[str, set[str]] = {key: set() for key in keys}  # per pack: no (pack, path) tuple per file
     members: set[str] = set()
     for i, entry in enumerate(files):
-        where = f"files[{i}]"
         if entry.pack_key not in keys:
-            raise top.fail(f"{where}.pack_key", f"{entry.pack_key!r} names no pack in 'packs'")
-        if (entry.pack_key, entry.path) in seen_paths:
-            raise top.fail(f"{where}.path", f"duplicate path {entry.path!r} in pack {entry.pack_key!r}")
-        seen_paths.add((entry.pack_key, entry.path))
+            raise top.fail(f"files[{i}].pack_key", f"{entry.pack_key!r} names no pack in 'packs'")
+        in_pack = paths[entry.pack_key]
+        if entry.path in in_pack:
+            raise top.fail(f"files[{i}].path", f"duplicate path {entry.path!r} in pack {entry.pack_key!r}")
+        in_pack.add(entry.path)
         if entry.member in members:
-            raise top.fail(f"{where}.member", f"duplicate archive member {entry.member!r}")
+            raise top.fail(f"files[{i}].member", f"duplicate archive member {entry.member!r}")
         members.add(entry.member)
-        _check_tool_member(top, where, entry, tool_keys)
+        _check_tool_member(top, i, entry, tool_keys)
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once.
-    for pack_key, path in seen_paths:
-        parts = path.split("/")
-        for n in range(1, len(parts)):
-            if (pack_key, "/".join(parts[:n])) in seen_paths:
-                parent = "/".join(parts[:n])
-                raise top.fail("files", f"{parent!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
+    for pack_key, in_pack in paths.items():
+        for path in in_pack:
+            parts = path.split("/")
+            for n in range(1, len(parts)):
+                if "/".join(parts[:n]) in in_pack:
+                    parent = "/".join(parts[:n])
+                    raise top.fail("files", f"{parent!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
 
 
-def _check_tool_member(top: _Obj, where: str, entry: FileEntry, tool_keys: set[str]) -> None:
+def _check_tool_member(top: _Obj, index: int, entry: FileEntry, tool_keys: set[str]) -> None:
     """tool/NAME.whl belongs to the tool's pseudo-pack and nothing else does: a data pack cannot pose as wheels."""
     in_tool_dir = entry.member.startswith(TOOL_MEMBER_DIR)
     if (entry.pack_key in tool_keys) != in_tool_dir:
-        raise top.fail(f"{where}.member", f"{entry.member!r}: only the {TOOL_DATA_TYPE!r} pack has members under {TOOL_MEMBER_DIR}, and all of them are there")
+        raise top.fail(f"files[{index}].member", f"{entry.member!r}: only the {TOOL_DATA_TYPE!r} pack has members under {TOOL_MEMBER_DIR}, and all of them are there")
     if in_tool_dir and (entry.member != TOOL_MEMBER_DIR + entry.path or "/" in entry.path or not entry.path.endswith(".whl")):
-        raise top.fail(f"{where}.member", f"{entry.member!r}: a tool member is {TOOL_MEMBER_DIR}NAME.whl, with NAME.whl as its path")
+        raise top.fail(f"files[{index}].member", f"{entry.member!r}: a tool member is {TOOL_MEMBER_DIR}NAME.whl, with NAME.whl as its path")
 
 
 def _parts_from_doc(doc: Any) -> PartsIndex:

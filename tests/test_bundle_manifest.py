@@ -117,6 +117,18 @@ def test_to_json_is_deterministic_sorted_utf8_with_newline():
     assert list(top["files"][0]) == sorted(top["files"][0])
 
 
+def test_files_share_their_pack_key_string_and_have_no_dict():
+    """20,000 files in one pack: one key string, no per-entry __dict__ (the model stays small)."""
+    m = parse_manifest(to_json(make_manifest()))
+    trivy = next(p for p in m.packs if p.key == "trivy-db")
+    assert all(f.pack_key is trivy.key for f in m.files_for("trivy-db"))
+    assert not hasattr(m.files[0], "__dict__")
+
+
+def test_to_json_keeps_every_file_after_validating_them():
+    assert len(json.loads(to_json(make_manifest()))["files"]) == 3
+
+
 def test_total_size_and_files_for():
     m = make_manifest()
     assert m.total_size == 15
