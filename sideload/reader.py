@@ -458,6 +458,7 @@ class BundleReader:
             raise BundleStructureError("the bundle has bytes after its compressed stream")
         if not self.raw.frames.complete:
             raise BundleStructureError(self.raw.frames.why_incomplete(), hint="copy it again; nothing was installed")
+        self.tar = self.stream = None  # the decompressor's window and read buffers: not needed while the packs are committed
 
 
 def _header_name(block: bytes) -> str | None:
