@@ -204,7 +204,8 @@ def build_bundle(
     engine.store.ensure_writable(out.parent)
     if include_tool is not None and private_key is None:
         raise UsageError("--include-tool needs a signed bundle: the air-gapped host checks it with openssl before running anything", hint="pass --key PREFIX.key")
-    engine.preflight(plans, confirm or (lambda *_: True), target_dir=work)
+    live = _choose_live(plans)
+    engine.preflight(plans, confirm or (lambda *_: True), target_dir=work, streamed={live.key} if live else ())
     check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
     held = ExitStack()  # bundles share this staging cache and its partial downloads: one at a time
     txns: list[PackTransaction] = []
@@ -217,7 +218,6 @@ def build_bundle(
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
             tool = tool_wheels.collect(wheel_dir, include_tool)
-        live = _choose_live(plans)
         to_stage = [(plan, txn) for plan, txn in zip(plans, txns) if plan is not live]
         workers = max(1, min(engine.config.max_parallel_downloads, len(to_stage)))
         with ThreadPoolExecutor(max_workers=workers) as pool:

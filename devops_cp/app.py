@@ -19,7 +19,7 @@ from manifests.plan import Plan, parse_choice_args, resolve
 if TYPE_CHECKING:
     from executor.engine import Engine
     from executor.events import Listener
-    from executor.http import HttpSettings
+    from executor.config import HttpSettings
     from executor.store import Store
 
 
@@ -51,7 +51,7 @@ class App:
         """`python`: the interpreter that `{python}` steps (a wheel's pip install) use; default this one."""
         from executor.engine import Engine
         from executor.events import ignore
-        from executor.http import HttpSettings
+        from executor.config import HttpSettings
 
         return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(), python=python or sys.executable)
 

@@ -7,9 +7,11 @@ Keys: catalog_dirs, max_parallel_downloads, [data_dirs], [mirrors],
 from __future__ import annotations
 
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import platformdirs
 
@@ -103,3 +105,16 @@ def rewrite_url(url: str, mirrors: dict[str, str]) -> str:
         if url.startswith(prefix):
             return mirrors[prefix] + url[len(prefix):]
     return url
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How downloads behave; here, not in executor/http.py, so that reading them does not import httpx."""
+
+    connect_timeout: float = 30.0
+    stall_timeout: float = 60.0  # no byte for this long: retry and resume (a slow body that moves is fine)
+    retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    deadline: float | None = None  # overall seconds for one file; the partial file stays resumable
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)

@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 from executor import steps as step_types
 from executor.config import Config
@@ -28,7 +28,7 @@ from manifests.units import estimated_times, fmt_size
 if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
     import httpx
 
-    from executor.http import HttpSettings
+    from executor.config import HttpSettings
 
 # confirm(plan, size_bytes, estimated_times) -> True to go ahead
 Confirm = Callable[[Plan, int, dict], bool]
@@ -79,7 +79,7 @@ class LocalSource:
 
 
 def _default_settings() -> HttpSettings:
-    from executor.http import HttpSettings
+    from executor.config import HttpSettings
 
     return HttpSettings()
 
@@ -120,10 +120,13 @@ class Engine:
 
     # --- decide -------------------------------------------------------------------------
 
-    def preflight(self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False, target_dir: Path | None = None) -> None:
+    def preflight(
+        self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False, target_dir: Path | None = None, streamed: Collection[str] = ()
+    ) -> None:
         """Everything that can refuse before the first byte: writable, space, tools, size warning.
 
-        `target_dir` replaces the data dirs (a bundle stages into one cache directory).
+        `target_dir` replaces the data dirs (a bundle stages into one cache directory);
+        `streamed`: keys of packs that never touch it (a bundle streams them into the archive).
         """
         needed: dict[Path, int] = {}
         for plan in plans:
@@ -134,9 +137,9 @@ class Engine:
             check_tools(sorted(set(tools)), plan.pack_id)
             if step_types.uses_python(plan.steps):  # a wheel installed --no-deps needs its framework there
                 step_types.check_python_packages(self.python, plan.recipe.requires.packages_pip, plan.pack_id)
-            needed[data_dir] = needed.get(data_dir, 0) + sum(
+            needed[data_dir] = needed.get(data_dir, 0) + (0 if plan.key in streamed else sum(
                 (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
-            )
+            ))
         check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.
         for plan in plans:

@@ -14,13 +14,14 @@ import email.utils
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import httpcore
 import httpx
 
+from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
 from executor.transfer import Copy, closing_output, hash_file
 from manifests.version import VERSION
@@ -33,17 +34,6 @@ SOCKET_READ = 256 << 10
 # for a body of gigabytes that per-read work was a fifth of the client's CPU. A larger read
 # returns whatever the socket holds (up to this), so a slow link is unaffected.
 httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, SOCKET_READ)
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    connect_timeout: float = 30.0
-    stall_timeout: float = 60.0  # no byte for this long: retry and resume (a slow body that moves is fine)
-    retries: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 30.0
-    deadline: float | None = None  # overall seconds for one file; the partial file stays resumable
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
 
 def _refuse_odd_redirects(response: httpx.Response) -> None:

@@ -30,7 +30,7 @@ from manifests.recipe import Recipe, StepSpec
 if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that download (a sideload has none)
     import httpx
 
-    from executor.http import HttpSettings
+    from executor.config import HttpSettings
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
 

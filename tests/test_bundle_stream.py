@@ -151,3 +151,23 @@ def test_only_the_largest_pinned_pack_streams_the_others_are_staged(cli, key, se
     manifest = read_manifest(out)
     assert [f["pack_key"] for f in manifest["files"]] == ["small", "big", "loose"]  # the order the packs were asked for
     assert {f["sha256"] for f in manifest["files"]} == {hashlib.sha256(d).hexdigest() for d in (big, small, unpinned)}
+
+
+def test_a_streamed_pack_needs_no_room_in_the_staging_cache(cli, key, serve_pack, tmpfs, tmp_path, monkeypatch):
+    data = payload(3_000_000, seed=11)
+    serve_pack("model", data, size_exact=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmpfs("1m")))  # the staging cache: a third of the pack
+    out = tmp_path / "b.tar.zst"
+    result = bundle(cli, key, out, "model")
+    assert result.exit_code == 0, result.stderr
+    assert members(out)["packs/model/model/model.bin"] == data
+
+
+def test_a_pack_that_must_be_staged_is_still_refused_when_the_cache_is_too_small(cli, key, serve_pack, tmpfs, tmp_path, monkeypatch):
+    serve_pack("loose", payload(3_000_000, seed=12), checksum=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmpfs("1m")))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = bundle(cli, key, out_dir / "b.tar.zst", "loose")
+    assert result.exit_code == 5, result.stderr
+    assert list(out_dir.iterdir()) == []
