@@ -370,6 +370,7 @@ def _pull(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTrans
         size_cap=layer.size,  # exact: the descriptor's size
         auth=artifact.auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
+        writeback=ctx.will_sync,
     )
     tried.append(download)
     try:

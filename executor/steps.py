@@ -181,7 +181,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: 
     else:
         staged = txn.root / "incoming" / source.name
         with open(source, "rb") as f:
-            copy = copy_file(f, staged, what=str(source), meter=meter)
+            copy = copy_file(f, staged, what=str(source), meter=meter, writeback=ctx.will_sync)
         copy.check(expected)
         place_file(staged, step, txn, copy, meter)
     outcome = StepOutcome(source=f"file:{source}", checksum_verified=expected is not None)

@@ -188,11 +188,13 @@ def hash_file(path: Path, meter: Meter | None = None) -> Copy:
         return Copy(None, what=str(path), meter=meter).feed(file_chunks(f))
 
 
-def copy_file(source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None) -> Copy:
+def copy_file(
+    source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None, writeback: bool = False
+) -> Copy:
     """Stream `source` into a new file at `dest`, hashing as it goes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with closing_output(open(dest, "wb")) as out:
-        return Copy(out, what=what, limit=limit, meter=meter).feed(file_chunks(source, size))
+        return Copy(out, what=what, limit=limit, meter=meter, writeback=writeback).feed(file_chunks(source, size))
 
 
 class HashingReader:
