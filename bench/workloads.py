@@ -291,7 +291,8 @@ class Bench:
         self.report(
             "W2: bundle",
             f"Bundle two packs, {self.sizes.big / MIB:.0f} MiB incompressible + {self.text_size / MIB:.0f} MiB vulnerability-DB-like JSON, "
-            "signed. Ours downloads both from the local server (hashing as it fetches), stages them, writes tar -> zstd -3 (multi-threaded) -> "
+            "signed. Ours downloads both from the local server, hashing as it fetches: the JSON pack is staged first, then the 1 GiB pack "
+            "(sha256 and size pinned by its recipe) streams from the server straight into tar -> zstd -3 (multi-threaded) -> "
             "the archive (hashed as written, fsynced), then the signed checksum list. The peers start from the files already on disk, "
             "except the last one, which fetches them with curl first.",
             contenders, size,
