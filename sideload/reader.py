@@ -269,6 +269,12 @@ class _ForwardOnly:
         self.buf, self.off = self.raw.read(self.READ_AHEAD), 0
         return len(self.buf)
 
+    def peek(self, size: int) -> bytes:
+        """The next `size` bytes (fewer at the end of the stream), left unread."""
+        if len(self.buf) - self.off < size:
+            self.buf, self.off = self.buf[self.off :] + self.raw.read(max(size, self.READ_AHEAD)), 0
+        return self.buf[self.off : self.off + size]
+
     def tell(self) -> int:
         return self.pos
 
@@ -384,6 +390,27 @@ class BundleReader:
         self.tar.members.clear()  # tarfile keeps every TarInfo it read (for getmembers()); we never look back
         return member
 
+    def _next_payload_member(self) -> tarfile.TarInfo | None:
+        """The next member; a plain file's ustar header (what the bundler writes for every payload
+        file with a name of at most 100 bytes) read here, anything else by tarfile.
+
+        tarfile's header parsing costs more per member than copying a small file's bytes. The
+        shortcut takes only the one exact form whose meaning is not in doubt and leaves every
+        other header, valid or hostile, to tarfile and the checks that follow, as before.
+        """
+        stream = self.tar.fileobj
+        try:
+            stream.seek(self.tar.offset)  # past the previous member's data and padding
+            member = None if self.tar.pax_headers else _plain_file_header(stream.peek(BLOCKSIZE))
+        except _ARCHIVE_ERRORS as exc:
+            raise _structure_errors(exc, self.raw) from exc
+        if member is None:
+            return self._next_member()
+        stream.read(BLOCKSIZE)
+        member.offset, member.offset_data = self.tar.offset, self.tar.offset + BLOCKSIZE
+        self.tar.offset = member.offset_data + -(-member.size // BLOCKSIZE) * BLOCKSIZE
+        return member
+
     def _read_small(self, member: tarfile.TarInfo, limit: int) -> bytes:
         if not member.isreg() or member.size > limit:
             raise BundleStructureError(f"bundle member {member.name!r} is not a plain file of at most {limit} bytes")
@@ -412,7 +439,7 @@ class BundleReader:
         listed = {f.member for f in manifest.files}
         seen: set[str] = set()
         for entry in manifest.files:
-            member = self._pending or self._next_member()
+            member = self._pending or self._next_payload_member()
             self._pending = None
             if member is None:
                 raise BundleStructureError(f"the bundle ends before {entry.member!r}, which its manifest lists", hint="the bundle is truncated; copy it again")
@@ -459,6 +486,36 @@ class BundleReader:
         if not self.raw.frames.complete:
             raise BundleStructureError(self.raw.frames.why_incomplete(), hint="copy it again; nothing was installed")
         self.tar = self.stream = None  # the decompressor's window and read buffers: not needed while the packs are committed
+
+
+_USTAR_MAGIC = b"ustar\x0000"  # POSIX ustar, as tarfile writes it in PAX_FORMAT
+# The number fields exactly in tarfile's own form (octal digits, then a NUL; the checksum's
+# 6 digits, a NUL and a space): mode, uid, gid, size, mtime, checksum; then devmajor, devminor.
+_NUMBERS = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 ")
+_DEVICE_NUMBERS = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")  # left empty for files by Python 3.11+
+
+
+def _plain_file_header(block: bytes) -> tarfile.TarInfo | None:
+    """A regular file's POSIX ustar header with a good checksum -> its TarInfo; else None (not an error).
+
+    Exactly as tarfile would read it: the name up to its first NUL, after the prefix and a '/'
+    when there is a prefix. None for everything else: other types, pax or GNU headers, number
+    fields in any other form (base-256, spaces...), bad checksums, names that are not UTF-8, a short block.
+    """
+    if len(block) != BLOCKSIZE or block[156:157] != tarfile.REGTYPE or block[257:265] != _USTAR_MAGIC:
+        return None
+    if not _NUMBERS.fullmatch(block, 100, 156) or not _DEVICE_NUMBERS.fullmatch(block, 329, 345):
+        return None
+    if int(block[148:154], 8) != sum(block) - sum(block[148:156]) + 8 * 32:  # the sum counts the checksum field as 8 spaces
+        return None
+    try:
+        name = block[:100].split(b"\0", 1)[0].decode("utf-8")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    member = tarfile.TarInfo(f"{prefix}/{name}" if prefix else name)
+    member.size = int(block[124:135], 8)
+    return member
 
 
 def _header_name(block: bytes) -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import tarfile
+
 import pytest
 
 from bundle_helpers import PackSpec, Raw, build_manifest, bundle_members, new_key, write_bundle, write_tar_zst
@@ -9,7 +12,7 @@ from conftest import payload
 from manifests import signing
 from manifests.bundle import parse_manifest, to_json
 from manifests.errors import BundleStructureError
-from sideload.reader import BundleReader, locate
+from sideload.reader import BundleReader, _plain_file_header, locate
 
 FILES = {"a.bin": payload(5000, seed=1), "b/c.bin": payload(70_000, seed=2), "empty": b"", "d.bin": payload(512, seed=3)}
 
@@ -46,3 +49,70 @@ def test_a_member_cut_short_by_the_end_of_the_stream_is_a_structure_error(tmp_pa
         assert source.read(2000) == members[0][1][:2000]
         with pytest.raises(BundleStructureError, match="truncated|damaged"):
             source.read(7000)
+
+
+# --- the shortcut for plain ustar headers: it must read exactly what tarfile reads, or pass ---------
+
+
+def ustar(name: str, size: int, type: bytes = tarfile.REGTYPE, fmt=tarfile.USTAR_FORMAT) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.mode, info.mtime = size, type, 0o644, 0
+    return info.tobuf(fmt, "utf-8", "surrogateescape")
+
+
+def agrees_with_tarfile(block: bytes) -> bool:
+    ours = _plain_file_header(block)
+    if ours is None:
+        return True  # tarfile reads it (and the checks that follow refuse what they refuse)
+    theirs = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    return (ours.name, ours.size, ours.type) == (theirs.name, theirs.size, theirs.type) and theirs.isreg()
+
+
+def test_a_plain_header_reads_as_tarfile_reads_it():
+    block = ustar("packs/p/d00/f00001.json", 8191)
+    assert _plain_file_header(block).name == "packs/p/d00/f00001.json" and agrees_with_tarfile(block)
+    long_name = "packs/" + "d" * 120 + "/file.bin"  # ustar splits it into prefix and name
+    member = _plain_file_header(ustar(long_name, 3))
+    assert (member.name, member.size) == (long_name, 3)
+
+
+@pytest.mark.parametrize("block", [
+    ustar("link", 0, tarfile.SYMTYPE), ustar("hard", 0, tarfile.LNKTYPE), ustar("dir", 0, tarfile.DIRTYPE),
+    ustar("fifo", 0, tarfile.FIFOTYPE), ustar("old", 0, tarfile.AREGTYPE),
+    ustar("gnu", 5, fmt=tarfile.GNU_FORMAT),  # GNU magic
+    ustar("é" * 200, 5, fmt=tarfile.PAX_FORMAT)[:512],  # the pax extended header in front of it
+    ustar("big", 2**40, fmt=tarfile.GNU_FORMAT),  # base-256 size
+    ustar("x", 5)[:511], b"", b"\0" * 512,
+], ids=["symlink", "hardlink", "dir", "fifo", "old-regular", "gnu", "pax", "base-256", "short", "empty", "zeros"])
+def test_anything_else_is_left_to_tarfile(block):
+    assert _plain_file_header(block) is None
+
+
+def test_a_bad_checksum_or_odd_fields_are_left_to_tarfile():
+    block = bytearray(ustar("a.bin", 100))
+    block[0] ^= 1  # the name changed, the checksum not
+    assert _plain_file_header(bytes(block)) is None
+    for field, value in [(slice(124, 136), b"00000000144 "), (slice(124, 136), b"0000000014a\0"), (slice(148, 156), b"0061038\0")]:
+        changed = bytearray(ustar("a.bin", 100))
+        changed[field] = value
+        assert _plain_file_header(bytes(changed)) is None
+    non_utf8 = bytearray(ustar("a.bin", 100))
+    non_utf8[0] = 0xFF
+    assert _plain_file_header(bytes(non_utf8)) is None  # its checksum is wrong too; either way, tarfile's
+
+
+def test_random_damage_never_makes_the_shortcut_disagree_with_tarfile():
+    rng = random.Random(7)
+    base = ustar("packs/p/" + "n" * 60 + "/f.bin", 12345)
+    for _ in range(3000):
+        block = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            block[rng.randrange(512)] = rng.choice([0, 0x30, 0x37, 0x38, 0x20, 0x2F, 0xFF, rng.randrange(256)])
+        fixed = fix_checksum(block) if rng.random() < 0.7 else block  # most keep a valid checksum
+        assert agrees_with_tarfile(bytes(fixed))
+
+
+def fix_checksum(block: bytearray) -> bytearray:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return block
