@@ -8,6 +8,7 @@ so a decompression bomb stops early.
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import stat
 import tarfile
@@ -35,17 +36,72 @@ def safe_member_path(name: str, strip: int, archive: str) -> str | None:
     return "/".join(parts[strip:])
 
 
-@contextmanager
-def _open_tar(raw: BinaryIO, fmt: str) -> Iterator[tarfile.TarFile]:
-    """Streaming mode: one pass, flat memory, whatever the archive's size."""
+class ForwardOnly:
+    """A forward-only stream as tarfile's seekable mode reads it: tell(), and seek() forward only.
+
+    tarfile's stream mode ('r|') passes every byte through its own buffer, joining and
+    re-slicing it on each read: copies of the payload, and a copy of up to the whole buffer
+    for every 512-byte header, which dominates an archive of many small files. Here small
+    reads (headers, small members) come from a read-ahead buffer of READ_AHEAD bytes and
+    large ones go straight through. Read front to back, tarfile never seeks backwards; a
+    request to is refused as damage.
+    """
+
+    READ_AHEAD = 1 << 20
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.pos = raw, 0
+        self.buf, self.off = b"", 0
+
+    def read(self, size: int = -1) -> bytes:
+        have = len(self.buf) - self.off
+        if size < 0:
+            data = self.buf[self.off :] + self.raw.read()
+            self.buf, self.off = b"", 0
+        elif have >= size or (have == 0 and size < self.READ_AHEAD and self._refill() >= size):
+            data = self.buf[self.off : self.off + size]
+            self.off += len(data)
+        else:  # a large read, or a small one across the end of the buffer: the rest of it, then straight through
+            head = self.buf[self.off :]
+            self.buf, self.off = b"", 0
+            data = head + self.raw.read(size - len(head)) if head else self.raw.read(size)
+        self.pos += len(data)
+        return data
+
+    def _refill(self) -> int:
+        self.buf, self.off = self.raw.read(self.READ_AHEAD), 0
+        return len(self.buf)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self.pos:
+            raise tarfile.ReadError("the tar stream would have to be read backwards")
+        while self.pos < pos:
+            if not self.read(min(pos - self.pos, 1 << 16)):
+                raise tarfile.ReadError("unexpected end of data")
+        return self.pos
+
+
+def _decompressed(raw: BinaryIO, fmt: str) -> BinaryIO:
     if fmt == "tar.zst":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
-        with tarfile.open(fileobj=reader, mode="r|") as tf:
-            yield tf
-    else:
-        mode = {"tar.gz": "r|gz", "tar.xz": "r|xz", "tar": "r|"}[fmt]
-        with tarfile.open(fileobj=raw, mode=mode, bufsize=1 << 20) as tf:
-            yield tf
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+    if fmt == "tar.gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if fmt == "tar.xz":
+        return lzma.LZMAFile(raw)
+    if fmt == "tar":
+        return raw
+    raise ValueError(f"not a tar format: {fmt!r}")
+
+
+def _tar_members(raw: BinaryIO, fmt: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """One pass, flat memory, whatever the archive's size: the members of a tar read front to back."""
+    with tarfile.open(fileobj=ForwardOnly(_decompressed(raw, fmt)), mode="r:") as tf:
+        while (member := tf.next()) is not None:
+            tf.members.clear()  # tarfile keeps every TarInfo it read (for getmembers()); we never look back
+            yield tf, member
 
 
 class _Extractor:
@@ -87,15 +143,15 @@ def _damaged_archive_is_untrusted(name: str) -> Iterator[None]:
     """Third-party archive errors become ours, at this one boundary."""
     try:
         yield
-    except (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError, zlib.error, lzma.LZMAError) as exc:
+    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zstandard.ZstdError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise UnsafeArchiveError(f"{name} is damaged: {exc}", hint="get a fresh copy; nothing was installed") from exc
 
 
 def extract_tar_stream(raw: BinaryIO, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive", meter: Meter | None = None) -> int:
     """Extract a tar stream (read front to back, once) into `txn` under `dest_rel`."""
     ex = _Extractor(txn, dest_rel, strip, max_total, meter, name)
-    with _damaged_archive_is_untrusted(name), _open_tar(raw, fmt) as tf:
-        for member in tf:
+    with _damaged_archive_is_untrusted(name):
+        for tf, member in _tar_members(raw, fmt):
             if member.isdir():
                 safe_member_path(member.name, strip, name)
             elif member.isreg():

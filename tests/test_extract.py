@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from executor.config import Config
-from executor.extract import extract, extract_tar_stream, safe_member_path
+from executor.extract import ForwardOnly, extract, extract_tar_stream, safe_member_path
 from executor.store import Store
 from executor.txn import PackTransaction
 from manifests.errors import LengthError, UnsafeArchiveError
@@ -153,3 +153,22 @@ def test_safe_member_path():
     for bad in ("../a", "/a", "a/../../b", "a\x00b"):
         with pytest.raises(UnsafeArchiveError):
             safe_member_path(bad, 0, "x")
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tar.xz", "tar.zst"])
+def test_a_file_that_is_not_of_its_format_is_damaged(fmt, tmp_path, txn):
+    bogus = tmp_path / f"bogus.{fmt}"
+    bogus.write_bytes(b"this is not compressed data at all" * 100)
+    with pytest.raises(UnsafeArchiveError) as exc:
+        extract(bogus, fmt, txn, "db")
+    assert "damaged" in exc.value.message
+
+
+def test_forward_only_reads_small_and_large_and_never_seeks_back():
+    data = bytes(range(256)) * 10_000
+    stream = ForwardOnly(io.BytesIO(data))
+    assert stream.read(512) == data[:512] and stream.tell() == 512
+    assert stream.seek(1000) == 1000 and stream.read(3 << 20) == data[1000 : 1000 + (3 << 20)]
+    with pytest.raises(tarfile.ReadError):
+        stream.seek(10)
+    assert stream.read() == data[1000 + (3 << 20) :]
