@@ -36,6 +36,13 @@ def test_each_member_reads_exactly_its_bytes_whatever_the_read_size(tmp_path, re
     assert read_all(built.path, read_size) == FILES
 
 
+def test_members_with_pax_headers_between_plain_ones_read_the_same(tmp_path):
+    """Long and non-ASCII names get a pax header: tarfile reads those, the shortcut the rest."""
+    files = {"short.bin": payload(700, seed=5), "l" * 150 + "/long.bin": payload(1500, seed=6), "naïve.txt": b"x", "z.bin": payload(9, seed=7)}
+    built = write_bundle(tmp_path / "b.tar.zst", [PackSpec("p", files)], key=new_key())
+    assert read_all(built.path, 1 << 20) == files
+
+
 def test_a_member_cut_short_by_the_end_of_the_stream_is_a_structure_error(tmp_path):
     key = new_key()
     manifest, members = build_manifest([PackSpec("p", {"x.bin": payload(9000, seed=4)})], key=key)
