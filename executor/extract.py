@@ -1,9 +1,11 @@
 """Safe extraction of tar.gz / tar.zst / tar.xz / tar / zip into a pack transaction.
 
-Member names are checked (no absolute paths, no '..', no links, no devices, no
-duplicates), leading folders are stripped, and every member goes through the one
-streaming copy, so it is hashed and its size capped on the way. The total is bounded,
-so a decompression bomb stops early.
+One member walk (`iter_archive`, `iter_tar_stream`) enforces every rule: member names
+are checked (no absolute paths, no '..', no links, no devices, no duplicates, no file
+where another member has a folder), leading folders are stripped, and the total is
+bounded, so a decompression bomb stops early. Extraction places what the walk yields,
+each member through the one streaming copy, so it is hashed and its size capped on the way;
+a consumer that writes no files (the bundler) gets the same refusals.
 """
 
 from __future__ import annotations
@@ -96,43 +98,50 @@ def _decompressed(raw: BinaryIO, fmt: str) -> BinaryIO:
     raise ValueError(f"not a tar format: {fmt!r}")
 
 
-def _tar_members(raw: BinaryIO, fmt: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    """One pass, flat memory, whatever the archive's size: the members of a tar read front to back."""
-    with tarfile.open(fileobj=ForwardOnly(_decompressed(raw, fmt)), mode="r:") as tf:
-        while (member := tf.next()) is not None:
-            tf.members.clear()  # tarfile keeps every TarInfo it read (for getmembers()); we never look back
-            yield tf, member
+ArchiveItem = tuple[str, int, BinaryIO]  # path after stripping, size, a reader of exactly `size` bytes
 
 
-class _Extractor:
-    def __init__(self, txn, dest_rel: str, strip: int, max_total: int | None, meter: Meter | None, archive: str):
-        self.txn, self.dest_rel, self.strip = txn, dest_rel, strip
-        self.max_total, self.meter, self.archive = max_total, meter, archive
-        self.total = 0
-        self.seen: set[str] = set()
+class _Walk:
+    """The rules of one member walk, member by member, in archive order."""
 
-    def place(self, name: str, size: int, source: BinaryIO) -> None:
+    def __init__(self, strip: int, max_total: int | None, archive: str):
+        self.strip, self.max_total, self.archive = strip, max_total, archive
+        self.unpacked = 0  # every plain member's bytes, also the ones stripped away: they are decompressed too
+        self.files: set[str] = set()
+        self.folders: set[str] = set()  # named by a folder member or above a file; never also in `files`
+
+    def file(self, name: str, size: int) -> str | None:
+        """The file's path after stripping, or None when stripping leaves nothing of it."""
+        self.unpacked += size
+        if self.max_total is not None and self.unpacked > self.max_total:
+            raise LengthError(f"{self.archive} unpacks to more than the {self.max_total} bytes allowed for it", hint="raise unpacked_size_bytes in the recipe if the data really grew")
         rel = safe_member_path(name, self.strip, self.archive)
         if rel is None:
-            return
-        rel = f"{self.dest_rel}/{rel}"
-        if rel in self.seen:
+            return None
+        if rel in self.files:
             raise UnsafeArchiveError(f"{self.archive}: member {name!r} appears twice", hint="the archive is damaged or hostile")
-        self.seen.add(rel)
-        if self.max_total is not None and self.total + size > self.max_total:
-            raise LengthError(f"{self.archive} unpacks to more than the {self.max_total} bytes allowed for it", hint="raise unpacked_size_bytes in the recipe if the data really grew")
-        try:
-            out = open(self.txn.path_for(rel), "wb")
-        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
-            # `a` as a file and `a/b` below it: not an archive any tool we know of writes.
-            raise UnsafeArchiveError(f"{self.archive}: member {name!r} clashes with another member's file or folder", hint="the archive is damaged or hostile; nothing was installed") from exc
-        with closing_output(out):
-            copy = Copy(out, what=f"{self.archive}:{name}", limit=size).feed(file_chunks(source, size + 1))
-        copy.check(None, size)
-        self.total += size
-        if self.meter is not None:
-            self.meter.update(self.total)
-        self.txn.add(rel, copy.done, copy.sha256)
+        if rel in self.folders:
+            self._clash(name)
+        self._add_folders(name, rel.rpartition("/")[0])
+        self.files.add(rel)
+        return rel
+
+    def folder(self, name: str) -> None:
+        rel = safe_member_path(name, self.strip, self.archive)
+        if rel is not None:
+            self._add_folders(name, rel)
+
+    def _add_folders(self, name: str, folder: str) -> None:
+        """`folder` and those above it; each is checked once, so a walk stays linear."""
+        while folder and folder not in self.folders:
+            if folder in self.files:
+                self._clash(name)
+            self.folders.add(folder)
+            folder = folder.rpartition("/")[0]
+
+    def _clash(self, name: str) -> None:
+        # `a` as a file and `a/b` below it: not an archive any tool we know of writes.
+        raise UnsafeArchiveError(f"{self.archive}: member {name!r} clashes with another member's file or folder", hint="the archive is damaged or hostile; nothing was installed")
 
     def refuse(self, name: str, kind: str) -> None:
         raise UnsafeArchiveError(f"{self.archive}: member {name!r} is a {kind}, which is not extracted", hint="only plain files and folders are accepted")
@@ -147,39 +156,83 @@ def _damaged_archive_is_untrusted(name: str) -> Iterator[None]:
         raise UnsafeArchiveError(f"{name} is damaged: {exc}", hint="get a fresh copy; nothing was installed") from exc
 
 
-def extract_tar_stream(raw: BinaryIO, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive", meter: Meter | None = None) -> int:
-    """Extract a tar stream (read front to back, once) into `txn` under `dest_rel`."""
-    ex = _Extractor(txn, dest_rel, strip, max_total, meter, name)
-    with _damaged_archive_is_untrusted(name):
-        for tf, member in _tar_members(raw, fmt):
+class _MemberReader:
+    """A member's bytes; reading them is inside the boundary too (a truncated member is damage)."""
+
+    def __init__(self, source: BinaryIO, archive: str):
+        self.source, self.archive = source, archive
+
+    def read(self, size: int = -1) -> bytes:
+        with _damaged_archive_is_untrusted(self.archive):
+            return self.source.read(size)
+
+
+def iter_tar_stream(raw: BinaryIO, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive") -> Iterator[ArchiveItem]:
+    """Every plain file of a tar stream read front to back, once (see iter_archive)."""
+    walk = _Walk(strip, max_total, name)
+    with _damaged_archive_is_untrusted(name), tarfile.open(fileobj=ForwardOnly(_decompressed(raw, fmt)), mode="r:") as tf:
+        while (member := tf.next()) is not None:
+            tf.members.clear()  # tarfile keeps every TarInfo it read (for getmembers()); we never look back
             if member.isdir():
-                safe_member_path(member.name, strip, name)
-            elif member.isreg():
-                ex.place(member.name, member.size, tf.extractfile(member))
-            else:
-                ex.refuse(member.name, "link" if member.issym() or member.islnk() else "special file")
-    return ex.total
+                walk.folder(member.name)
+            elif not member.isreg():
+                walk.refuse(member.name, "link" if member.issym() or member.islnk() else "special file")
+            elif (rel := walk.file(member.name, member.size)) is not None:
+                yield rel, member.size, _MemberReader(tf.extractfile(member), name)
 
 
-def _extract_zip(archive: Path, ex: _Extractor) -> None:
-    with zipfile.ZipFile(archive) as zf:
+def _iter_zip(archive: Path, walk: _Walk) -> Iterator[ArchiveItem]:
+    with _damaged_archive_is_untrusted(walk.archive), zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             mode = info.external_attr >> 16
             if info.is_dir():
-                safe_member_path(info.filename, ex.strip, ex.archive)
-                continue
-            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits at all (zipfile.writestr, Windows): a file
-                ex.refuse(info.filename, "link or special file")
-            with zf.open(info) as source:
-                ex.place(info.filename, info.file_size, source)
+                walk.folder(info.filename)
+            elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits at all (zipfile.writestr, Windows): a file
+                walk.refuse(info.filename, "link or special file")
+            elif (rel := walk.file(info.filename, info.file_size)) is not None:
+                with zf.open(info) as source:
+                    yield rel, info.file_size, _MemberReader(source, walk.archive)
+
+
+def iter_archive(path: Path, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str | None = None) -> Iterator[ArchiveItem]:
+    """Every plain file of an archive on disk, in archive order, checked and stripped.
+
+    Yields (path after stripping `strip` leading folders, size, a reader of exactly `size`
+    bytes, valid until the next item). Raises UnsafeArchiveError for a hostile or damaged
+    archive and LengthError past `max_total` unpacked bytes. Nothing is written.
+    """
+    name = name or path.name
+    if fmt == "zip":
+        yield from _iter_zip(path, _Walk(strip, max_total, name))
+        return
+    with open(path, "rb") as raw:
+        yield from iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name)
+
+
+def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None, archive: str) -> int:
+    """Each walked file into `txn` under `dest_rel`, through the one streaming copy."""
+    total = 0
+    for rel, size, source in items:
+        rel = f"{dest_rel}/{rel}"
+        try:
+            out = open(txn.path_for(rel), "wb")
+        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:  # a file another step of the pack placed
+            raise UnsafeArchiveError(f"{archive}: member {rel!r} clashes with a file or folder already staged", hint="the archive is damaged or hostile; nothing was installed") from exc
+        with closing_output(out):
+            copy = Copy(out, what=f"{archive}:{rel}", limit=size).feed(file_chunks(source, size + 1))
+        copy.check(None, size)
+        total += size
+        if meter is not None:
+            meter.update(total)
+        txn.add(rel, copy.done, copy.sha256)
+    return total
+
+
+def extract_tar_stream(raw: BinaryIO, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive", meter: Meter | None = None) -> int:
+    """Extract a tar stream (read front to back, once) into `txn` under `dest_rel`."""
+    return _place(iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name), txn, dest_rel, meter, name)
 
 
 def extract(archive: Path, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, meter: Meter | None = None) -> int:
     """Extract a file on disk into `txn` under `dest_rel`; returns the bytes unpacked."""
-    if fmt != "zip":
-        with open(archive, "rb") as raw:
-            return extract_tar_stream(raw, fmt, txn, dest_rel, strip=strip, max_total=max_total, name=archive.name, meter=meter)
-    ex = _Extractor(txn, dest_rel, strip, max_total, meter, archive.name)
-    with _damaged_archive_is_untrusted(archive.name):
-        _extract_zip(archive, ex)
-    return ex.total
+    return _place(iter_archive(archive, fmt, strip=strip, max_total=max_total), txn, dest_rel, meter, archive.name)
