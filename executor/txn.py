@@ -82,14 +82,15 @@ def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[Install
     record = InstallRecord.from_json(journal.pop("record"))  # its 20,000 file dicts need not live through the renames
     files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
     touched: set[str] = set()
-    for rel in journal["renames"]:
-        final = os.path.join(top, rel)
-        move_into_place(os.path.join(files_root, rel), final)
-        touched.add(os.path.dirname(final))  # also when an earlier, killed run moved it: it may not have synced the folder
+    # The previous version's leftovers go first: its file `a` may stand where the new version has a folder `a/`.
     for rel in journal["remove"]:
         gone = data_dir / rel
         gone.unlink(missing_ok=True)
         prune_empty_parents(gone.parent, data_dir)
+    for rel in journal["renames"]:
+        final = os.path.join(top, rel)
+        move_into_place(os.path.join(files_root, rel), final)
+        touched.add(os.path.dirname(final))  # also when an earlier, killed run moved it: it may not have synced the folder
     for directory in touched:
         durable.fsync_dir(directory)
     write_record(record)

@@ -76,3 +76,17 @@ def test_move_into_place_when_the_staged_file_is_already_gone_does_nothing(tmp_p
     move_into_place(str(tmp_path / "gone"), str(tmp_path / "data" / "new-folder" / "g"))
     assert final.read_bytes() == b"moved before the kill"
     assert not (tmp_path / "data" / "new-folder" / "g").exists()
+
+
+def test_an_update_whose_file_becomes_a_folder(tmp_path, store):
+    """Version 1 has a file `a`; version 2 has `a/b` and no `a`: the old file makes way."""
+    data = tmp_path / "data"
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, {"a": b"v1", "keep": b"k"})
+        txn.commit(record(data), None)
+    previous = store.read_record("pack")
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, {"a/b": b"v2", "keep": b"k2"})
+        txn.commit(record(data), previous)
+    assert (data / "a" / "b").read_bytes() == b"v2" and (data / "keep").read_bytes() == b"k2"
+    assert sorted(r.path for r in store.read_record("pack").files) == ["a/b", "keep"]
