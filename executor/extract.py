@@ -74,6 +74,12 @@ class ForwardOnly:
         self.buf, self.off = self.raw.read(self.READ_AHEAD), 0
         return len(self.buf)
 
+    def peek(self, size: int) -> bytes:
+        """The next `size` bytes (fewer at the end of the stream), left unread."""
+        if len(self.buf) - self.off < size:
+            self.buf, self.off = self.buf[self.off :] + self.raw.read(max(size, self.READ_AHEAD)), 0
+        return self.buf[self.off : self.off + size]
+
     def tell(self) -> int:
         return self.pos
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, Iterator
 
 import zstandard
 
+from executor.extract import ForwardOnly
 from executor.transfer import hash_file
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PartEntry, PartsIndex, parts_index_name, verify_parts_index
 from manifests.errors import BundleStructureError, DataPackError, LengthError, SignatureError, TrustError, UsageError
@@ -234,59 +235,6 @@ class PartsStream:
         return None
 
 
-class _ForwardOnly:
-    """The decompressed stream as tarfile's seekable mode reads it: tell(), and seek() forward only.
-
-    tarfile's stream mode ('r|') passes every byte through its own buffer, joining and
-    re-slicing it on each read: about three copies of the payload, and a copy of up to the
-    whole buffer for every 512-byte header. Here small reads (headers) come from a read-ahead
-    buffer of READ_AHEAD bytes, as before, and member data goes straight through, uncopied.
-    Read front to back, tarfile never seeks backwards; a request to is refused as damage.
-    """
-
-    READ_AHEAD = 1 << 20
-
-    def __init__(self, raw):
-        self.raw, self.pos = raw, 0
-        self.buf, self.off = b"", 0
-
-    def read(self, size: int = -1) -> bytes:
-        have = len(self.buf) - self.off
-        if size < 0:
-            data = self.buf[self.off :] + self.raw.read()
-            self.buf, self.off = b"", 0
-        elif have >= size or (have == 0 and size < self.READ_AHEAD and self._refill() >= size):
-            data = self.buf[self.off : self.off + size]
-            self.off += len(data)
-        else:  # a large read, or a small one across the end of the buffer: the rest of it, then straight through
-            head = self.buf[self.off :]
-            self.buf, self.off = b"", 0
-            data = head + self.raw.read(size - len(head)) if head else self.raw.read(size)
-        self.pos += len(data)
-        return data
-
-    def _refill(self) -> int:
-        self.buf, self.off = self.raw.read(self.READ_AHEAD), 0
-        return len(self.buf)
-
-    def peek(self, size: int) -> bytes:
-        """The next `size` bytes (fewer at the end of the stream), left unread."""
-        if len(self.buf) - self.off < size:
-            self.buf, self.off = self.buf[self.off :] + self.raw.read(max(size, self.READ_AHEAD)), 0
-        return self.buf[self.off : self.off + size]
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence != 0 or pos < self.pos:
-            raise tarfile.ReadError("the tar stream would have to be read backwards")
-        while self.pos < pos:
-            if not self.read(min(pos - self.pos, 1 << 16)):
-                raise tarfile.ReadError("unexpected end of data")
-        return self.pos
-
-
 class _Bounded:
     """Decompressed bytes, at most `limit` of them: a bomb stops at the declared sizes."""
 
@@ -320,7 +268,7 @@ class _MemberReader:
     early and archive errors become BundleStructureError, as they do for tarfile's headers.
     """
 
-    def __init__(self, stream: _ForwardOnly, member: tarfile.TarInfo, raw: PartsStream):
+    def __init__(self, stream: ForwardOnly, member: tarfile.TarInfo, raw: PartsStream):
         self.stream, self.left, self.raw = stream, member.size, raw
         try:
             stream.seek(member.offset_data)  # where tarfile left it: a no-op, or a refused seek backwards
@@ -349,7 +297,7 @@ class BundleReader:
         self.stream = _Bounded(zstandard.ZstdDecompressor().stream_reader(self.raw, read_size=1 << 20, read_across_frames=True), MAX_MANIFEST + 2 * MEMBER_OVERHEAD)
         self._pending: tarfile.TarInfo | None = None
         try:
-            self.tar = tarfile.open(fileobj=_ForwardOnly(self.stream), mode="r:")
+            self.tar = tarfile.open(fileobj=ForwardOnly(self.stream), mode="r:")
         except _ARCHIVE_ERRORS as exc:
             self.close()
             raise self._diagnosed(_structure_errors(exc, self.raw)) from exc
