@@ -24,6 +24,7 @@ import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundler import bootstrap, tool_wheels
+from bundler.unpacked import UnpackedArchive
 from bundler.writer import Member, write_archive
 from executor import durable
 from executor.config import rewrite_url
@@ -46,7 +47,7 @@ from manifests.bundle import (
     sha256sum_lines,
     to_json,
 )
-from manifests.errors import UsageError
+from manifests.errors import UnsafeArchiveError, UsageError
 from manifests.plan import Plan
 from manifests.version import VERSION
 from manifests.recipe import StepSpec
@@ -111,10 +112,32 @@ def _pack_entry(plan: Plan, source: str, *, checksum_verified: bool) -> PackEntr
     )
 
 
-def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> tuple[PackEntry, list[str]]:
+def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> "_PackContent":
     outcomes = engine.stage(plan, txn)
     entry = _pack_entry(plan, ", ".join(o.source for o in outcomes if o.source), checksum_verified=all(o.checksum_verified for o in outcomes))
-    return entry, [n for o in outcomes for n in o.notes]
+    files = [_File(rel, r.size, r.sha256, path=txn.files_root / rel) for rel, r in sorted(txn.files.items())]
+    archives = [UnpackedArchive(kept) for kept in txn.archives]
+    for archive in archives:
+        files += [_File(rel, size, sha256, fetch=functools.partial(archive.copy_next, rel)) for rel, size, sha256 in archive.files()]
+    _check_paths(plan, files)
+    return _PackContent(plan, entry, files, [n for o in outcomes for n in o.notes], archives)
+
+
+def _check_paths(plan: Plan, files: list["_File"]) -> None:
+    """What extraction onto disk would have refused: two files at one path, a file where a folder goes."""
+    paths = [f.rel for f in files]
+    hint = "the archive is damaged or hostile; nothing was bundled"
+    if len(set(paths)) != len(paths):
+        raise UnsafeArchiveError(f"{plan.pack_id}: two of its files have the same path", hint=hint)
+    folders = {rel.rsplit("/", depth)[0] for rel in paths for depth in range(1, rel.count("/") + 1)}
+    clash = next((rel for rel in paths if rel in folders), None)
+    if clash is not None:
+        raise UnsafeArchiveError(f"{plan.pack_id}: {clash!r} is both a file and a folder", hint=hint)
+
+
+def _keeps_archives(plan: Plan) -> bool:
+    """Only downloads: no later step (a tool, say) expects the archive unpacked in the staging area."""
+    return all(step.type == "download" for step in plan.steps)
 
 
 def _pinned(step: StepSpec) -> bool:
@@ -181,6 +204,7 @@ class _PackContent:
     entry: PackEntry
     files: list[_File]
     notes: list[str]
+    archives: list[UnpackedArchive] = dataclasses.field(default_factory=list)  # closed when the bundle is done
 
 
 def build_bundle(
@@ -209,11 +233,12 @@ def build_bundle(
     check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
     held = ExitStack()  # bundles share this staging cache and its partial downloads: one at a time
     txns: list[PackTransaction] = []
+    contents: list[_PackContent] = []
     wheel_dir = None
     try:
         held.enter_context(engine.store.locked([work]))
         recover(engine.store, work)  # staged copies that a killed bundle left behind
-        txns = [PackTransaction(engine.store, work, plan.key) for plan in plans]
+        txns = [PackTransaction(engine.store, work, plan.key, keep_archives=_keeps_archives(plan)) for plan in plans]
         tool = None
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
@@ -222,18 +247,16 @@ def build_bundle(
         workers = max(1, min(engine.config.max_parallel_downloads, len(to_stage)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             staged = dict(zip((plan.key for plan, _ in to_stage), pool.map(lambda pt: _stage_pack(engine, *pt), to_stage)))
-        contents = []
-        for plan, txn in zip(plans, txns):
+        for plan in plans:
             if plan is live:
-                files = _live_files(engine, plan)
                 sources = ", ".join(rewrite_url(s.url, engine.config.mirrors) for s in plan.steps)
-                contents.append(_PackContent(plan, _pack_entry(plan, sources, checksum_verified=True), files, []))
+                contents.append(_PackContent(plan, _pack_entry(plan, sources, checksum_verified=True), _live_files(engine, plan), []))
             else:
-                entry, notes = staged[plan.key]
-                files = [_File(rel, r.size, r.sha256, path=txn.files_root / rel) for rel, r in sorted(txn.files.items())]
-                contents.append(_PackContent(plan, entry, files, notes))
+                contents.append(staged[plan.key])
         return _write(engine, out, contents, private_key, expires_in, split_size, tool)
     finally:
+        for archive in (a for content in contents for a in content.archives):
+            archive.close()
         for txn in txns:
             txn.abort()
         if wheel_dir is not None:

@@ -152,8 +152,10 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
 
 def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
     """A verified file in the staging area becomes the step's dest (or is extracted there)."""
-    if step.extract:
-        bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
+    bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
+    if step.extract and txn.keep_archives:
+        txn.keep_archive(path, step.extract, step.dest, strip=step.strip_components, max_total=bound)
+    elif step.extract:
         extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, meter=None)
     else:
         os.replace(path, txn.path_for(step.dest))

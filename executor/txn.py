@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +30,21 @@ def staging_root(data_dir: Path) -> Path:
     return data_dir / STAGING_NAME
 
 
+@dataclass(frozen=True)
+class KeptArchive:
+    """A verified archive staged whole, to be unpacked by its reader rather than onto disk."""
+
+    path: Path
+    fmt: str
+    dest: str  # its files go below this folder of the pack
+    strip: int
+    max_total: int | None
+
+
 class PackTransaction:
-    def __init__(self, store: Store, data_dir: Path, key: str):
+    def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False):
+        """`keep_archives`: a download step's archive is staged whole (see `keep_archive`),
+        not extracted: a bundle copies its members into itself, sparing a file per member."""
         self.store = store
         self.data_dir = data_dir
         self.key = key
@@ -38,6 +52,8 @@ class PackTransaction:
         self.root = staging_root(data_dir) / f"txn-{safe}-{uuid.uuid4().hex[:8]}"
         self.files_root = self.root / "files"
         self.files: dict[str, FileRecord] = {}
+        self.keep_archives = keep_archives
+        self.archives: list[KeptArchive] = []
         self.committed = False
         self.files_root.mkdir(parents=True)
         self._made_dirs: set[Path] = {self.files_root}  # a pack of many small files: one mkdir per folder, not per file
@@ -52,6 +68,13 @@ class PackTransaction:
 
     def add(self, rel: str, size: int, sha256: str) -> None:
         self.files[rel] = FileRecord(rel, size, sha256)
+
+    def keep_archive(self, path: Path, fmt: str, dest: str, *, strip: int, max_total: int | None) -> None:
+        """Move a verified archive into the transaction, whole (only with keep_archives)."""
+        kept = self.root / "archives" / f"{len(self.archives)}-{path.name}"
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(path, kept)
+        self.archives.append(KeptArchive(kept, fmt, dest, strip, max_total))
 
     def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
         record.files = sorted(self.files.values(), key=lambda f: f.path)
