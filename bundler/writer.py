@@ -123,6 +123,40 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
+# The fields of a plain ustar header around the name and the size, as tarfile writes them for
+# mode 0644, uid/gid 0, mtime 0, a regular file, no link, no owner names.
+_MODE_OWNER = b"0000644\0" + b"0000000\0" * 2
+_AFTER_SIZE = b"00000000000\0" + b" " * 8 + tarfile.REGTYPE
+_AFTER_TYPE = b"\0" * 100 + tarfile.POSIX_MAGIC + b"\0" * (64 + 16 + 167)  # link; magic; owners, device numbers, prefix, padding
+_MAX_PLAIN_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes need a pax header
+
+
+def header(name: str, size: int) -> bytes:
+    """The tar header tarfile.addfile would write for this member, byte for byte.
+
+    tarfile builds it field by field through several layers (~50 us): for 20,000 small files
+    a second of the bundle. A short ASCII name and a size that fits take a plain ustar header,
+    assembled here from its fixed parts; anything else goes to tarfile (pax headers).
+    """
+    raw = name.encode("ascii", "ignore")
+    if len(raw) != len(name) or len(raw) > 100 or size > _MAX_PLAIN_SIZE:
+        return _header(name, size)
+    block = raw.ljust(100, b"\0") + _MODE_OWNER + b"%011o\0" % size + _AFTER_SIZE + _AFTER_TYPE
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]  # the checksum counts its own field as spaces
+
+
+class _NoFlush:
+    """The compressor as a member's copy sees it. Copy.feed flushes its output at the end (so a
+    full disk says so); flushing a zstd writer ends a block and waits for every worker thread,
+    which for 20,000 small members cost seconds. The archive is flushed once, when it closes."""
+
+    def __init__(self, out: BinaryIO):
+        self.write = out.write
+
+    def flush(self) -> None:
+        pass
+
+
 class TarWriter:
     """The tar format written straight into the compressor: header, data, zero padding.
 
@@ -133,6 +167,7 @@ class TarWriter:
 
     def __init__(self, out: BinaryIO):
         self.out = out
+        self.member_out = _NoFlush(out)
         self.offset = 0
 
     def _write(self, data: bytes) -> None:
@@ -140,18 +175,18 @@ class TarWriter:
         self.offset += len(data)
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self._write(_header(name, len(data)))
+        self._write(header(name, len(data)))
         self._write(data)
         self._pad()
 
     def add(self, member: Member, on_bytes: Callable[[int], None]) -> None:
-        self._write(_header(member.name, member.size))
+        self._write(header(member.name, member.size))
         if member.fetch is not None:
-            copy = member.fetch(self.out)
+            copy = member.fetch(self.member_out)
             on_bytes(copy.done)
         else:
             with open(member.path, "rb") as raw:
-                copy = Copy(self.out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
+                copy = Copy(self.member_out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
         copy.check(member.sha256, member.size)
         self.offset += member.size
         self._pad()

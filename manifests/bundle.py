@@ -175,8 +175,22 @@ def to_json(obj: BundleManifest | PartsIndex) -> bytes:
     else:
         raise TypeError(f"to_json takes a BundleManifest or PartsIndex, not {type(obj).__name__}")
     check(doc)
-    text = json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=2, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    return (_dumps(doc) + "\n").encode("utf-8")
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    """Sorted keys and a two-space indent, the `files` list one entry per line.
+
+    json's indent mode runs its pure-Python encoder: for a pack of 20,000 files most of a
+    second. Each entry goes through the C encoder instead and is set in place of an empty list.
+    """
+    options = dict(sort_keys=True, ensure_ascii=False, allow_nan=False)
+    files = doc.get("files")
+    if not files:
+        return json.dumps(doc, indent=2, **options)
+    text = json.dumps({**doc, "files": []}, indent=2, **options)
+    lines = ",\n    ".join(json.dumps(entry, **options) for entry in files)
+    return text.replace('\n  "files": []', f'\n  "files": [\n    {lines}\n  ]', 1)  # the top-level key: nested ones sit deeper
 
 
 def _manifest_doc(m: BundleManifest) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 import zstandard
 
-from executor.extract import ForwardOnly
+from executor.extract import ForwardOnly, MemberBytes, next_member
 from executor.transfer import hash_file
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PartEntry, PartsIndex, parts_index_name, verify_parts_index
 from manifests.errors import BundleStructureError, DataPackError, LengthError, SignatureError, TrustError, UsageError
@@ -260,31 +260,21 @@ def _structure_errors(exc: Exception, raw: "PartsStream | None" = None) -> Bundl
     return BundleStructureError(f"the bundle is damaged or truncated: {exc}", hint="copy it again; nothing was installed")
 
 
-class _MemberReader:
-    """One payload member's bytes, read straight from the tar stream, never past its end.
-
-    tarfile's extractfile() would put two more file objects and a copy between the stream
-    and the caller, per member: most of the reading cost of a small file. A stream that ends
-    early and archive errors become BundleStructureError, as they do for tarfile's headers.
-    """
+class _MemberReader(MemberBytes):
+    """One payload member's bytes; a stream that ends early and archive errors are BundleStructureError."""
 
     def __init__(self, stream: ForwardOnly, member: tarfile.TarInfo, raw: PartsStream):
-        self.stream, self.left, self.raw = stream, member.size, raw
+        self.raw = raw
         try:
-            stream.seek(member.offset_data)  # where tarfile left it: a no-op, or a refused seek backwards
+            super().__init__(stream, member)
         except _ARCHIVE_ERRORS as exc:
             raise _structure_errors(exc, raw) from exc
 
     def read(self, size: int = -1) -> bytes:
-        size = self.left if size < 0 else min(size, self.left)
         try:
-            data = self.stream.read(size)
-            if len(data) < size:
-                raise tarfile.ReadError("unexpected end of data")
+            return super().read(size)
         except _ARCHIVE_ERRORS as exc:
             raise _structure_errors(exc, self.raw) from exc
-        self.left -= size
-        return data
 
 
 class BundleReader:
@@ -339,25 +329,10 @@ class BundleReader:
         return member
 
     def _next_payload_member(self) -> tarfile.TarInfo | None:
-        """The next member; a plain file's ustar header (what the bundler writes for every payload
-        file with a name of at most 100 bytes) read here, anything else by tarfile.
-
-        tarfile's header parsing costs more per member than copying a small file's bytes. The
-        shortcut takes only the one exact form whose meaning is not in doubt and leaves every
-        other header, valid or hostile, to tarfile and the checks that follow, as before.
-        """
-        stream = self.tar.fileobj
         try:
-            stream.seek(self.tar.offset)  # past the previous member's data and padding
-            member = None if self.tar.pax_headers else _plain_file_header(stream.peek(BLOCKSIZE))
+            return next_member(self.tar)  # plain file headers without tarfile's parsing: see there
         except _ARCHIVE_ERRORS as exc:
             raise _structure_errors(exc, self.raw) from exc
-        if member is None:
-            return self._next_member()
-        stream.read(BLOCKSIZE)
-        member.offset, member.offset_data = self.tar.offset, self.tar.offset + BLOCKSIZE
-        self.tar.offset = member.offset_data + -(-member.size // BLOCKSIZE) * BLOCKSIZE
-        return member
 
     def _read_small(self, member: tarfile.TarInfo, limit: int) -> bytes:
         if not member.isreg() or member.size > limit:
@@ -434,36 +409,6 @@ class BundleReader:
         if not self.raw.frames.complete:
             raise BundleStructureError(self.raw.frames.why_incomplete(), hint="copy it again; nothing was installed")
         self.tar = self.stream = None  # the decompressor's window and read buffers: not needed while the packs are committed
-
-
-_USTAR_MAGIC = b"ustar\x0000"  # POSIX ustar, as tarfile writes it in PAX_FORMAT
-# The number fields exactly in tarfile's own form (octal digits, then a NUL; the checksum's
-# 6 digits, a NUL and a space): mode, uid, gid, size, mtime, checksum; then devmajor, devminor.
-_NUMBERS = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 ")
-_DEVICE_NUMBERS = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")  # left empty for files by Python 3.11+
-
-
-def _plain_file_header(block: bytes) -> tarfile.TarInfo | None:
-    """A regular file's POSIX ustar header with a good checksum -> its TarInfo; else None (not an error).
-
-    Exactly as tarfile would read it: the name up to its first NUL, after the prefix and a '/'
-    when there is a prefix. None for everything else: other types, pax or GNU headers, number
-    fields in any other form (base-256, spaces...), bad checksums, names that are not UTF-8, a short block.
-    """
-    if len(block) != BLOCKSIZE or block[156:157] != tarfile.REGTYPE or block[257:265] != _USTAR_MAGIC:
-        return None
-    if not _NUMBERS.fullmatch(block, 100, 156) or not _DEVICE_NUMBERS.fullmatch(block, 329, 345):
-        return None
-    if int(block[148:154], 8) != sum(block) - sum(block[148:156]) + 8 * 32:  # the sum counts the checksum field as 8 spaces
-        return None
-    try:
-        name = block[:100].split(b"\0", 1)[0].decode("utf-8")
-        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    member = tarfile.TarInfo(f"{prefix}/{name}" if prefix else name)
-    member.size = int(block[124:135], 8)
-    return member
 
 
 def _header_name(block: bytes) -> str | None:

@@ -117,6 +117,17 @@ def test_to_json_is_deterministic_sorted_utf8_with_newline():
     assert list(top["files"][0]) == sorted(top["files"][0])
 
 
+def test_to_json_writes_one_file_per_line_and_the_same_json_as_the_indent_encoder():
+    m = make_manifest()
+    data = to_json(m)
+    indented = json.dumps(json.loads(data), sort_keys=True, ensure_ascii=False, indent=2, allow_nan=False)
+    assert json.loads(data) == json.loads(indented)
+    lines = data.decode().splitlines()
+    entries = [line for line in lines if line.lstrip().startswith('{"member"')]
+    assert len(entries) == len(m.files)
+    assert all(line.startswith("    {") for line in entries)
+
+
 def test_files_share_their_pack_key_string_and_have_no_dict():
     """20,000 files in one pack: one key string, no per-entry __dict__ (the model stays small)."""
     m = parse_manifest(to_json(make_manifest()))

@@ -152,3 +152,23 @@ def test_not_an_archive_at_all_is_damaged(fmt, tmp_path):
     bogus.write_bytes(b"not an archive " * 100)
     with pytest.raises(UnsafeArchiveError):
         walk(bogus, fmt, name="stick copy")
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_walk_reads_what_tarfile_reads_whatever_the_header_form(tmp_path, tar_format):
+    """Plain ustar headers take the fast path; long names, pax records and GNU headers take tarfile's."""
+    names = ["top/short.txt", "top/" + "deep/" * 30 + "long-name.bin", "top/ünïcode.txt", "top/empty", "top/x" * 30]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for number, name in enumerate(names):
+            if tar_format == tarfile.USTAR_FORMAT and (len(name) > 100 or not name.isascii()):
+                continue
+            data = bytes([number]) * (number * 700)
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.uid, info.uname = len(data), 1_700_000_000 + number, 1000, "builder"
+            tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(buffer.getvalue())
+    with tarfile.open(archive) as tar:
+        expected = [(m.name.split("/", 1)[1], tar.extractfile(m).read()) for m in tar.getmembers()]
+    assert [(rel, source.read(size)) for rel, size, source in iter_archive(archive, "tar", strip=1)] == expected

@@ -12,7 +12,8 @@ from conftest import payload
 from manifests import signing
 from manifests.bundle import parse_manifest, to_json
 from manifests.errors import BundleStructureError
-from sideload.reader import BundleReader, _plain_file_header, locate
+from executor.extract import plain_file_header
+from sideload.reader import BundleReader, locate
 
 FILES = {"a.bin": payload(5000, seed=1), "b/c.bin": payload(70_000, seed=2), "empty": b"", "d.bin": payload(512, seed=3)}
 
@@ -68,7 +69,7 @@ def ustar(name: str, size: int, type: bytes = tarfile.REGTYPE, fmt=tarfile.USTAR
 
 
 def agrees_with_tarfile(block: bytes) -> bool:
-    ours = _plain_file_header(block)
+    ours = plain_file_header(block)
     if ours is None:
         return True  # tarfile reads it (and the checks that follow refuse what they refuse)
     theirs = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
@@ -77,9 +78,9 @@ def agrees_with_tarfile(block: bytes) -> bool:
 
 def test_a_plain_header_reads_as_tarfile_reads_it():
     block = ustar("packs/p/d00/f00001.json", 8191)
-    assert _plain_file_header(block).name == "packs/p/d00/f00001.json" and agrees_with_tarfile(block)
+    assert plain_file_header(block).name == "packs/p/d00/f00001.json" and agrees_with_tarfile(block)
     long_name = "packs/" + "d" * 120 + "/file.bin"  # ustar splits it into prefix and name
-    member = _plain_file_header(ustar(long_name, 3))
+    member = plain_file_header(ustar(long_name, 3))
     assert (member.name, member.size) == (long_name, 3)
 
 
@@ -92,20 +93,20 @@ def test_a_plain_header_reads_as_tarfile_reads_it():
     ustar("x", 5)[:511], b"", b"\0" * 512,
 ], ids=["symlink", "hardlink", "dir", "fifo", "old-regular", "gnu", "pax", "base-256", "short", "empty", "zeros"])
 def test_anything_else_is_left_to_tarfile(block):
-    assert _plain_file_header(block) is None
+    assert plain_file_header(block) is None
 
 
 def test_a_bad_checksum_or_odd_fields_are_left_to_tarfile():
     block = bytearray(ustar("a.bin", 100))
     block[0] ^= 1  # the name changed, the checksum not
-    assert _plain_file_header(bytes(block)) is None
+    assert plain_file_header(bytes(block)) is None
     for field, value in [(slice(124, 136), b"00000000144 "), (slice(124, 136), b"0000000014a\0"), (slice(148, 156), b"0061038\0")]:
         changed = bytearray(ustar("a.bin", 100))
         changed[field] = value
-        assert _plain_file_header(bytes(changed)) is None
+        assert plain_file_header(bytes(changed)) is None
     non_utf8 = bytearray(ustar("a.bin", 100))
     non_utf8[0] = 0xFF
-    assert _plain_file_header(bytes(non_utf8)) is None  # its checksum is wrong too; either way, tarfile's
+    assert plain_file_header(bytes(non_utf8)) is None  # its checksum is wrong too; either way, tarfile's
 
 
 def test_random_damage_never_makes_the_shortcut_disagree_with_tarfile():
