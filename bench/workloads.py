@@ -380,7 +380,7 @@ class Bench:
         self.report(
             f"W4a: bundle of {self.sizes.small_count:,} small files",
             f"One pack of {self.sizes.small_count} files of 4-12 KiB ({self.small_total / MIB:.0f} MiB): ours downloads the pack's tar, "
-            "extracts it safely into staging (each member hashed), then writes the signed bundle. The peers hash and tar the files already on disk.",
+            "keeps the verified tar whole in staging, walks it once to hash every member (each checked as extraction would), then again to copy the members into the signed bundle. The peers hash and tar the files already on disk.",
             contenders, self.small_total,
             {(f"ours: bundle {self.small_label} files", "sha256sum each + tar/zstd -3 -T0"): 1.0, (f"ours: bundle {self.small_label} files", "openssl dgst each + tar/zstd -3 -T0"): 1.0},
         )
