@@ -18,16 +18,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import socket
-import subprocess
 import tarfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from oci_registry import digest, free_port, push, registry  # noqa: F401  (registry: the fixture)
 from devops_cp.localserver import Fault, LocalServer, RequestContext
 from executor.config import Config
 from executor.engine import Engine
@@ -65,10 +61,6 @@ def db_tarball(trivy_db: bytes, metadata: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 class Pack:
     """Random trivy.db bytes, a metadata.json, and the layer (db.tar.gz) that carries them."""
 
@@ -94,72 +86,6 @@ class Pack:
 
 
 # --- the real registry ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A real docker-registry on 127.0.0.1:<free port>, no auth, storage in a temp dir."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry; .ci/run does it)")
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = open(root / "registry.log", "wb")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/v2/", timeout=2, trust_env=False).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            log.close()
-            tail = (root / "registry.log").read_text(errors="replace")[-2000:]
-            pytest.skip(f"docker-registry did not start on 127.0.0.1:{port}: {tail}")
-        time.sleep(0.1)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def push(registry: str, name: str, tag: str, manifest: bytes, blobs: dict[str, bytes], media_type: str = OCI_MANIFEST) -> str:
-    """The distribution API: POST an upload, PUT it with ?digest=, then PUT the manifest."""
-    base = f"http://{registry}"
-    with httpx.Client(timeout=30, trust_env=False) as client:
-        for blob_digest, data in blobs.items():
-            started = client.post(f"{base}/v2/{name}/blobs/uploads/")
-            assert started.status_code == 202, started.text
-            location = started.url.join(started.headers["location"]).copy_merge_params({"digest": blob_digest})
-            done = client.put(location, content=data, headers={"Content-Type": "application/octet-stream"})
-            assert done.status_code == 201, done.text
-        stored = client.put(f"{base}/v2/{name}/manifests/{tag}", content=manifest, headers={"Content-Type": media_type})
-        assert stored.status_code == 201, stored.text
-        assert stored.headers["docker-content-digest"] == digest(manifest)
-    return digest(manifest)
 
 
 # --- running a recipe through the Engine ----------------------------------------------------

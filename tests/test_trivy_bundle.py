@@ -17,18 +17,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import socket
-import subprocess
 import tarfile
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import fresh_host
-
+from oci_registry import digest, push, registry  # noqa: F401  (registry: the fixture)
 from sideload.reader import BundleReader, locate
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -41,54 +35,6 @@ TRIVY_CONFIG = "application/vnd.aquasec.trivy.config.v1+json"
 def no_proxy(monkeypatch):
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A real docker-registry on 127.0.0.1:<free port>, no auth, storage in a temp dir."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry; .ci/run does it)")
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = open(root / "registry.log", "wb")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"docker-registry did not start: {(root / 'registry.log').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def trivy_artifact(trivy_db: bytes, metadata: bytes, form: str) -> tuple[bytes, dict[str, bytes]]:
@@ -109,21 +55,6 @@ def trivy_artifact(trivy_db: bytes, metadata: bytes, form: str) -> tuple[bytes, 
         manifest["config"] = {"mediaType": OCI_EMPTY, "digest": digest(config), "size": len(config), "data": base64.b64encode(config).decode()}
     manifest["layers"] = [{"mediaType": DB_LAYER, "digest": digest(layer), "size": len(layer), "annotations": {"org.opencontainers.image.title": "db.tar.gz"}}]
     return json.dumps(manifest).encode(), {digest(config): config, digest(layer): layer}
-
-
-def push(registry: str, name: str, tag: str, manifest: bytes, blobs: dict[str, bytes]) -> str:
-    base = f"http://{registry}"
-    with httpx.Client(timeout=30, trust_env=False) as client:
-        for blob_digest, data in blobs.items():
-            started = client.post(f"{base}/v2/{name}/blobs/uploads/")
-            assert started.status_code == 202, started.text
-            location = started.url.join(started.headers["location"]).copy_merge_params({"digest": blob_digest})
-            assert client.put(location, content=data, headers={"Content-Type": "application/octet-stream"}).status_code == 201
-        stored = client.put(f"{base}/v2/{name}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST})
-        assert stored.status_code == 201, stored.text
-    return digest(manifest)
-
-
 
 
 @pytest.mark.parametrize("form", ["config", "artifactType"])
