@@ -41,12 +41,6 @@ TRIVY_CONFIG = "application/vnd.aquasec.trivy.config.v1+json"
 REPO = "aquasecurity/trivy-db"
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
 # --- the artifact -------------------------------------------------------------------------
 
 

@@ -23,18 +23,11 @@ import pytest
 
 from conftest import fresh_host
 from oci_registry import digest, push, registry  # noqa: F401  (registry: the fixture)
+from executor.oci import OCI_EMPTY, OCI_MANIFEST
 from sideload.reader import BundleReader, locate
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DB_LAYER = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
 TRIVY_CONFIG = "application/vnd.aquasec.trivy.config.v1+json"
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def trivy_artifact(trivy_db: bytes, metadata: bytes, form: str) -> tuple[bytes, dict[str, bytes]]:
