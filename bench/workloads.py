@@ -450,6 +450,6 @@ class Bench:
             f"from the smallest to the largest pack the peak grows by {growth_b:+.0f} MiB (bundle) and {growth_s:+.0f} MiB (sideload) "
             f"(flat: {'yes' if max(abs(growth_b), abs(growth_s)) <= 8 else 'no'})."
         )
-        section = f"### W5: peak memory against pack size\n\nOne signed bundle of one incompressible file, then its sideload (durable), at each size; one run each.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
+        section = "### W5: peak memory against pack size\n\nOne signed bundle of one incompressible file, then its sideload (durable), at each size; one run each.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
         self.sections.append(section)
         self.log("\n" + section)

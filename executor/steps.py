@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from collections import deque
@@ -22,7 +21,7 @@ from executor import extract as extractor
 from executor.config import Config, rewrite_url
 from executor.events import Listener, Meter, Notice
 from executor.preflight import check_space, check_tools
-from executor.transfer import Copy, HashingReader, copy_file, file_chunks, hash_file
+from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
 from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, TrustError, UsageError
 from manifests.recipe import Recipe, StepSpec

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import subprocess
 import tarfile
 from dataclasses import dataclass

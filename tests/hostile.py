@@ -37,7 +37,6 @@ from bundle_helpers import (
     Raw,
     build_manifest,
     bundle_members,
-    header_members,
     tar_bytes,
     tree_snapshot,
     write_bundle,

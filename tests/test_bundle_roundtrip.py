@@ -20,7 +20,6 @@ import pytest
 
 from bundle_helpers import Home, flip_byte, tree_snapshot
 from devops_cp.demo import sample_db_tar_gz, sample_model, write_sample_catalog
-from manifests import signing
 
 PASSPHRASE = "correct horse battery staple"
 

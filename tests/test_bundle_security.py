@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,10 @@ from bundle_helpers import (
     zstd_frame,
 )
 from conftest import payload, sha256
+from hostile import T0, T1
 from manifests import signing
 from manifests.bundle import to_json
 
-T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
-T1 = T0 + timedelta(days=1)
 KEEP_OLD = payload(300_000, seed=21)
 KEEP_NEW = payload(300_000, seed=22)  # same length: an update, not a resize
 NEW_FILE = payload(200_000, seed=23)

@@ -4,7 +4,6 @@ disk is the point; a real tmpfs for a real ENOSPC."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -4,7 +4,6 @@ recovery after a kill (journal or not), updates that fail, and the per-data-dir 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
