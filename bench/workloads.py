@@ -258,6 +258,14 @@ class Bench:
 
         return keep
 
+    def _ours_bundle(self, name: str, packs: list[str], kept: Path) -> Contender:
+        """Our signed bundle of `packs`; the last run's archive is kept at `kept` for the sideload workloads."""
+        produced = self.home_of(name).parent / "out" / "bundle.tar.zst"
+        ours = self.ours(name, ["data", "bundle", *packs, "-o", str(produced), "--key", f"{self.key}.key"], keep=self._keep_bundle(produced, kept))
+        ours.prepare = _fresh(Path(ours.env["HOME"]), produced.parent)
+        ours.check = _expect_exists(produced)
+        return ours
+
     def w2_bundle(self) -> None:
         size = self.sizes.big + self.text_size
         peer_dir = self.scratch("w2-peers")
@@ -267,18 +275,13 @@ class Bench:
         q = shlex.quote
         tar = f"{ZSTD_TAR} {q(str(peer_dir / 'peer.tar.zst'))} {files}"
         curl = " && ".join(f"curl -sS --noproxy '*' -O {q(self.server.url(f))}" for f in files.split())
-        ours_dir = self.home_of("ours: bundle (signed)").parent / "out"
-        produced = ours_dir / "bundle.tar.zst"
 
         def keep_peer() -> None:
             if (peer_dir / "peer.tar.zst").is_file():
                 os.replace(peer_dir / "peer.tar.zst", peer_out)
 
         peer = dict(cwd=self.serve, prepare=_fresh(peer_dir), cleanup=lambda: (keep_peer(), _remove(peer_dir)()))
-        ours = self.ours("ours: bundle (signed)", ["data", "bundle", "bench-big", "bench-vulndb", "-o", str(produced), "--key", f"{self.key}.key"],
-                         keep=self._keep_bundle(produced, self._bundle_w2()))
-        ours.prepare = _fresh(Path(ours.env["HOME"]), ours_dir)
-        ours.check = _expect_exists(produced)
+        ours = self._ours_bundle("ours: bundle (signed)", ["bench-big", "bench-vulndb"], self._bundle_w2())
         contenders = [
             ours,
             Contender("sha256sum + tar/zstd -3 -T0", _bash(f"sha256sum {files} > {q(str(peer_dir / 'SUMS'))} && {tar}"), **peer),
@@ -355,8 +358,6 @@ class Bench:
         bundle_kept = self.work / "w4" / "bundle.tar.zst"
         peer_out = self.work / "w4" / "peer.tar.zst"
         peer_dir = self.scratch("w4-bundle-peers")
-        ours_dir = self.home_of(f"ours: bundle {self.small_label} files").parent / "out"
-        produced = ours_dir / "bundle.tar.zst"
         listing = "find smallfiles -type f -print0 | sort -z"
         tar = f"{ZSTD_TAR} {q(str(peer_dir / 'peer.tar.zst'))} smallfiles"
 
@@ -366,10 +367,7 @@ class Bench:
                 os.replace(peer_dir / "peer.tar.zst", peer_out)
 
         peer = dict(cwd=src, prepare=_fresh(peer_dir), cleanup=lambda: (keep_peer(), _remove(peer_dir)()))
-        ours = self.ours(f"ours: bundle {self.small_label} files", ["data", "bundle", "bench-small", "-o", str(produced), "--key", f"{self.key}.key"],
-                         keep=self._keep_bundle(produced, bundle_kept))
-        ours.prepare = _fresh(Path(ours.env["HOME"]), ours_dir)
-        ours.check = _expect_exists(produced)
+        ours = self._ours_bundle(f"ours: bundle {self.small_label} files", ["bench-small"], bundle_kept)
         contenders = [
             ours,
             Contender("sha256sum each + tar/zstd -3 -T0", _bash(f"{listing} | xargs -0 sha256sum > {q(str(peer_dir / 'SUMS'))} && {tar}"), **peer),
