@@ -16,6 +16,7 @@ from typing import BinaryIO, Callable
 import zstandard
 
 from executor import durable
+from executor.extract import tar_checksum
 from executor.transfer import Copy, file_chunks
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 
@@ -142,7 +143,7 @@ def header(name: str, size: int) -> bytes:
     if len(raw) != len(name) or len(raw) > 100 or size > _MAX_PLAIN_SIZE:
         return _header(name, size)
     block = raw.ljust(100, b"\0") + _MODE_OWNER + b"%011o\0" % size + _AFTER_SIZE + _AFTER_TYPE
-    return block[:148] + b"%06o\0 " % sum(block) + block[156:]  # the checksum counts its own field as spaces
+    return block[:148] + b"%06o\0 " % tar_checksum(block) + block[156:]
 
 
 class _NoFlush:

@@ -19,17 +19,25 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import zstandard
 
 from executor.events import Meter
-from executor.transfer import Copy, closing_output, file_chunks
+from executor.transfer import CHUNK_SIZE, Copy, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
+
+
+# A name already in canonical form: relative, '/' between non-empty parts, none of them '.' or '..',
+# no backslash or NUL. Its parts are name.split("/"), exactly as PurePosixPath would read them.
+_CANONICAL_NAME = re.compile(r"(?:(?!\.\.?(?:/|\Z))[^/\\\x00]+(?:/|\Z))+")
 
 
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:
     """The member's path after stripping, or None when nothing is left (a top folder)."""
+    if _CANONICAL_NAME.fullmatch(name) and not name.endswith("/"):  # nearly every member: no pathlib
+        parts = name.split("/")
+        return "/".join(parts[strip:]) if len(parts) > strip else None
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or "\x00" in name:
         raise UnsafeArchiveError(f"{archive}: member {name!r} would land outside its directory", hint="the archive is damaged or hostile; nothing was installed")
@@ -106,6 +114,12 @@ _NUMBERS = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-
 _DEVICE_NUMBERS = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")  # left empty for files by Python 3.11+
 
 
+def tar_checksum(block: bytes) -> int:
+    """What a header's checksum field must say: the sum of its bytes, the field itself counted as
+    8 spaces. NULs add nothing and most of a header is NULs: they are dropped before summing."""
+    return sum(block.translate(None, b"\0")) - sum(block[148:156]) + 8 * 32
+
+
 def plain_file_header(block: bytes) -> tarfile.TarInfo | None:
     """A regular file's POSIX ustar header with a good checksum -> its TarInfo; else None (not an error).
 
@@ -117,7 +131,7 @@ def plain_file_header(block: bytes) -> tarfile.TarInfo | None:
         return None
     if not _NUMBERS.fullmatch(block, 100, 156) or not _DEVICE_NUMBERS.fullmatch(block, 329, 345):
         return None
-    if int(block[148:154], 8) != sum(block) - sum(block[148:156]) + 8 * 32:  # the sum counts the checksum field as 8 spaces
+    if int(block[148:154], 8) != tar_checksum(block):
         return None
     try:
         name = block[:100].split(b"\0", 1)[0].decode("utf-8")
@@ -179,7 +193,14 @@ def _decompressed(raw: BinaryIO, fmt: str) -> BinaryIO:
     raise ValueError(f"not a tar format: {fmt!r}")
 
 
-ArchiveItem = tuple[str, int, BinaryIO]  # path after stripping, size, a reader of exactly `size` bytes
+def member_chunks(source: BinaryIO, size: int) -> Iterable[bytes]:
+    """At most `size` bytes of `source`, as Copy.feed takes them: file_chunks, or the one read it
+    would make when they fit in a chunk (most members are small: no generator per member).
+    For readers whose read(n) returns n bytes unless at the end: files, archive members."""
+    return (source.read(size),) if size <= CHUNK_SIZE else file_chunks(source, size)
+
+
+ArchiveItem = tuple[str, int, "_MemberReader"]  # path after stripping, size, a reader of exactly `size` bytes
 
 
 class _Walk:
@@ -228,24 +249,37 @@ class _Walk:
         raise UnsafeArchiveError(f"{self.archive}: member {name!r} is a {kind}, which is not extracted", hint="only plain files and folders are accepted")
 
 
+_DAMAGE = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zstandard.ZstdError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _damaged(name: str, exc: Exception) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{name} is damaged: {exc}", hint="get a fresh copy; nothing was installed")
+
+
 @contextmanager
 def _damaged_archive_is_untrusted(name: str) -> Iterator[None]:
     """Third-party archive errors become ours, at this one boundary."""
     try:
         yield
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zstandard.ZstdError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise UnsafeArchiveError(f"{name} is damaged: {exc}", hint="get a fresh copy; nothing was installed") from exc
+    except _DAMAGE as exc:
+        raise _damaged(name, exc) from exc
 
 
 class _MemberReader:
-    """A member's bytes; reading them is inside the boundary too (a truncated member is damage)."""
+    """A member's bytes; reading them is inside the boundary too (a truncated member is damage).
 
-    def __init__(self, source: BinaryIO, archive: str):
-        self.source, self.archive = source, archive
+    `tar_offset`: where the bytes start in the (decompressed) tar stream; None in a zip. In an
+    uncompressed tar file that is the file offset, so a reader of the file can find them again.
+    """
+
+    def __init__(self, source: BinaryIO, archive: str, tar_offset: int | None = None):
+        self.source, self.archive, self.tar_offset = source, archive, tar_offset
 
     def read(self, size: int = -1) -> bytes:
-        with _damaged_archive_is_untrusted(self.archive):
+        try:  # the boundary above, without a context manager per read: a member of a few KiB is read twice
             return self.source.read(size)
+        except _DAMAGE as exc:
+            raise _damaged(self.archive, exc) from exc
 
 
 def iter_tar_stream(raw: BinaryIO, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive") -> Iterator[ArchiveItem]:
@@ -258,7 +292,7 @@ def iter_tar_stream(raw: BinaryIO, fmt: str, *, strip: int = 0, max_total: int |
             elif not member.isreg():
                 walk.refuse(member.name, "link" if member.issym() or member.islnk() else "special file")
             elif (rel := walk.file(member.name, member.size)) is not None:
-                yield rel, member.size, _MemberReader(MemberBytes(tf.fileobj, member), name)
+                yield rel, member.size, _MemberReader(MemberBytes(tf.fileobj, member), name, member.offset_data)
 
 
 def _iter_zip(archive: Path, walk: _Walk) -> Iterator[ArchiveItem]:
@@ -299,7 +333,7 @@ def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None
         except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:  # a file another step of the pack placed
             raise UnsafeArchiveError(f"{archive}: member {rel!r} clashes with a file or folder already staged", hint="the archive is damaged or hostile; nothing was installed") from exc
         with closing_output(out):
-            copy = Copy(out, what=f"{archive}:{rel}", limit=size).feed(file_chunks(source, size + 1))
+            copy = Copy(out, what=f"{archive}:{rel}", limit=size).feed(member_chunks(source, size + 1))
         copy.check(None, size)
         total += size
         if meter is not None:

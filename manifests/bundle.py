@@ -64,6 +64,10 @@ TOOL_DATA_TYPE = "tool_wheels"
 TOOL_MEMBER_DIR = "tool/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A path that _check_rel_path and the control-character rule accept, in one match: non-empty
+# parts between single slashes, none of them '.' or '..', no backslash, no control character.
+_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
+_CANONICAL_PATH = re.compile(f"{_PART}(?:/{_PART})*")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
 
 
@@ -472,11 +476,31 @@ def _files_from_doc(top: _Obj, packs: tuple[PackEntry, ...], release: bool) -> t
     items = top.array("files")
     pack_keys = {p.key: p.key for p in packs}  # the files of a pack share its key string
     files = []
-    for i in range(len(items)):
-        files.append(_file_from_doc(top.child("files", i), pack_keys))
+    for i, item in enumerate(items):
+        files.append(_well_formed_file(item, pack_keys) or _file_from_doc(top.child("files", i), pack_keys))
         if release:
             items[i] = None
     return tuple(files)
+
+
+_FILE_FIELDS = frozenset({"pack_key", "path", "size", "sha256", "member"})
+
+
+def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
+    """A files[] entry that meets every rule of _file_from_doc, read in one go; None for any other,
+    which _file_from_doc then reads field by field to say what is wrong (20,000 entries: a third of a second)."""
+    if type(item) is not dict or item.keys() != _FILE_FIELDS:
+        return None
+    pack_key, path, size, sha256, member = item["pack_key"], item["path"], item["size"], item["sha256"], item["member"]
+    if (
+        type(pack_key) is str and pack_key in pack_keys  # a pack's key is a valid text already
+        and type(path) is str and _CANONICAL_PATH.fullmatch(path)
+        and type(member) is str and _CANONICAL_PATH.fullmatch(member) and member not in _RESERVED_MEMBERS
+        and type(size) is int and size >= 0
+        and type(sha256) is str and _SHA256.match(sha256)
+    ):  # fmt: skip
+        return FileEntry(pack_key=pack_keys[pack_key], path=path, size=size, sha256=sha256, member=member)
+    return None
 
 
 def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
@@ -513,11 +537,11 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once.
     for pack_key, in_pack in paths.items():
         for path in in_pack:
-            parts = path.split("/")
-            for n in range(1, len(parts)):
-                if "/".join(parts[:n]) in in_pack:
-                    parent = "/".join(parts[:n])
-                    raise top.fail("files", f"{parent!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
+            slash = path.find("/")
+            while slash != -1:  # every folder above the path, the top one first
+                if path[:slash] in in_pack:
+                    raise top.fail("files", f"{path[:slash]!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
+                slash = path.find("/", slash + 1)
 
 
 def _check_tool_member(top: _Obj, index: int, entry: FileEntry, tool_keys: set[str]) -> None:

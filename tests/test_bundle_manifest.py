@@ -270,6 +270,37 @@ def test_unsafe_paths_refused(path, problem):
     assert problem in str(err.value)
 
 
+FILE_VARIANTS = [
+    ("path", v) for v in ["db/x", "a b/ü.json", "..x/.y", "x..", "...", "a/./b", "a//b", "/a", "a/", "a\\b", "a\x7fb", "a\tb", "", ".", "..", 7, None]
+] + [
+    ("member", v) for v in ["data/9", "manifest.json", "manifest.json.sig", "a/manifest.json", "tool/x.whl", "../m", "m/..", ""]
+] + [
+    ("size", v) for v in [0, 10**20, -1, True, 1.0, "1", None]
+] + [
+    ("sha256", v) for v in [H3, H3 + "\n", H3.upper(), H3[:-1], "", 0]
+] + [
+    ("pack_key", v) for v in ["trivy-db", "ghost", "", "trivy-db\n", 1]
+] + [("extra", 1), ("size", KeyError), ("member", KeyError)]
+
+
+@pytest.mark.parametrize(("field", "value"), FILE_VARIANTS)
+def test_files_read_in_one_go_or_field_by_field_alike(field, value, monkeypatch):
+    """_well_formed_file (the shortcut for entries as the bundler writes them) accepts nothing
+    that _file_from_doc refuses, and reads what it accepts the same way."""
+    d = doc()
+    _set(["files", 2, field], value)(d)
+
+    def outcome():
+        try:
+            return parse_manifest(dumps(d))
+        except BundleStructureError as err:
+            return str(err)
+
+    shortcut = outcome()
+    monkeypatch.setattr(bundle_mod, "_well_formed_file", lambda item, pack_keys: None)
+    assert shortcut == outcome()
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
