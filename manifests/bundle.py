@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring as _json_string  # json's escaping with ensure_ascii=False
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -193,8 +194,20 @@ def _dumps(doc: dict[str, Any]) -> str:
     if not files:
         return json.dumps(doc, indent=2, **options)
     text = json.dumps({**doc, "files": []}, indent=2, **options)
-    lines = ",\n    ".join(json.dumps(entry, **options) for entry in files)
+    lines = ",\n    ".join(_file_line(entry) if entry.keys() == _FILE_FIELDS else json.dumps(entry, **options) for entry in files)
     return text.replace('\n  "files": []', f'\n  "files": [\n    {lines}\n  ]', 1)  # the top-level key: nested ones sit deeper
+
+
+_FILE_FIELDS = frozenset({"pack_key", "path", "size", "sha256", "member"})
+# A files[] entry as json.dumps(entry, sort_keys=True, ensure_ascii=False) writes it: the keys in
+# sorted order, strings through json's own escaping, the size as json writes an int.
+_FILE_LINE = '{"member": %s, "pack_key": %s, "path": %s, "sha256": %s, "size": %d}'
+
+
+def _file_line(entry: dict[str, Any]) -> str:
+    """One validated files[] entry (to_json checks before it writes): json.dumps builds an
+    encoder per call, which for 20,000 entries costs more than the lines themselves."""
+    return _FILE_LINE % (_json_string(entry["member"]), _json_string(entry["pack_key"]), _json_string(entry["path"]), _json_string(entry["sha256"]), entry["size"])
 
 
 def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
@@ -482,8 +495,6 @@ def _files_from_doc(top: _Obj, packs: tuple[PackEntry, ...], release: bool) -> t
             items[i] = None
     return tuple(files)
 
-
-_FILE_FIELDS = frozenset({"pack_key", "path", "size", "sha256", "member"})
 
 
 def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -126,6 +127,15 @@ def test_to_json_writes_one_file_per_line_and_the_same_json_as_the_indent_encode
     entries = [line for line in lines if line.lstrip().startswith('{"member"')]
     assert len(entries) == len(m.files)
     assert all(line.startswith("    {") for line in entries)
+
+
+def test_a_file_line_is_what_json_writes():
+    rnd = random.Random(5)
+    alphabet = 'ab/.é"\\\u2028\U0001f600\x7f\x1f\t'
+    for _ in range(500):
+        entry = {key: "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))) for key in ("pack_key", "path", "sha256", "member")}
+        entry["size"] = rnd.choice([0, 1, 2**63, 10**30])
+        assert bundle_mod._file_line(entry) == json.dumps(entry, sort_keys=True, ensure_ascii=False)
 
 
 def test_files_share_their_pack_key_string_and_have_no_dict():
