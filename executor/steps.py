@@ -202,6 +202,8 @@ def run_tool_command(ctx: StepContext, key: str, step: StepSpec, values: dict[st
     command = [expand_runtime(a, values) for a in step.command]
     check_tools([command[0]], f"{key} (step `{' '.join(command)}`)")
     tail: deque[str] = deque(maxlen=20)
+    if txn is not None:
+        txn.only_recorded_files = False  # the tool may leave files (or links) beside those it produces
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:

@@ -140,9 +140,11 @@ class _HashThread:
         self.thread.join()
 
 
-def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exception:
+def _translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Exception:
+    """A full disk or quota as NoSpaceError naming the data dir; other errors unchanged. `out`: a file or its path."""
     if exc.errno in _SPACE_ERRNOS:
-        where = os.path.dirname(os.path.abspath(getattr(out, "name", ".")))
+        name = out if isinstance(out, str) else getattr(out, "name", ".")
+        where = os.path.dirname(os.path.abspath(name))
         where = where.split(os.sep + STAGING_NAME)[0]  # the data dir, not a staging folder about to go
         try:
             free = shutil.disk_usage(where).free
@@ -150,6 +152,102 @@ def _translate_write_error(exc: OSError, out: BinaryIO, needed: int) -> Exceptio
             free = None
         return NoSpaceError(where, needed, free)
     return exc
+
+
+SMALL_FILE = 256 << 10  # files up to this size may be written by SmallFiles
+
+
+class SmallFiles:
+    """Small files created and written on a second thread, each given whole.
+
+    For a file of a few KiB, creating it costs more than copying its bytes, and open, write and
+    close all release the GIL: while this thread makes the files, the caller reads and hashes
+    the next ones. At most QUEUE batches of about BATCH_BYTES wait, so memory stays flat. A
+    failure stops the writing; the caller hears of it at its next write() or at close(), which
+    returns only once every file given is on disk (or the first error is raised).
+    """
+
+    QUEUE = 8
+    BATCH_BYTES = 1 << 20
+    BATCH_FILES = 256
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
+        self.batch: list[tuple[str, bytes]] = []
+        self.batched = 0
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, name="small-files", daemon=True)
+        self.thread.start()
+
+    def write(self, path: str, data: bytes) -> None:
+        """Queue `data` as the whole content of a new file at `path` (whose folder exists)."""
+        if self.error is not None:
+            self._raise()
+        self.batch.append((path, data))
+        self.batched += len(data)
+        if self.batched >= self.BATCH_BYTES or len(self.batch) >= self.BATCH_FILES:
+            self.queue.put(self.batch)
+            self.batch, self.batched = [], 0
+
+    def close(self) -> None:
+        """Every file written, or the first failure raised."""
+        if self.thread.is_alive():
+            self.queue.put(self.batch)
+            self.queue.put(None)
+            self.thread.join()
+            self.batch = []
+        if self.error is not None:
+            self._raise()
+
+    def abandon(self) -> None:
+        """Stop without writing what is still queued (the caller is failing anyway)."""
+        self.error = self.error or _Abandoned()
+        self.batch = []
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.05)  # the queue may be full of batches it will skip
+            except queue.Full:
+                continue
+            self.thread.join()
+
+    def __enter__(self) -> "SmallFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+    def _raise(self) -> None:
+        error = self.error
+        if isinstance(error, _Abandoned):
+            raise RuntimeError("SmallFiles used after it was abandoned")
+        raise error
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            for path, data in batch:
+                if self.error is not None:
+                    break  # keep taking batches, so that the caller never blocks on a full queue
+                try:
+                    _write_whole(path, data)
+                except OSError as exc:
+                    self.error = _translate_write_error(exc, path, len(data))
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # a regular file takes it all in one call unless the disk fills up
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -15,13 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bundler.build import step_from_json
+from executor import durable
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import Copy, file_chunks
+from executor.transfer import SMALL_FILE, Copy, SmallFiles, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
@@ -218,22 +219,30 @@ def _remove_empty_staging(data_dir: Path) -> None:
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     done = 0
-    for entry, source in reader.payload(manifest):
-        txn = txns.get(entry.pack_key)
-        chunks = file_chunks(source, entry.size)
-        if txn is None:  # a pack not chosen: still verified, written nowhere
-            Copy(None, what=entry.member, limit=entry.size).feed(chunks).check(entry.sha256, entry.size)
-        else:
-            try:
-                with open(txn.path_for(entry.path), "wb") as out:
-                    copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(chunks)
-            except NoSpaceError as exc:  # name what the update needs in that data dir, not this one file
-                needed = sum(f.size for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == txn.data_dir)
-                raise NoSpaceError(str(txn.data_dir), needed, exc.free) from exc
-            copy.check(entry.sha256, entry.size)
-            txn.add(entry.path, copy.done, copy.sha256)
-        done += entry.size
-        meter.update(done)
+    try:
+        with durable.BackgroundSync({t.root for t in txns.values()}), SmallFiles() as small_files:
+            for entry, source in reader.payload(manifest):
+                txn = txns.get(entry.pack_key)
+                if txn is None:  # a pack not chosen: still verified, written nowhere
+                    Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+                elif entry.size <= SMALL_FILE:  # read whole, checked, then created on the writer thread
+                    data = source.read(entry.size)
+                    Copy(None, what=entry.member, limit=entry.size).feed((data,)).check(entry.sha256, entry.size)
+                    small_files.write(txn.path_for(entry.path), data)
+                    txn.add(entry.path, entry.size, entry.sha256)
+                else:
+                    with open(txn.path_for(entry.path), "wb") as out:
+                        copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(file_chunks(source, entry.size))
+                    copy.check(entry.sha256, entry.size)
+                    txn.add(entry.path, copy.done, copy.sha256)
+                done += entry.size
+                meter.update(done)
+    except NoSpaceError as exc:  # name what the update needs in that data dir, not one file
+        data_dir = next((t.data_dir for t in txns.values() if str(t.data_dir) == exc.where), None)
+        if data_dir is None:
+            raise
+        needed = sum(f.size for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
+        raise NoSpaceError(str(data_dir), needed, exc.free) from exc
     meter.done(done)
 
 

@@ -89,7 +89,20 @@ def _arm_bytes(limit: int) -> None:
     def feed(self, chunks):
         return original(self, chunks if self.out is None else counted(self, chunks))
 
+    original_whole = transfer._write_whole
+
+    def write_whole(path, data):  # small files, written whole on SmallFiles' thread
+        with lock:
+            room = limit - state["written"]
+            piece = data if len(data) <= room else data[:room]
+            state["written"] += len(piece)
+            reached = state["written"] >= limit
+        original_whole(path, piece)
+        if reached:
+            _die()
+
     transfer.Copy.feed = feed
+    transfer._write_whole = write_whole
 
 
 class _Proxy:

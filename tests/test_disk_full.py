@@ -142,12 +142,20 @@ def bundles(tmp_path):
     return make
 
 
-def test_disk_full_mid_sideload_tmpfs(tmpfs, cli, monkeypatch, bundles, isolated_env):
+# Files larger than SMALL_FILE are copied in the loop; smaller ones are written on SmallFiles' thread.
+UPDATES = {
+    "large-files": {f"db/{name}.bin": payload(400_000, seed=seed) for seed, name in enumerate("abc", 3)},
+    "small-files": {f"db/{i:02d}.bin": payload(40_000, seed=10 + i) for i in range(30)},
+}
+
+
+@pytest.mark.parametrize("update_kind", sorted(UPDATES))
+def test_disk_full_mid_sideload_tmpfs(tmpfs, cli, monkeypatch, bundles, isolated_env, update_kind):
     mnt = tmpfs("2m")
     data_dir = mnt / "samples"
     isolated_env.write_config(f'[data_dirs]\nsample = "{data_dir}"\n')
     old = {"db/a.bin": payload(50_000, seed=1), "db/b.bin": payload(50_000, seed=2)}
-    new = {"db/a.bin": payload(400_000, seed=3), "db/b.bin": payload(400_000, seed=4), "db/c.bin": payload(400_000, seed=5)}
+    new = UPDATES[update_kind]
     first = bundles("v1", [PackSpec("carried", old, fetched_at=T0)])
     assert cli("sideload", str(first), "--trust", str(bundles.pub)).exit_code == 0
     before = tree_snapshot(data_dir, isolated_env.records_dir)
@@ -228,7 +236,8 @@ def test_disk_full_mid_download_fakefs(fs, monkeypatch, db_versions, isolated_en
     assert (data_dir / "db" / "db.bin").read_bytes() == v2
 
 
-def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env):
+@pytest.mark.parametrize("update_kind", sorted(UPDATES))
+def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env, update_kind):
     from devops_cp.app import App
     from executor.engine import Engine
     from sideload.api import SideloadRequest, TrustOptions, sideload_bundle
@@ -239,7 +248,7 @@ def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env):
     Path("/keys").mkdir()
     pub = write_public_key(Path("/keys/site.pub"), key)
     old = {"db/a.bin": payload(50_000, seed=1)}
-    new = {"db/a.bin": payload(300_000, seed=2), "db/b.bin": payload(300_000, seed=3)}
+    new = UPDATES[update_kind]
     first = write_bundle(Path("/bundles/v1.tar.zst"), [PackSpec("carried", old, fetched_at=T0)], key=key).path
     update = write_bundle(Path("/bundles/v2.tar.zst"), [PackSpec("carried", new, fetched_at=T1)], key=key).path
 
@@ -263,4 +272,4 @@ def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env):
     give_space_back(monkeypatch)
     fs.set_disk_usage(50 * 2**20)
     (outcome,) = sideload(update)
-    assert outcome.error is None and (data_dir / "db" / "b.bin").read_bytes() == new["db/b.bin"]
+    assert outcome.error is None and {rel: (data_dir / rel).read_bytes() for rel in new} == new

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from executor.events import Meter, Progress, StepDone, StepStarted
-from executor.transfer import CHUNK_SIZE, Copy, HashingReader, closing_output, copy_file, file_chunks, hash_file
+from executor.transfer import CHUNK_SIZE, Copy, HashingReader, SmallFiles, closing_output, copy_file, file_chunks, hash_file
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 from conftest import payload, sha256
@@ -137,3 +138,70 @@ def test_other_write_errors_are_not_disguised_as_disk_full(tmp_path):
     with pytest.raises(OSError) as exc:
         Copy(Broken(), what="x").feed([b"data"])
     assert not isinstance(exc.value, NoSpaceError) and exc.value.errno == errno.EIO
+
+
+# --- SmallFiles: small files created on a second thread ------------------------------------------------------
+
+
+def test_small_files_writes_every_file_whole(tmp_path):
+    files = {str(tmp_path / f"f{i:04d}"): payload(i * 37 % 5000, seed=i) for i in range(3 * SmallFiles.BATCH_FILES + 5)}
+    with SmallFiles() as small:
+        for path, data in files.items():
+            small.write(path, data)
+    assert {path: open(path, "rb").read() for path in files} == files
+
+
+def test_small_files_reports_the_first_failure_and_writes_nothing_after_it(tmp_path):
+    small = SmallFiles()
+    small.write(str(tmp_path / "first"), b"1")
+    small.write(str(tmp_path / "no-such-folder" / "second"), b"2")
+    small.write(str(tmp_path / "third"), b"3")
+    with pytest.raises(FileNotFoundError):
+        small.close()
+    assert (tmp_path / "first").read_bytes() == b"1"
+    assert not (tmp_path / "third").exists()
+
+
+def test_small_files_disk_full_is_no_space_error(fs):
+    fs.set_disk_usage(100_000)
+    fs.create_dir("/data")
+    small = SmallFiles()
+    for i in range(5):
+        small.write(f"/data/f{i}", b"x" * 30_000)
+    with pytest.raises(NoSpaceError) as exc:
+        small.close()
+    assert exc.value.where == "/data"
+
+
+def test_small_files_abandoned_mid_way_stops_without_writing_the_rest(tmp_path, monkeypatch):
+    """An error in the caller: the queue may be full, the thread still stops, and soon."""
+    from executor import transfer
+
+    real = transfer._write_whole
+    monkeypatch.setattr(transfer, "_write_whole", lambda path, data: (time.sleep(0.001), real(path, data)))
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        with SmallFiles() as small:
+            for i in range(SmallFiles.BATCH_FILES * (SmallFiles.QUEUE + 2)):
+                small.write(str(tmp_path / f"f{i}"), b"x")
+            raise RuntimeError("the caller failed")
+    assert not small.thread.is_alive()
+    assert len(list(tmp_path.iterdir())) < SmallFiles.BATCH_FILES * (SmallFiles.QUEUE + 2)
+
+
+def test_background_sync_syncs_while_running_and_never_with_no_sync(tmp_path, monkeypatch):
+    from executor import durable
+
+    synced = []
+    monkeypatch.setattr(durable, "syncfs", lambda path: synced.append(path) or True)
+    monkeypatch.setattr(durable.BackgroundSync, "INTERVAL", 0.01)
+    with durable.BackgroundSync([tmp_path]) as background:
+        deadline = time.monotonic() + 10
+        while not synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert synced and set(synced) == {tmp_path} and not background.thread.is_alive()
+
+    synced.clear()
+    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
+    with durable.BackgroundSync([tmp_path]) as background:
+        time.sleep(0.1)
+    assert not synced and not background.thread.is_alive()

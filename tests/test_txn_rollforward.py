@@ -4,6 +4,8 @@ way of a file, and a second run after a kill part-way through the renames."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,7 @@ def record(data_dir) -> InstallRecord:
 
 def stage(txn: PackTransaction, files: dict[str, bytes]) -> None:
     for rel, content in files.items():
-        txn.path_for(rel).write_bytes(content)
+        Path(txn.path_for(rel)).write_bytes(content)
         txn.add(rel, len(content), "0" * 64)
 
 
@@ -44,9 +46,10 @@ def test_commit_creates_new_folders_and_replaces_a_folder_in_the_way(tmp_path, s
 
 def test_path_for_makes_each_folder_once_and_still_finds_new_ones(tmp_path, store):
     with PackTransaction(store, tmp_path / "data", "pack") as txn:
-        assert txn.path_for("a/b/c").parent.is_dir()
-        assert txn.path_for("a/b/d") == txn.files_root / "a/b/d"
-        assert txn.path_for("e/f").parent.is_dir()
+        assert Path(txn.path_for("a/b/c")).parent.is_dir()
+        assert Path(txn.path_for("a/b/d")) == txn.files_root / "a/b/d"
+        assert Path(txn.path_for("e/f")).parent.is_dir()
+        assert Path(txn.path_for("top")) == txn.files_root / "top"
 
 
 @pytest.mark.parametrize("moved", [0, 1, 3, 4])
@@ -90,3 +93,88 @@ def test_an_update_whose_file_becomes_a_folder(tmp_path, store):
         txn.commit(record(data), previous)
     assert (data / "a" / "b").read_bytes() == b"v2" and (data / "keep").read_bytes() == b"k2"
     assert sorted(r.path for r in store.read_record("pack").files) == ["a/b", "keep"]
+
+
+def _renames_into(monkeypatch, data) -> list[tuple[str, str]]:
+    """Every os.replace into `data` from the staging area's files/ (not the journal's, not the record's)."""
+    seen, real = [], os.replace
+
+    def replace(src, dst, *a, **k):
+        if "/files/" in str(src) and str(dst).startswith(str(data)):
+            seen.append((str(src), os.path.relpath(dst, data)))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return seen
+
+
+def test_a_new_top_level_folder_moves_in_with_one_rename(tmp_path, store, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "c").mkdir()  # already there: its files move one by one
+    renames = _renames_into(monkeypatch, data)
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, FILES)
+        txn.commit(record(data), None)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert sorted(dst for _, dst in renames) == ["a", "c/three", "top"]
+    assert sorted(r.path for r in store.read_record("pack").files) == sorted(FILES)
+
+
+def test_a_tool_step_staging_area_moves_file_by_file_and_leaves_its_strays(tmp_path, store):
+    """A tool may leave files it does not declare: only recorded files become visible."""
+    data = tmp_path / "data"
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, FILES)
+        (txn.files_root / "a" / "tool.log").write_text("not part of the pack")
+        txn.only_recorded_files = False
+        txn.commit(record(data), None)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert not (data / "a" / "tool.log").exists()
+
+
+def test_without_syncfs_the_folders_to_move_are_fsynced_too(tmp_path, store, monkeypatch):
+    from executor import durable
+
+    synced = []
+    monkeypatch.setattr(durable, "fsync_path", lambda path: synced.append(path))
+    data = tmp_path / "data"
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, FILES)
+        txn.commit(record(data), None, use_syncfs=False)
+        root = txn.files_root
+    staged = {Path(p) for p in synced if Path(p).is_relative_to(root)}  # not the journal's, record's or data dir's
+    assert staged == {root / rel for rel in FILES} | {root / "a", root / "a/b", root / "c"}
+
+
+def _journaled(store, data, files=FILES) -> PackTransaction:
+    """A transaction staged and journaled as commit() does, stopped before roll_forward."""
+    txn = PackTransaction(store, data, "pack")
+    stage(txn, files)
+    rec = record(data)
+    rec.files = sorted(txn.files.values(), key=lambda f: f.path)
+    folders = txn._new_folders()
+    (txn.root / JOURNAL).write_bytes(txn._journal(rec, None, folders))
+    return txn
+
+
+def test_roll_forward_after_a_kill_right_after_the_folder_rename(tmp_path, store):
+    data = tmp_path / "data"
+    data.mkdir()
+    txn = _journaled(store, data)
+    os.replace(txn.files_root / "a", data / "a")  # the killed run got this far
+    roll_forward(txn.root, data, store.write_record)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert not txn.root.exists()
+
+
+def test_a_folder_that_appears_after_the_journal_is_merged_into_file_by_file(tmp_path, store):
+    data = tmp_path / "data"
+    data.mkdir()
+    txn = _journaled(store, data)
+    (data / "a").mkdir()
+    (data / "a" / "mine").write_text("a user's file, put there meanwhile")
+    roll_forward(txn.root, data, store.write_record)
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
+    assert (data / "a" / "mine").read_text() == "a user's file, put there meanwhile"
+    assert not txn.root.exists()
