@@ -71,10 +71,6 @@ def step_to_json(step: StepSpec) -> dict:
     }
 
 
-def step_from_json(data: dict) -> StepSpec:
-    return StepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
 @dataclass
 class BundleResult:
     manifest: BundleManifest
@@ -175,7 +171,7 @@ def _stream_download(download, sha256: str, out: BinaryIO) -> Copy:
 
 
 def _live_files(engine: Engine, plan: Plan) -> list[_File]:
-    from executor.http import Download  # httpx: not for sideload, which imports this module for step_from_json
+    from executor.http import Download  # httpx: only when a bundle downloads
 
     ctx = engine.step_context()
     files = []

@@ -69,6 +69,11 @@ class StepSpec:
     layer_media_type: str = ""
 
 
+def step_from_json(data: dict) -> StepSpec:
+    """A step as a bundle's manifest carries it (lists for tuples) -> StepSpec."""
+    return StepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 @dataclass(frozen=True)
 class CredentialSpec:
     name: str

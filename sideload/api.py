@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bundler.build import step_from_json
 from executor import durable
 from executor import steps as step_types
 from executor.config import config_dir
@@ -28,6 +27,7 @@ from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UsageError
 from manifests.hardware import Hardware
+from manifests.recipe import step_from_json  # not bundler.build: sideload needs none of the bundler
 from sideload.reader import BundleReader, locate, read_parts_index
 
 

@@ -83,6 +83,16 @@ def test_commands_that_need_no_heavy_module_do_not_load_one(argv):
     assert sorted(modules_after(*argv) & set(HEAVY)) == []
 
 
+def test_sideload_imports_neither_the_bundler_nor_the_http_stack():
+    """The air-gapped side: verifying and installing a bundle needs no download or bundling code."""
+    code = "import json, sys\nimport sideload.api\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = set(json.loads(result.stdout))
+    assert "sideload.api" in loaded
+    assert sorted(loaded & {"bundler.build", "bundler.tool_wheels", "bundler.unpacked", "httpx", "httpcore", "importlib.metadata"}) == []
+
+
 def test_version_reads_the_metadata_without_importlib_metadata():
     loaded = modules_after("--version")
     assert "importlib.metadata" not in loaded
