@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from executor import durable
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
-from manifests.errors import LockTimeout
+from manifests.errors import LockTimeout, PolicyError
 
 JOURNAL = "JOURNAL.json"
 PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
@@ -89,6 +89,7 @@ class PackTransaction:
     def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
         record.files = sorted(self.files.values(), key=lambda f: f.path)
         folders = self._new_folders()
+        self._refuse_foreign_files_in_the_way(previous, folders)
         durable.sync_files(self.root, self._to_sync(folders), use_syncfs=use_syncfs)
         durable.write_atomic(self.root / JOURNAL, self._journal(record, previous, folders))
         roll_forward(self.root, self.data_dir, self.store.write_record)
@@ -100,6 +101,23 @@ class PackTransaction:
             return []
         tops = {rel.split("/", 1)[0] for rel in self.files if "/" in rel}
         return sorted(top for top in tops if not os.path.lexists(self.data_dir / top))
+
+    def _refuse_foreign_files_in_the_way(self, previous: InstallRecord | None, folders: list[str]) -> None:
+        """A folder standing where this version has a file is removed to make way: it may hold
+        only the previous version's files, never a user's or another pack's."""
+        ours = {f.path for f in previous.files} if previous else set()
+        new = set(folders)
+        for rel in self.files:
+            if rel.split("/", 1)[0] in new:
+                continue  # nothing stands in a folder the data dir does not have
+            final = os.path.join(self.data_dir, rel)
+            if os.path.isdir(final) and not os.path.islink(final):
+                for found in _entries_below(final, self.data_dir):
+                    if found not in ours:
+                        raise PolicyError(
+                            f"{final} is a folder, and this version of {self.key} has a file there; it holds {found}, which is not {self.key}'s",
+                            hint="move that folder's contents elsewhere, then run again; nothing was changed",
+                        )
 
     def _to_sync(self, folders: list[str]) -> Iterator[Path]:
         """Without syncfs: every file, and every folder that will be renamed in whole (its entries)."""
@@ -169,6 +187,13 @@ def _move_folder(staged: str, final: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _entries_below(folder: str, data_dir: Path) -> Iterator[str]:
+    """Files, links and links to folders below `folder`, as paths relative to `data_dir`."""
+    for where, folders, names in os.walk(folder):
+        for name in names + [f for f in folders if os.path.islink(os.path.join(where, f))]:
+            yield os.path.relpath(os.path.join(where, name), data_dir).replace(os.sep, "/")
 
 
 def _parents(rel: str) -> Iterator[str]:

@@ -12,6 +12,7 @@ import pytest
 from executor.config import Config
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import JOURNAL, PackTransaction, move_into_place, roll_forward
+from manifests.errors import PolicyError
 
 
 @pytest.fixture
@@ -33,15 +34,37 @@ FILES = {"a/one": b"1", "a/b/two": b"22", "c/three": b"333", "top": b"4444"}
 
 
 def test_commit_creates_new_folders_and_replaces_a_folder_in_the_way(tmp_path, store):
+    """The previous version had a folder `top/` where this one has a file `top`."""
     data = tmp_path / "data"
-    (data / "top" / "old").mkdir(parents=True)  # a folder where the new version has a file
-    (data / "top" / "old" / "x").write_bytes(b"old")
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, {"top/old/x": b"old"})
+        txn.commit(record(data), None)
     with PackTransaction(store, data, "pack") as txn:
         stage(txn, FILES)
-        txn.commit(record(data), None)
+        txn.commit(record(data), store.read_record("pack"))
     assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
     assert sorted(r.path for r in store.read_record("pack").files) == sorted(FILES)
     assert not txn.root.exists()
+
+
+@pytest.mark.parametrize("foreign", ["a user's file", "a link"])
+def test_a_folder_in_the_way_holding_files_not_of_this_pack_is_refused_and_nothing_changes(tmp_path, store, foreign):
+    data = tmp_path / "data"
+    with PackTransaction(store, data, "pack") as txn:
+        stage(txn, {"top/old/x": b"old"})
+        txn.commit(record(data), None)
+    if foreign == "a link":
+        (data / "top" / "old" / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    else:
+        (data / "top" / "notes.txt").write_text("mine")
+    previous = store.read_record("pack")
+    with pytest.raises(PolicyError, match="is a folder, and this version of pack has a file there"):
+        with PackTransaction(store, data, "pack") as txn:
+            stage(txn, FILES)
+            txn.commit(record(data), previous)
+    assert (data / "top" / "old" / "x").read_bytes() == b"old"
+    assert not (data / "a").exists() and not txn.root.exists()
+    assert store.read_record("pack").files == previous.files
 
 
 def test_path_for_makes_each_folder_once_and_still_finds_new_ones(tmp_path, store):
