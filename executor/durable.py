@@ -24,7 +24,9 @@ NO_SYNC_ENV = "DEVOPS_CP_NO_SYNC"
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1  # wait for pages already being written
 _SYNC_FILE_RANGE_WRITE = 2  # start writing dirty pages; do not wait for them
+_SYNC_FILE_RANGE_WAIT_AFTER = 4  # wait for the pages this call started writing
 
 
 def fsync_path(path: Path) -> None:
@@ -58,22 +60,34 @@ def _is_real_path(path: Path) -> bool:
     return getattr(os.open, "__module__", "") in ("posix", "nt")
 
 
-def start_writeback(out: BinaryIO) -> None:
-    """Start writing an open file's dirty pages to disk now, without waiting for them.
+def write_behind(out: BinaryIO, keep: int) -> None:
+    """Start writing an open file's dirty pages to disk now; let go of what is on disk already.
 
-    For a file that will be synced before it becomes visible: the disk then works while the
-    copy goes on, and the final sync finds little left to do. A no-op where sync_file_range
-    is missing, under pyfakefs, and with DEVOPS_CP_NO_SYNC=1.
+    For a file that will be synced before it becomes visible, called as the copy goes on (with the
+    file flushed): the disk works while the copy does, so that sync has little left to do. The pages
+    more than `keep` bytes behind the end are waited for (the disk is then the pace, as the sync
+    would make it anyway) and dropped from the page cache, which keeps holding only the last bytes
+    of a 50 GB copy instead of pushing everything else out. Reusing those few pages also spares the
+    cost of fresh ones, large on virtual machines that hand free memory back to their host
+    (bench/RESULTS.md). A no-op where sync_file_range is missing, under pyfakefs, and with
+    DEVOPS_CP_NO_SYNC=1.
     """
     if _sync_file_range is None or os.environ.get(NO_SYNC_ENV) == "1" or not _is_real_path(None):
         return
-    _sync_file_range(out.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)
+    fd, end = out.fileno(), out.tell()
+    _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+    behind = end - keep
+    if behind > 0:
+        start = max(0, behind - keep)  # not just the last step's: calls come at uneven offsets
+        _sync_file_range(fd, start, behind - start, _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, start, behind - start, os.POSIX_FADV_DONTNEED)
 
 
 class BackgroundSync:
     """While a pack of many files is written, their filesystems synced every INTERVAL seconds.
 
-    What start_writeback does for one large file, for thousands of small ones (one call per file
+    What write_behind does for one large file, for thousands of small ones (one call per file
     would cost more than it saves): the disk works while the copy goes on, and the sync before the
     pack becomes visible finds little left to do. Only that: sync_files still makes the pack
     durable. A no-op where syncfs is missing, under pyfakefs, and with DEVOPS_CP_NO_SYNC=1.

@@ -126,7 +126,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
         size_cap=step.size_bytes if step.size_exact else None,
         auth=auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
-        writeback=ctx.will_sync,
+        writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
     )
     try:
         try:

@@ -24,6 +24,7 @@ CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
 HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see _HashThread)
 HASH_BATCH = 1 << 20  # bytes handed to that thread at a time
 WRITEBACK_STEP = 16 << 20  # a copy with writeback=True starts writing to disk every this many bytes
+WRITEBACK_KEEP = 2 * WRITEBACK_STEP  # ... and lets go of the page cache more than this far behind
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -41,8 +42,8 @@ class Copy:
         hasher: "hashlib._Hash | None" = None,
         writeback: bool = False,
     ):
-        """`writeback`: the file will be synced before it becomes visible; start writing it to
-        disk as it is copied (durable.start_writeback), so that sync has little left to do."""
+        """`writeback`: the file will be synced before it becomes visible; write it to disk as it
+        is copied (durable.write_behind), so that sync has little left to do."""
         self.out = out
         self.writeback = writeback
         self.what = what
@@ -68,7 +69,7 @@ class Copy:
                         out.write(chunk)
                         if next_writeback is not None and self.done + size >= next_writeback:
                             out.flush()
-                            durable.start_writeback(out)
+                            durable.write_behind(out, WRITEBACK_KEEP)
                             next_writeback += WRITEBACK_STEP
                     except OSError as exc:
                         raise _translate_write_error(exc, out, self.limit or self.done + size) from exc

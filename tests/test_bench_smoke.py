@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import tarfile
 
@@ -105,8 +106,8 @@ def test_writeback_starts_during_a_long_durable_copy(tmp_path, monkeypatch):
     chunk = random.Random(7).randbytes(1 << 20)
     total = 2 * transfer.WRITEBACK_STEP + 5 * len(chunk)
     calls = []
-    real = durable.start_writeback
-    monkeypatch.setattr(durable, "start_writeback", lambda out: calls.append(out.tell()) or real(out))
+    real = durable.write_behind
+    monkeypatch.setattr(durable, "write_behind", lambda out, keep: calls.append(out.tell()) or real(out, keep))
     for writeback in (True, False):
         calls.clear()
         with open(tmp_path / "out.bin", "wb") as out:
@@ -114,3 +115,29 @@ def test_writeback_starts_during_a_long_durable_copy(tmp_path, monkeypatch):
         assert copy.done == total and (tmp_path / "out.bin").stat().st_size == total
         assert copy.sha256 == hashlib.sha256(chunk * (total // len(chunk))).hexdigest()
         assert calls == ([transfer.WRITEBACK_STEP, 2 * transfer.WRITEBACK_STEP] if writeback else [])
+
+
+def test_write_behind_waits_for_and_drops_only_what_lies_far_enough_behind(tmp_path, monkeypatch):
+    """The last `keep` bytes stay in the page cache; the `keep` bytes before them are waited for
+    and dropped; nothing at all happens with DEVOPS_CP_NO_SYNC=1."""
+    from executor import durable
+
+    monkeypatch.delenv(durable.NO_SYNC_ENV, raising=False)
+    ranges, dropped = [], []
+    monkeypatch.setattr(durable, "_sync_file_range", lambda fd, start, length, flags: ranges.append((start, length, flags)) or 0)
+    monkeypatch.setattr(durable.os, "posix_fadvise", lambda fd, start, length, advice: dropped.append((start, length, advice)))
+    mib = 1 << 20
+    with open(tmp_path / "out.bin", "wb") as out:
+        out.write(b"x" * mib)
+        durable.write_behind(out, keep=2 * mib)  # nothing is far enough behind yet
+        out.write(b"x" * 7 * mib)
+        durable.write_behind(out, keep=2 * mib)
+    wait_write_wait = 1 | 2 | 4
+    assert ranges == [(0, 0, 2), (0, 0, 2), (4 * mib, 2 * mib, wait_write_wait)]
+    assert dropped == [(4 * mib, 2 * mib, os.POSIX_FADV_DONTNEED)]
+
+    ranges.clear()
+    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
+    with open(tmp_path / "out.bin", "ab") as out:
+        durable.write_behind(out, keep=mib)
+    assert ranges == []

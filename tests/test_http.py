@@ -378,7 +378,7 @@ def test_a_direct_install_writes_back_as_it_downloads_and_bundle_staging_does_no
     from executor.txn import PackTransaction
 
     calls = []
-    monkeypatch.setattr(durable, "start_writeback", lambda out: calls.append(out.name))
+    monkeypatch.setattr(durable, "write_behind", lambda out, keep: calls.append(out.name))
     big = payload(WRITEBACK_STEP + 1_000_000)
     serve_pack("big", big)
     app = App(settings=fast_settings())
