@@ -17,7 +17,7 @@ import zstandard
 
 from executor import durable
 from executor.extract import tar_checksum
-from executor.transfer import Copy, file_chunks
+from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, file_chunks
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 
 ZSTD_LEVEL = 3
@@ -39,6 +39,7 @@ class PartWriter:
         self._file: BinaryIO | None = None
         self._hasher = hashlib.sha256()
         self._size = 0
+        self._behind = 0  # bytes of the current part not yet handed to write_behind
 
     def _final_name(self, number: int) -> str:
         return part_name(self.out.name, number) if self.split_size else self.out.name
@@ -48,7 +49,7 @@ class PartWriter:
         tmp = self.out.with_name(f".{self._final_name(len(self.parts) + 1)}.tmp")
         self._tmp_paths.append(tmp)
         self._file = open(tmp, "wb")
-        self._hasher, self._size = hashlib.sha256(), 0
+        self._hasher, self._size, self._behind = hashlib.sha256(), 0, 0
 
     def _close_current(self) -> None:
         if self._file is None:
@@ -69,7 +70,12 @@ class PartWriter:
             self._file.write(piece)
             self._hasher.update(piece)
             self._size += room
+            self._behind += room
             view = view[room:]
+        if self._behind >= WRITEBACK_STEP:  # each part is fsynced when it ends: start on it now
+            self._file.flush()
+            durable.write_behind(self._file, WRITEBACK_KEEP)
+            self._behind = 0
         return len(data)
 
     def flush(self) -> None:

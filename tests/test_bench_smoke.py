@@ -141,3 +141,22 @@ def test_write_behind_waits_for_and_drops_only_what_lies_far_enough_behind(tmp_p
     with open(tmp_path / "out.bin", "ab") as out:
         durable.write_behind(out, keep=mib)
     assert ranges == []
+
+
+def test_a_bundle_part_is_written_behind_as_it_grows(tmp_path, monkeypatch):
+    """The archive is fsynced part by part: PartWriter hands each part to write_behind every
+    WRITEBACK_STEP bytes, and a new part starts counting afresh."""
+    from bundler.writer import PartWriter
+    from executor import durable, transfer
+
+    calls = []
+    monkeypatch.setattr(durable, "write_behind", lambda out, keep: calls.append((out.name, out.tell(), keep)))
+    step = transfer.WRITEBACK_STEP
+    writer = PartWriter(tmp_path / "b.tar.zst", split_size=3 * step)
+    chunk = b"z" * (step // 4)
+    for _ in range(14):  # 3.5 steps: one part of 3 steps, then a part of half a step
+        writer.write(chunk)
+    parts = writer.finish()
+    assert [p.size for p in parts] == [3 * step, step // 2]
+    assert [(name.rsplit("/", 1)[-1], at) for name, at, _ in calls] == [(".b.tar.zst.001.tmp", n * step) for n in (1, 2, 3)]
+    assert {keep for *_, keep in calls} == {transfer.WRITEBACK_KEEP}
