@@ -28,14 +28,15 @@ from executor.transfer import CHUNK_SIZE, Copy, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
 
 
-# A name already in canonical form: relative, '/' between non-empty parts, none of them '.' or '..',
+# A name already in canonical form: relative, single '/' between parts, none of them '.' or '..',
 # no backslash or NUL. Its parts are name.split("/"), exactly as PurePosixPath would read them.
-_CANONICAL_NAME = re.compile(r"(?:(?!\.\.?(?:/|\Z))[^/\\\x00]+(?:/|\Z))+")
+_NAME_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00]+"
+_CANONICAL_NAME = re.compile(f"{_NAME_PART}(?:/{_NAME_PART})*")
 
 
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:
     """The member's path after stripping, or None when nothing is left (a top folder)."""
-    if _CANONICAL_NAME.fullmatch(name) and not name.endswith("/"):  # nearly every member: no pathlib
+    if _CANONICAL_NAME.fullmatch(name):  # nearly every member: no pathlib
         parts = name.split("/")
         return "/".join(parts[strip:]) if len(parts) > strip else None
     path = PurePosixPath(name.replace("\\", "/"))

@@ -141,3 +141,17 @@ def test_safe_member_path_reads_names_as_pathlib_does(name, strip):
             safe_member_path(name, strip, "x")
     else:
         assert safe_member_path(name, strip, "x") == expected
+
+
+def test_safe_member_path_reads_random_names_as_pathlib_does():
+    rnd = random.Random(11)
+    for _ in range(3000):
+        name = "".join(rnd.choice("a./\\\x00é") for _ in range(rnd.randint(0, 9)))
+        strip = rnd.randint(0, 2)
+        try:
+            expected = pathlib_member_path(name, strip)
+        except UnsafeArchiveError:
+            with pytest.raises(UnsafeArchiveError):
+                safe_member_path(name, strip, "x")
+        else:
+            assert safe_member_path(name, strip, "x") == expected, repr(name)
