@@ -63,7 +63,7 @@ _RESERVED_MEMBERS = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 TOOL_PACK_ID = "devops-cp-tool"
 TOOL_DATA_TYPE = "tool_wheels"
 TOOL_MEMBER_DIR = "tool/"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would let a trailing newline through
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A path that _check_rel_path and the control-character rule accept, in one match: non-empty
 # parts between single slashes, none of them '.' or '..', no backslash, no control character.
@@ -330,7 +330,7 @@ class _Obj:
 
     def sha256(self, key: str) -> str:
         value = self.get(key, str, what="a string")
-        if not _SHA256.match(value):
+        if not _SHA256.fullmatch(value):
             raise self.fail(key, "must be 64 lowercase hex digits (a sha256)")
         return value
 
@@ -508,7 +508,7 @@ def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
         and type(path) is str and _CANONICAL_PATH.fullmatch(path)
         and type(member) is str and _CANONICAL_PATH.fullmatch(member) and member not in _RESERVED_MEMBERS
         and type(size) is int and size >= 0
-        and type(sha256) is str and _SHA256.match(sha256)
+        and type(sha256) is str and _SHA256.fullmatch(sha256)
     ):  # fmt: skip
         return FileEntry(pack_key=pack_keys[pack_key], path=path, size=size, sha256=sha256, member=member)
     return None

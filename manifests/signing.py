@@ -45,7 +45,7 @@ __all__ = [
 
 SIGNATURE_SIZE = 64
 TRUSTED_KEYS_DIRNAME = "trusted-keys"
-_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+_KEY_ID = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would let a trailing newline through
 _ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 
@@ -120,7 +120,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 def is_key_id(text: object) -> bool:
-    return isinstance(text, str) and _KEY_ID.match(text) is not None
+    return isinstance(text, str) and _KEY_ID.fullmatch(text) is not None
 
 
 # --- the trust decision: pure -------------------------------------------------------

@@ -231,6 +231,8 @@ REFUSALS = [
     (_set(["files", 0, "sha256"], H1.upper()), "files[0].sha256", "64 lowercase hex"),
     (_set(["files", 0, "sha256"], H1[:-1]), "files[0].sha256", "64 lowercase hex"),
     (_set(["files", 0, "sha256"], "sha256:" + H1), "files[0].sha256", "64 lowercase hex"),
+    (_set(["files", 0, "sha256"], H1 + "\n"), "files[0].sha256", "64 lowercase hex"),
+    (_set(["signer_key_id"], "ab" * 32 + "\n"), "signer_key_id", "64 lowercase hex"),
     (_set(["files", 2, "path"], "db/trivy.db"), "files[2].path", "duplicate path"),
     (_set(["files", 2, "member"], "data/0002"), "files[2].member", "duplicate archive member"),
     (_set(["files", 0, "member"], "manifest.json"), "files[0].member", "reserved"),
