@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterator
 
-from executor.extract import ArchiveItem, digest_members, iter_archive, member_chunks
+from executor.extract import ArchiveItem, iter_archive, member_chunks
 from executor.transfer import Copy
 from executor.txn import KeptArchive
 from manifests.errors import UnsafeArchiveError
@@ -45,17 +45,15 @@ class UnpackedArchive:
         return UnsafeArchiveError(f"{self.kept.path.name} changed in the staging cache while it was being bundled", hint="run the bundle again")
 
     def files(self) -> list[tuple[str, int, str]]:
-        """The first walk: (path in the pack, size, sha256) of every file, in archive order.
-
-        Done while the archive downloaded, when it could be (executor/follow.py)."""
-        kept = self.kept
-        members = kept.members if kept.members is not None else digest_members(self._walk(), kept.path.name)
+        """The first walk: (path in the pack, size, sha256) of every file, in archive order."""
         found = []
-        for member, size, sha256, offset in members:
+        for member, size, source in self._walk():
             rel = self._rel(member)
-            found.append((rel, size, sha256))
+            copy = Copy(None, what=f"{self.kept.path.name}:{member}", limit=size).feed(member_chunks(source, size + 1))
+            copy.check(None, size)
+            found.append((rel, size, copy.sha256))
             if self._spans is not None:
-                self._spans.append((rel, offset, size))
+                self._spans.append((rel, source.tar_offset, size))
         return found
 
     def copy_next(self, rel: str, out: BinaryIO) -> Copy:

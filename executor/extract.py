@@ -202,17 +202,6 @@ def member_chunks(source: BinaryIO, size: int) -> Iterable[bytes]:
 
 
 ArchiveItem = tuple[str, int, "_MemberReader"]  # path after stripping, size, a reader of exactly `size` bytes
-MemberDigest = tuple[str, int, str, "int | None"]  # path after stripping, size, sha256, where its bytes lie in the tar (None in a zip)
-
-
-def digest_members(items: Iterator[ArchiveItem], archive: str) -> list[MemberDigest]:
-    """Every walked file's size and sha256, and where its bytes lie: a walk that writes nothing."""
-    found = []
-    for member, size, source in items:
-        copy = Copy(None, what=f"{archive}:{member}", limit=size).feed(member_chunks(source, size + 1))
-        copy.check(None, size)
-        found.append((member, size, copy.sha256, source.tar_offset))
-    return found
 
 
 class _Walk:

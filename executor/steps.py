@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,22 +128,20 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
     )
-    with _walk_as_it_downloads(download.partial, step, txn) as follower:
+    try:
         try:
-            try:
-                copy = download.run(expected)
-            except ChecksumMismatch as exc:
-                ctx.listener(Notice(key, "warning", f"{exc.message}; downloading once more"))
-                copy = download.run(expected)  # the seed: delete and re-download, then fail
-        except NoSpaceError:
-            download.discard()  # disk full: the partial file goes, the error names the space needed
-            raise
-        walked = follower.result(copy.sha256) if follower is not None else None
+            copy = download.run(expected)
+        except ChecksumMismatch as exc:
+            ctx.listener(Notice(key, "warning", f"{exc.message}; downloading once more"))
+            copy = download.run(expected)  # the seed: delete and re-download, then fail
+    except NoSpaceError:
+        download.discard()  # disk full: the partial file goes, the error names the space needed
+        raise
     outcome = StepOutcome(source=url, checksum_verified=expected is not None)
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
     try:
-        place_file(download.partial, step, txn, copy, meter, walked)
+        place_file(download.partial, step, txn, copy, meter)
     except (NoSpaceError, TrustError):
         download.discard()  # a full disk or a refused archive: nothing of it is kept in the data dir
         raise
@@ -152,33 +149,11 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     return outcome
 
 
-@contextmanager
-def _walk_as_it_downloads(partial: Path, step: StepSpec, txn: PackTransaction):
-    """A bundle keeps a tar whole and walks it for the manifest: the walk follows the download
-    (executor/follow.py). None where there is nothing to follow; stopped if the download fails."""
-    if not (txn.keep_archives and step.extract and step.extract != "zip"):  # a zip's directory is at its end
-        yield None
-        return
-    from executor.follow import ArchiveFollower
-
-    follower = ArchiveFollower(partial, step.extract, strip=step.strip_components, max_total=_unpack_bound(step))
-    try:
-        yield follower
-    finally:
-        follower.stop()  # a no-op once result() was taken
-
-
-def _unpack_bound(step: StepSpec) -> int | None:
-    return step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
-
-
-def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None, walked=None) -> None:
-    """A verified file in the staging area becomes the step's dest (or is extracted there).
-
-    `walked`: the archive's members, walked as it downloaded (a bundle's kept archive)."""
-    bound = _unpack_bound(step)
+def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
+    """A verified file in the staging area becomes the step's dest (or is extracted there)."""
+    bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
     if step.extract and txn.keep_archives:
-        txn.keep_archive(path, step.extract, step.dest, strip=step.strip_components, max_total=bound, members=walked)
+        txn.keep_archive(path, step.extract, step.dest, strip=step.strip_components, max_total=bound)
     elif step.extract:
         extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, meter=None)
     else:

@@ -20,14 +20,11 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from executor import durable
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from manifests.errors import LockTimeout, PolicyError
-
-if TYPE_CHECKING:  # extraction's imports (zstandard...) are not for every command that touches the store
-    from executor.extract import MemberDigest
 
 JOURNAL = "JOURNAL.json"
 PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
@@ -46,7 +43,6 @@ class KeptArchive:
     dest: str  # its files go below this folder of the pack
     strip: int
     max_total: int | None
-    members: tuple[MemberDigest, ...] | None = None  # its walk, when it was walked as it downloaded
 
 
 class PackTransaction:
@@ -83,12 +79,12 @@ class PackTransaction:
     def add(self, rel: str, size: int, sha256: str) -> None:
         self.files[rel] = FileRecord(rel, size, sha256)
 
-    def keep_archive(self, path: Path, fmt: str, dest: str, *, strip: int, max_total: int | None, members: list[MemberDigest] | None = None) -> None:
+    def keep_archive(self, path: Path, fmt: str, dest: str, *, strip: int, max_total: int | None) -> None:
         """Move a verified archive into the transaction, whole (only with keep_archives)."""
         kept = self.root / "archives" / f"{len(self.archives)}-{path.name}"
         kept.parent.mkdir(exist_ok=True)
         os.replace(path, kept)
-        self.archives.append(KeptArchive(kept, fmt, dest, strip, max_total, tuple(members) if members is not None else None))
+        self.archives.append(KeptArchive(kept, fmt, dest, strip, max_total))
 
     def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
         record.files = sorted(self.files.values(), key=lambda f: f.path)
