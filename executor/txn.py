@@ -91,8 +91,9 @@ class PackTransaction:
         folders = self._new_folders()
         self._refuse_foreign_files_in_the_way(previous, folders)
         durable.sync_files(self.root, self._to_sync(folders), use_syncfs=use_syncfs)
-        durable.write_atomic(self.root / JOURNAL, self._journal(record, previous, folders))
-        roll_forward(self.root, self.data_dir, self.store.write_record)
+        journal = self._journal(previous, folders)
+        durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
+        roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record})
         self.committed = True
 
     def _new_folders(self) -> list[str]:
@@ -127,12 +128,12 @@ class PackTransaction:
             folders_inside = {parent for rel in self.files if rel.split("/", 1)[0] in moved for parent in _parents(rel)}
             yield from (self.files_root / folder for folder in sorted(folders_inside))
 
-    def _journal(self, record: InstallRecord, previous: InstallRecord | None, folders: list[str]) -> bytes:
+    def _journal(self, previous: InstallRecord | None, folders: list[str]) -> dict:
+        """What roll_forward does, but the record (added by commit)."""
         leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
         moved = set(folders)
         renames = sorted(rel for rel in self.files if rel.split("/", 1)[0] not in moved)
-        journal = {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers, "record": record.to_json()}
-        return json.dumps(journal).encode()  # no indent: json's C encoder only runs without one
+        return {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers}
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -145,10 +146,16 @@ class PackTransaction:
             self.abort()
 
 
-def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None]) -> None:
-    """Idempotent: safe to run again after a kill at any point inside it."""
-    journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
-    record = InstallRecord.from_json(journal.pop("record"))
+def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None], journal: dict | None = None) -> None:
+    """Idempotent: safe to run again after a kill at any point inside it.
+
+    `journal`: the one commit() has just written, as it holds it (its record an InstallRecord), so
+    that 20,000 file entries are not read back; otherwise the journal on disk (recovery).
+    """
+    if journal is None:
+        journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
+        journal["record"] = InstallRecord.from_json(journal["record"])
+    record = journal["record"]
     files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
     touched: set[str] = set()
     # The previous version's leftovers go first: its file `a` may stand where the new version has a folder `a/`.

@@ -176,8 +176,8 @@ def _journaled(store, data, files=FILES) -> PackTransaction:
     stage(txn, files)
     rec = record(data)
     rec.files = sorted(txn.files.values(), key=lambda f: f.path)
-    folders = txn._new_folders()
-    (txn.root / JOURNAL).write_bytes(txn._journal(rec, None, folders))
+    journal = txn._journal(None, txn._new_folders())
+    (txn.root / JOURNAL).write_text(json.dumps({**journal, "record": rec.to_json()}))
     return txn
 
 
