@@ -9,6 +9,10 @@ import subprocess
 from manifests.hardware import NVIDIA_SMI_QUERY, Gpu, Hardware, parse_nvidia_smi_csv
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value  # older pynvml returns bytes
+
+
 def _from_nvml() -> Hardware | None:
     try:
         import pynvml  # optional: nvidia-ml-py
@@ -16,13 +20,16 @@ def _from_nvml() -> Hardware | None:
         return None
     try:
         pynvml.nvmlInit()
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(Gpu("nvidia", name.decode() if isinstance(name, bytes) else name, memory.total // 2**20, memory.free // 2**20))
-        pynvml.nvmlShutdown()
+        try:
+            driver = _text(pynvml.nvmlSystemGetDriverVersion())
+            gpus = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = _text(pynvml.nvmlDeviceGetName(handle))
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                gpus.append(Gpu("nvidia", name, memory.total // 2**20, memory.free // 2**20, driver))
+        finally:
+            pynvml.nvmlShutdown()
         return Hardware(tuple(gpus), "nvml")
     except pynvml.NVMLError:
         return None

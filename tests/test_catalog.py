@@ -470,27 +470,24 @@ def test_default_key_is_used_when_no_option_table_exists():
 
 # --- nvidia-smi parsers against real output --------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gpu"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"GPU fixtures not found at {FIXTURES} (shared/ beside the checkout)")
+# Taken on a real H100 with `python tools/gpu_check.py --save` (serial and UUID zeroed).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gpu"
 
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ["nvidia-smi-query.csv", "nvidia-smi-query-header.csv"])
 def test_parse_nvidia_smi_csv_fixture(name):
     (gpu,) = parse_nvidia_smi_csv((FIXTURES / name).read_text(encoding="utf-8"))
     assert gpu == Gpu("nvidia", H100, 81559, 81079, "580.159.04")
 
 
-@needs_fixtures
 def test_parse_nvidia_smi_xml_fixture():
     (gpu,) = parse_nvidia_smi_xml((FIXTURES / "nvidia-smi-q.xml").read_text(encoding="utf-8"))
     assert (gpu.vendor, gpu.name, gpu.memory_total_mb, gpu.driver_version) == ("nvidia", H100, 81559, "580.159.04")
     assert gpu.memory_free_mb == 81079
 
 
-@needs_fixtures
 def test_the_real_h100_unlocks_every_option_without_warnings():
     gpus = parse_nvidia_smi_xml((FIXTURES / "nvidia-smi-q.xml").read_text(encoding="utf-8"))
     hardware = Hardware(gpus=gpus, source="nvidia-smi")

@@ -7,13 +7,14 @@ import json
 import os
 import stat
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from devops_cp.localserver import Fault
 
-from conftest import SHARED, download_step, fast_settings, files_under, gets, make_tar_gz, payload, sha256
+from conftest import download_step, fast_settings, files_under, gets, make_tar_gz, payload, sha256
 
 MiB = 2**20
 
@@ -398,7 +399,7 @@ def test_tool_that_does_not_produce_what_it_promised_exit_7(cli, write_recipe, i
 
 # --- GPU gating -----------------------------------------------------------------------------------------
 
-GPU_FIXTURES = SHARED / "fixtures" / "gpu"
+GPU_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gpu"  # from a real H100 (tools/gpu_check.py)
 
 
 @pytest.fixture
@@ -430,8 +431,6 @@ def test_gpu_option_is_refused_without_a_gpu_and_accepted_with_force(cli, gpu_pa
 @pytest.fixture
 def fake_nvidia_smi(tmp_path, monkeypatch):
     fixture = GPU_FIXTURES / "nvidia-smi-query.csv"
-    if not fixture.is_file():
-        pytest.skip(f"the nvidia-smi fixture is not here: {fixture}")
     bin_dir = tmp_path / "gpu-bin"
     bin_dir.mkdir()
     script = bin_dir / "nvidia-smi"
@@ -451,6 +450,73 @@ def test_nvidia_smi_on_path_is_parsed(fake_nvidia_smi):
     (gpu,) = hardware.gpus
     assert gpu.vendor == "nvidia" and gpu.name == "NVIDIA H100 80GB HBM3"
     assert gpu.memory_total_mb == 81559 and gpu.memory_free_mb == 81079 and gpu.driver_version == "580.159.04"
+
+
+H100_NAME = "NVIDIA H100 80GB HBM3"
+
+
+class FakeNvml(types.ModuleType):
+    """The calls executor.hardware makes, answering what nvidia-ml-py answered on the H100
+    the nvidia-smi fixtures come from (tools/gpu_check.py checks the two agree on real hardware)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, *, name=H100_NAME, fail_at: str | None = None):
+        super().__init__("pynvml")
+        self.name, self.fail_at, self.calls = name, fail_at, []
+
+    def _call(self, what, result=None):
+        self.calls.append(what)
+        if what == self.fail_at:
+            raise self.NVMLError(f"{what} failed")
+        return result
+
+    def nvmlInit(self):
+        return self._call("init")
+
+    def nvmlShutdown(self):
+        return self._call("shutdown")
+
+    def nvmlSystemGetDriverVersion(self):
+        return self._call("driver", "580.159.04")
+
+    def nvmlDeviceGetCount(self):
+        return self._call("count", 1)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return self._call("handle", object())
+
+    def nvmlDeviceGetName(self, handle):
+        return self._call("name", self.name)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return self._call("memory", types.SimpleNamespace(total=85520809984, free=85017493504, used=0))
+
+
+@pytest.mark.parametrize("name", [H100_NAME, H100_NAME.encode()], ids=["str", "bytes (older pynvml)"])
+def test_nvml_is_asked_first_and_agrees_with_nvidia_smi(fake_nvidia_smi, monkeypatch, name):
+    from executor.hardware import detect
+    from manifests.hardware import parse_nvidia_smi_csv
+
+    nvml = FakeNvml(name=name)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    hardware = detect()
+    assert hardware.source == "nvml"
+    assert hardware.gpus == parse_nvidia_smi_csv(fake_nvidia_smi.read_text())
+    assert nvml.calls[0] == "init" and nvml.calls[-1] == "shutdown"
+
+
+@pytest.mark.parametrize("fail_at", ["init", "driver", "memory"])
+def test_an_nvml_failure_falls_back_to_nvidia_smi(fake_nvidia_smi, monkeypatch, fail_at):
+    from executor.hardware import detect
+
+    nvml = FakeNvml(fail_at=fail_at)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    hardware = detect()
+    assert hardware.source == "nvidia-smi" and hardware.gpus[0].memory_total_mb == 81559
+    if fail_at != "init":
+        assert nvml.calls[-1] == "shutdown"  # a failure half-way still lets go of NVML
 
 
 def test_gpu_option_is_accepted_when_nvidia_smi_finds_one(cli, gpu_pack, fake_nvidia_smi, isolated_env):
