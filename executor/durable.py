@@ -12,13 +12,15 @@ after a power loss a pack installed that way may be visible with empty files.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
+# The symbols of the running process, libc's among them: ctypes.util.find_library("c") would
+# run `ldconfig -p` in a subprocess (about 6 ms of every command's start-up) to name the same
+# library. A symbol that is missing (syncfs outside Linux) is None below, as before.
+_libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 _syncfs = getattr(_libc, "syncfs", None)
 NO_SYNC_ENV = "DEVOPS_CP_NO_SYNC"
 _sync_file_range = getattr(_libc, "sync_file_range", None)
