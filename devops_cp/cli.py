@@ -60,7 +60,19 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
     ctx.exit()
 
 
-@click.group()
+class _Cli(click.Group):
+    """The `devops-cp` command: what a run of it (console script, `python -m devops_cp`) sets first."""
+
+    def __call__(self, *args, **kwargs):
+        # httpx's __init__ imports httpx._main, its own command-line client, which imports rich and
+        # pygments when they are installed (~30-50 ms of start-up); nothing here calls it. None in
+        # sys.modules makes that import fail, and httpx then defines a stub instead. Here, when the
+        # command runs (before anything imports httpx), not when our modules are imported.
+        sys.modules.setdefault("httpx._main", None)
+        return super().__call__(*args, **kwargs)
+
+
+@click.group(cls=_Cli)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version, help="Show the version and exit.")
 def main() -> None:
     """devops-cp: tools for a DevOps control panel."""
