@@ -50,8 +50,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Fault", "LocalServer", "RequestContext", "RequestRecord", "main"]
 
@@ -326,6 +329,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle(self) -> None:
         try:
+            if self.server.owner.tls is not None:
+                self.connection.do_handshake()  # here, in the connection's thread, not in the accepting one
             super().handle()
         except (OSError, _Abort):
             self.close_connection = True
@@ -571,7 +576,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_file(self, fd: int, offset: int, count: int) -> None:
         sock = self.connection
-        if not hasattr(os, "sendfile") or sock.gettimeout() is not None:
+        if not hasattr(os, "sendfile") or sock.gettimeout() is not None or self.server.owner.tls is not None:
             while count > 0:
                 data = os.pread(fd, min(count, _SEND_CHUNK), offset)
                 if not data:
@@ -665,6 +670,12 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.owner.tls is not None:
+            sock = self.owner.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
         if isinstance(exc, (OSError, _Abort)):
@@ -680,7 +691,10 @@ class LocalServer:
     ``start()`` after ``stop()`` is an error.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: "ssl.SSLContext | None" = None) -> None:
+        """``tls``: a server-side context with its certificate loaded; the server then speaks https
+        (without sendfile; the faults that pause, trickle_bps, stall_after and delay_per_chunk, need http)."""
+        self.tls = tls
         self._lock = threading.Lock()
         self._resources: dict[str, _Resource] = {}
         self._faults: dict[str, _FaultState] = {}
@@ -695,7 +709,7 @@ class LocalServer:
         bound_host, bound_port = self._httpd.server_address[:2]
         url_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
         self.host, self.port = str(bound_host), int(bound_port)
-        self.base_url = f"http://{url_host}:{self.port}"
+        self.base_url = f"{'https' if tls is not None else 'http'}://{url_host}:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import re
+import ssl
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from executor.config import HttpSettings  # noqa: F401  (re-exported: callers im
 from executor.events import Meter
 from executor.transfer import Copy, closing_output, hash_file
 from manifests.version import VERSION
-from manifests.errors import ChecksumMismatch, LengthError, NetworkError
+from manifests.errors import ChecksumMismatch, ConfigError, LengthError, NetworkError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 SOCKET_READ = 256 << 10
@@ -46,10 +50,71 @@ def _refuse_odd_redirects(response: httpx.Response) -> None:
             )
 
 
+class TLSContext(ssl.SSLContext):
+    """The TLS context httpx would make (trust_env), whose CA certificates load at the first handshake.
+
+    httpx loads them when a client is made (ssl.create_default_context(cafile=...)): 25-40 ms of
+    every command that downloads, even when no URL is https (a LAN mirror, the benchmarks). The settings here are
+    ssl.create_default_context()'s (tests/test_tls.py compares them); the CA certificates are
+    httpx's choice, read from the environment when the context is made: SSL_CERT_FILE, else
+    SSL_CERT_DIR, else certifi's bundle. They are loaded once, under a lock, by the first
+    wrap_socket (httpcore's TLS) or wrap_bio (its TLS in TLS through an https proxy).
+    """
+
+    def __new__(cls) -> "TLSContext":
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self) -> None:
+        self.verify_mode = ssl.CERT_REQUIRED
+        self.check_hostname = True
+        if sys.version_info >= (3, 13):  # create_default_context sets these from 3.13 on
+            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+        keylog = os.environ.get("SSLKEYLOGFILE")
+        if keylog and hasattr(self, "keylog_filename") and not sys.flags.ignore_environment:
+            self.keylog_filename = keylog
+        if os.environ.get("SSL_CERT_FILE"):
+            self._ca: tuple[str, str, str] | None = ("SSL_CERT_FILE", "cafile", os.environ["SSL_CERT_FILE"])
+        elif os.environ.get("SSL_CERT_DIR"):
+            self._ca = ("SSL_CERT_DIR", "capath", os.environ["SSL_CERT_DIR"])
+        else:
+            self._ca = None  # certifi's bundle, located when it is loaded
+        self._ca_lock = threading.Lock()
+        self._ca_loaded = False
+
+    def load_ca(self) -> None:
+        if self._ca_loaded:
+            return
+        with self._ca_lock:
+            if self._ca_loaded:
+                return
+            if self._ca is None:
+                import certifi
+
+                self._ca = ("certifi's bundle", "cafile", certifi.where())
+            name, kind, path = self._ca
+            try:
+                self.load_verify_locations(**{kind: path})
+            except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+                raise ConfigError(
+                    f"the CA certificates in {path} ({name}) could not be loaded: {exc}",
+                    hint="point SSL_CERT_FILE at a PEM file of CA certificates (or SSL_CERT_DIR at a folder of them), or unset it",
+                ) from exc
+            self._ca_loaded = True
+
+    def wrap_socket(self, *args, **kwargs) -> ssl.SSLSocket:
+        self.load_ca()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args, **kwargs) -> ssl.SSLObject:
+        self.load_ca()
+        return super().wrap_bio(*args, **kwargs)
+
+
 def make_client(settings: HttpSettings = HttpSettings(), transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """Honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE (httpx's trust_env)."""
+    """Honours HTTP(S)_PROXY, NO_PROXY (httpx's trust_env), SSL_CERT_FILE and SSL_CERT_DIR (TLSContext)."""
     timeout = httpx.Timeout(settings.stall_timeout, connect=settings.connect_timeout)
     return httpx.Client(
+        verify=TLSContext(),  # shared by every transport, proxies' included (httpx would load the CAs for each)
         timeout=timeout,
         follow_redirects=True,
         max_redirects=10,
