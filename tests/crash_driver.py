@@ -12,7 +12,9 @@ kills: the product has no test hook. KILL_AT is one of
 
     none              run normally
     bytes:N           after N bytes went through the streaming copy into files (download,
-                      extraction, bundle member), flushed, so a partial file is on disk
+                      extraction, bundle member), flushed, so a partial file is on disk; an odd N
+                      sends a sideload's small files through SmallFilesProcess' child, an even N
+                      writes them on SmallFiles' thread
     staging           every file staged, before the durability sync and the journal
     journal           the journal is on disk, before the first rename
     rename:N          after the N-th rename into the data dir (N counts across packs)
@@ -101,8 +103,24 @@ def _arm_bytes(limit: int) -> None:
         if reached:
             _die()
 
+    original_send = transfer.SmallFilesProcess.write
+
+    def send(self, path, data):  # small files, sent whole to SmallFilesProcess' child
+        with lock:
+            room = limit - state["written"]
+            piece = data if len(data) <= room else data[:room]
+            state["written"] += len(piece)
+            reached = state["written"] >= limit
+        original_send(self, path, piece)
+        if reached:
+            self.process.stdin.flush()  # the child has it; it may or may not write it before it sees this process gone
+            _die()
+
     transfer.Copy.feed = feed
     transfer._write_whole = write_whole
+    transfer.SmallFilesProcess.write = send
+    # Half of the byte kill points run the small files through the child process, half through the thread.
+    transfer.SmallFilesProcess.MIN_FILES = 1 if limit % 2 else 10**9
 
 
 class _Proxy:

@@ -142,7 +142,8 @@ def bundles(tmp_path):
     return make
 
 
-# Files larger than SMALL_FILE are copied in the loop; smaller ones are written on SmallFiles' thread.
+# Files larger than SMALL_FILE are copied in the loop; smaller ones are written on SmallFiles' thread,
+# or by SmallFilesProcess' child when there are at least MIN_FILES of them.
 UPDATES = {
     "large-files": {f"db/{name}.bin": payload(400_000, seed=seed) for seed, name in enumerate("abc", 3)},
     "small-files": {f"db/{i:02d}.bin": payload(40_000, seed=10 + i) for i in range(30)},
@@ -176,6 +177,36 @@ def test_disk_full_mid_sideload_tmpfs(tmpfs, cli, monkeypatch, bundles, isolated
     assert result.exit_code == 0, result.stderr
     assert {rel: (data_dir / rel).read_bytes() for rel in new} == new
     assert sorted(p.name for p in data_dir.iterdir()) == ["db"]
+
+
+def test_disk_full_while_the_small_file_process_writes_tmpfs(tmpfs, cli, monkeypatch, bundles, isolated_env):
+    """600 small files go to SmallFilesProcess' child: its full disk is the whole update's NoSpaceError too."""
+    from executor.transfer import SmallFilesProcess
+
+    mnt = tmpfs("8m")
+    data_dir = mnt / "samples"
+    isolated_env.write_config(f'[data_dirs]\nsample = "{data_dir}"\n')
+    old = {"db/a.bin": payload(50_000, seed=1)}
+    new = {f"db/{i:03d}.bin": payload(3_000, seed=10 + i) for i in range(SmallFilesProcess.MIN_FILES + 100)}
+    assert cli("sideload", str(bundles("v1", [PackSpec("carried", old, fetched_at=T0)])), "--trust", str(bundles.pub)).exit_code == 0
+    before = tree_snapshot(data_dir, isolated_env.records_dir)
+    started = []
+    monkeypatch.setattr(SmallFilesProcess, "__init__", lambda self, real=SmallFilesProcess.__init__: (started.append(self), real(self))[1])
+
+    update = bundles("v2", [PackSpec("carried", new, fetched_at=T1)])
+    fired = take_space_at(monkeypatch, 400_000, filler(mnt), label_prefix="bundle ")
+    result = cli("sideload", str(update), "--trust", str(bundles.pub), "--progress", "none")
+    assert fired and started, "the disk was never filled, or the child process never wrote"
+    assert result.exit_code == 5, result.stderr
+    assert f"not enough space in {data_dir}: needs {fmt_size(sum(map(len, new.values())))}" in result.stderr
+    assert_untouched(before, tree_snapshot(data_dir, isolated_env.records_dir))
+    assert started[0].process.returncode is not None  # no child left behind
+
+    (mnt / "filler").unlink()
+    give_space_back(monkeypatch)
+    result = cli("sideload", str(update), "--trust", str(bundles.pub), "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert {rel: (data_dir / rel).read_bytes() for rel in new} == new
 
 
 def test_two_data_dirs_on_one_full_filesystem_tmpfs(tmpfs, cli, bundles, isolated_env):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from executor.events import Meter, Progress, StepDone, StepStarted
-from executor.transfer import CHUNK_SIZE, Copy, HashingReader, SmallFiles, closing_output, copy_file, file_chunks, hash_file
+from executor import file_maker
+from executor.transfer import CHUNK_SIZE, Copy, HashingReader, SmallFiles, SmallFilesProcess, closing_output, copy_file, file_chunks, hash_file, small_file_writer
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 from conftest import payload, sha256
@@ -140,24 +142,31 @@ def test_other_write_errors_are_not_disguised_as_disk_full(tmp_path):
     assert not isinstance(exc.value, NoSpaceError) and exc.value.errno == errno.EIO
 
 
-# --- SmallFiles: small files created on a second thread ------------------------------------------------------
+# --- SmallFiles / SmallFilesProcess: small files created beside the caller --------------------------------
+
+WRITERS = pytest.mark.parametrize("writer", [SmallFiles, SmallFilesProcess], ids=["thread", "process"])
 
 
-def test_small_files_writes_every_file_whole(tmp_path):
+@WRITERS
+def test_small_files_writes_every_file_whole(tmp_path, writer):
     files = {str(tmp_path / f"f{i:04d}"): payload(i * 37 % 5000, seed=i) for i in range(3 * SmallFiles.BATCH_FILES + 5)}
-    with SmallFiles() as small:
+    files[str(tmp_path / "empty")] = b""
+    files[str(tmp_path / "large")] = payload(3 * SmallFilesProcess.PIPE_BYTES + 1)  # more than the pipe holds at once
+    with writer() as small:
         for path, data in files.items():
             small.write(path, data)
     assert {path: open(path, "rb").read() for path in files} == files
 
 
-def test_small_files_reports_the_first_failure_and_writes_nothing_after_it(tmp_path):
-    small = SmallFiles()
+@WRITERS
+def test_small_files_reports_the_first_failure_and_writes_nothing_after_it(tmp_path, writer):
+    small = writer()
     small.write(str(tmp_path / "first"), b"1")
     small.write(str(tmp_path / "no-such-folder" / "second"), b"2")
     small.write(str(tmp_path / "third"), b"3")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as exc:
         small.close()
+    assert exc.value.filename == str(tmp_path / "no-such-folder" / "second")
     assert (tmp_path / "first").read_bytes() == b"1"
     assert not (tmp_path / "third").exists()
 
@@ -173,19 +182,73 @@ def test_small_files_disk_full_is_no_space_error(fs):
     assert exc.value.where == "/data"
 
 
-def test_small_files_abandoned_mid_way_stops_without_writing_the_rest(tmp_path, monkeypatch):
-    """An error in the caller: the queue may be full, the thread still stops, and soon."""
+def test_small_files_process_disk_full_is_no_space_error_at_the_next_write(tmpfs):
+    """The child stops at the full disk; the caller hears of it as soon as the pipe breaks."""
+    mnt = tmpfs("1m")
+    small = SmallFilesProcess()
+    with pytest.raises(NoSpaceError) as exc:
+        for i in range(1000):  # 4 MB into 1 MB: the child fails long before the last write
+            small.write(str(mnt / f"f{i:04d}"), b"x" * 4096)
+        small.close()
+    assert exc.value.where == str(mnt)
+    small.abandon()
+    assert small.process.returncode is not None
+
+
+@WRITERS
+def test_small_files_abandoned_mid_way_stops_without_writing_the_rest(tmp_path, monkeypatch, writer):
+    """An error in the caller: the queue or pipe may be full, the writer still stops, and soon."""
     from executor import transfer
 
     real = transfer._write_whole
-    monkeypatch.setattr(transfer, "_write_whole", lambda path, data: (time.sleep(0.001), real(path, data)))
+    monkeypatch.setattr(transfer, "_write_whole", lambda path, data: (time.sleep(0.001), real(path, data)))  # the thread's
+    count = SmallFiles.BATCH_FILES * (SmallFiles.QUEUE + 2)
     with pytest.raises(RuntimeError, match="the caller failed"):
-        with SmallFiles() as small:
-            for i in range(SmallFiles.BATCH_FILES * (SmallFiles.QUEUE + 2)):
-                small.write(str(tmp_path / f"f{i}"), b"x")
+        with writer() as small:
+            for i in range(count):
+                small.write(str(tmp_path / f"f{i}"), b"x" * 4096)
             raise RuntimeError("the caller failed")
-    assert not small.thread.is_alive()
-    assert len(list(tmp_path.iterdir())) < SmallFiles.BATCH_FILES * (SmallFiles.QUEUE + 2)
+    if writer is SmallFiles:
+        assert not small.thread.is_alive()
+    else:
+        assert small.process.returncode is not None
+        assert small.process.stdin.closed and small.process.stdout.closed
+    assert len(list(tmp_path.iterdir())) < count
+
+
+def test_small_file_writer_uses_a_process_only_when_it_pays():
+    assert isinstance(small_file_writer(3), SmallFiles)
+    writer = small_file_writer(SmallFilesProcess.MIN_FILES)
+    assert isinstance(writer, SmallFilesProcess)
+    writer.close()
+
+
+def _frames(files: dict[bytes, bytes]) -> bytes:
+    return b"".join(file_maker.FRAME.pack(len(path), len(data)) + path + data for path, data in files.items())
+
+
+def test_file_maker_child_writes_each_frame_and_reports_the_count(tmp_path):
+    files = {bytes(tmp_path / f"f{i}"): payload(i * 1000, seed=i) for i in range(5)}
+    out = io.StringIO()
+    assert file_maker.serve(io.BytesIO(_frames(files)), out, parent=os.getppid()) == 0
+    assert out.getvalue() == "ok 5\n"
+    assert {path: open(path, "rb").read() for path in files} == files
+
+
+def test_file_maker_child_of_a_dead_parent_writes_nothing_more(tmp_path):
+    """A killed sideload leaves its child behind: it must not go on adding files to the abandoned update."""
+    files = {bytes(tmp_path / "a"): b"a", bytes(tmp_path / "b"): b"b"}
+    out = io.StringIO()
+    assert file_maker.serve(io.BytesIO(_frames(files)), out, parent=os.getppid() + 1) == file_maker.ORPHANED
+    assert list(tmp_path.iterdir()) == [] and out.getvalue() == ""
+
+
+@pytest.mark.parametrize("cut", [3, file_maker.FRAME.size + 2, -1])
+def test_file_maker_child_drops_a_frame_cut_short(tmp_path, cut):
+    """The parent died while sending: the cut file is never created, the whole ones before it are."""
+    stream = _frames({bytes(tmp_path / "whole"): b"whole"}) + _frames({bytes(tmp_path / "cut"): b"12345"})[:cut]
+    assert file_maker.serve(io.BytesIO(stream), io.StringIO()) == file_maker.ORPHANED
+    assert [p.name for p in tmp_path.iterdir()] == ["whole"]
 
 
 def test_background_sync_syncs_while_running_and_never_with_no_sync(tmp_path, monkeypatch):
