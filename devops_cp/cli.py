@@ -8,6 +8,7 @@ those commands, so `--help`, `list` or `status` do not pay their start-up time.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import sys
 from pathlib import Path
@@ -69,7 +70,12 @@ class _Cli(click.Group):
         # sys.modules makes that import fail, and httpx then defines a stub instead. Here, when the
         # command runs (before anything imports httpx), not when our modules are imported.
         sys.modules.setdefault("httpx._main", None)
-        return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            # The process ends next. Its last garbage collection would walk every object left (a
+            # manifest of 20,000 files, every module): 25-50 ms. Frozen, they are skipped.
+            gc.freeze()
 
 
 @click.group(cls=_Cli)
