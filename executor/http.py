@@ -323,6 +323,12 @@ class _Attempts:
 
     def failed(self, exc: Exception) -> None:
         """Wait before the next attempt, or raise NetworkError when retries or time are spent."""
+        refused = _certificate_refused(exc)
+        if refused is not None:  # the same certificate will be refused again: no retries, no backoff
+            raise NetworkError(
+                f"{self.url}: the server's TLS certificate was refused: {refused}",
+                hint="if the server is right, trust its CA: SSL_CERT_FILE=BUNDLE.pem (or SSL_CERT_DIR); nothing was installed",
+            ) from exc
         self.failures += 1
         if self.failures > self.settings.retries:
             raise NetworkError(
@@ -343,6 +349,16 @@ class _Attempts:
             yield chunk
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise self.past_deadline()
+
+
+def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate error under httpx's and httpcore's ConnectError, when that is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _resume_headers(offset: int, validator: str | None) -> dict[str, str]:

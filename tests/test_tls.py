@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devops_cp.localserver import LocalServer
 from executor.http import Download, TLSContext, make_client
-from manifests.errors import ConfigError
+from manifests.errors import ConfigError, NetworkError
 
 from conftest import download_step, fast_settings, files_under, payload, sha256
 
@@ -118,6 +118,17 @@ def test_https_install_of_an_untrusted_certificate_fails_with_exit_6(cli, tls_se
     assert tls_server.requests == []  # no request got through the handshake
     assert [p for p in files_under(isolated_env.sample_dir()) if not p.startswith(".devops-cp-staging/")] == []
     assert not isolated_env.records_dir.exists() or list(isolated_env.records_dir.iterdir()) == []
+
+
+def test_a_refused_certificate_is_not_retried(tls_server, tmp_path):
+    """Retrying cannot make the same certificate acceptable: one handshake, no backoff, a hint."""
+    waits: list[float] = []
+    with make_client() as client:
+        with pytest.raises(NetworkError) as exc:
+            fetch(client, tls_server.url(PATH), tmp_path / "db.part", fast_settings(retries=5, sleep=waits.append))
+    assert waits == []
+    assert "certificate was refused" in exc.value.message and "certificate verify failed" in exc.value.message
+    assert "SSL_CERT_FILE" in exc.value.hint
 
 
 # --- the CA certificates: loaded by the first handshake, once ----------------------------------
