@@ -162,7 +162,27 @@ def _translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Ex
 SMALL_FILE = 256 << 10  # files up to this size may be written by SmallFiles
 
 
-class SmallFiles:
+class _WriterContext:
+    """`with writer:` closes it (every file written, or the first failure raised) when the block
+    ends normally, and abandons it when the block raised."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+
+class SmallFiles(_WriterContext):
     """Small files created and written on a second thread, each given whole.
 
     For a file of a few KiB, creating it costs more than copying its bytes, and open, write and
@@ -215,15 +235,6 @@ class SmallFiles:
                 continue
             self.thread.join()
 
-    def __enter__(self) -> "SmallFiles":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abandon()
-
     def _raise(self) -> None:
         error = self.error
         if isinstance(error, _Abandoned):
@@ -245,7 +256,7 @@ class _Abandoned(Exception):
     pass
 
 
-class SmallFilesProcess:
+class SmallFilesProcess(_WriterContext):
     """SmallFiles' job done by a child Python (executor/file_maker.py) instead of a thread.
 
     The child has its own GIL: it creates files back to back while this process parses and
@@ -302,15 +313,6 @@ class SmallFilesProcess:
                 pipe.close()
             except OSError:
                 pass  # the buffered frames have nowhere to go: dropped
-
-    def __enter__(self) -> "SmallFilesProcess":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abandon()
 
     def _raise_failure(self, report: str | None = None) -> None:
         if report is None:
