@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import os
 import re
 import stat
 import tarfile
@@ -24,7 +25,7 @@ from typing import BinaryIO, Iterable, Iterator
 import zstandard
 
 from executor.events import Meter
-from executor.transfer import CHUNK_SIZE, Copy, closing_output, file_chunks
+from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, SmallFileWriter, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
 
 
@@ -325,21 +326,32 @@ def iter_archive(path: Path, fmt: str, *, strip: int = 0, max_total: int | None 
 
 
 def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None, archive: str) -> int:
-    """Each walked file into `txn` under `dest_rel`, through the one streaming copy."""
+    """Each walked file into `txn` under `dest_rel`, through the one streaming copy; small files
+    are read whole and created by a SmallFileWriter while the walk goes on."""
     total = 0
-    for rel, size, source in items:
-        rel = f"{dest_rel}/{rel}"
-        try:
-            out = open(txn.path_for(rel), "wb")
-        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:  # a file another step of the pack placed
-            raise UnsafeArchiveError(f"{archive}: member {rel!r} clashes with a file or folder already staged", hint="the archive is damaged or hostile; nothing was installed") from exc
-        with closing_output(out):
-            copy = Copy(out, what=f"{archive}:{rel}", limit=size).feed(member_chunks(source, size + 1))
-        copy.check(None, size)
-        total += size
-        if meter is not None:
-            meter.update(total)
-        txn.add(rel, copy.done, copy.sha256)
+    try:
+        with SmallFileWriter() as small_files:
+            for rel, size, source in items:
+                rel = f"{dest_rel}/{rel}"
+                what = f"{archive}:{rel}"
+                if size <= SMALL_FILE:
+                    data = source.read(size + 1)  # one byte more: a member longer than declared is refused
+                    copy = Copy(None, what=what, limit=size).feed((data,))
+                    copy.check(None, size)
+                    small_files.write(txn.path_for(rel), data)
+                else:
+                    with closing_output(open(txn.path_for(rel), "wb")) as out:
+                        copy = Copy(out, what=what, limit=size).feed(member_chunks(source, size + 1))
+                    copy.check(None, size)
+                total += size
+                if meter is not None:
+                    meter.update(total)
+                txn.add(rel, copy.done, copy.sha256)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:  # a file another step of the pack placed
+        raise UnsafeArchiveError(
+            f"{archive}: member {os.path.relpath(exc.filename, txn.files_root)!r} clashes with a file or folder already staged",
+            hint="the archive is damaged or hostile; nothing was installed",
+        ) from exc
     return total
 
 

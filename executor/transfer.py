@@ -263,7 +263,7 @@ class SmallFilesProcess(_WriterContext):
     hashes the next members. Files go to it through a pipe of PIPE_BYTES; when the pipe is
     full, write() waits, so memory stays flat. The same contract as SmallFiles: a failure is
     raised at the next write() or at close(), which returns once every file is on disk.
-    Starting the child costs ~20 ms: worth it from MIN_FILES files (small_file_writer()).
+    Starting the child costs ~20 ms: SmallFileWriter starts one after MIN_FILES files.
     """
 
     MIN_FILES = 500
@@ -325,11 +325,36 @@ class SmallFilesProcess(_WriterContext):
         raise _translate_write_error(OSError(number, message, path), path, size)
 
 
-def small_file_writer(count: int) -> "SmallFiles | SmallFilesProcess":
-    """The writer for `count` small files: a child process when there are enough for it to pay."""
-    if count >= SmallFilesProcess.MIN_FILES and os.name == "posix" and sys.executable:
-        return SmallFilesProcess()
-    return SmallFiles()
+class SmallFileWriter(_WriterContext):
+    """Small files for whoever does not know how many will come: SmallFiles' thread for the first
+    SmallFilesProcess.MIN_FILES, then a child process for the rest (where there can be one), so
+    that a handful of files never pays for starting a process and 20,000 never share the GIL."""
+
+    def __init__(self) -> None:
+        self.thread = SmallFiles()
+        self.process: SmallFilesProcess | None = None
+        self.count = 0
+
+    def write(self, path: str, data: bytes) -> None:
+        self.count += 1
+        if self.process is None and self.count > SmallFilesProcess.MIN_FILES and os.name == "posix" and sys.executable:
+            self.process = SmallFilesProcess()
+        (self.process or self.thread).write(path, data)
+
+    def close(self) -> None:
+        """Every file written, or the first failure raised (the other writer then abandoned)."""
+        try:
+            self.thread.close()
+            if self.process is not None:
+                self.process.close()
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        self.thread.abandon()
+        if self.process is not None:
+            self.process.abandon()
 
 
 @contextmanager

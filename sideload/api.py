@@ -21,7 +21,7 @@ from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, file_chunks, small_file_writer
+from executor.transfer import SMALL_FILE, Copy, SmallFileWriter, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
@@ -220,8 +220,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     done = 0
     try:
-        small = sum(1 for f in manifest.files if f.size <= SMALL_FILE and f.pack_key in txns)
-        with durable.BackgroundSync({t.root for t in txns.values()}), small_file_writer(small) as small_files:
+        with durable.BackgroundSync({t.root for t in txns.values()}), SmallFileWriter() as small_files:
             for entry, source in reader.payload(manifest):
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere

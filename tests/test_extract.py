@@ -17,7 +17,7 @@ from executor.store import Store
 from executor.txn import PackTransaction
 from manifests.errors import LengthError, UnsafeArchiveError
 
-from conftest import make_tar_gz, sha256
+from conftest import make_tar_gz, payload, sha256
 
 GOOD = [("top/", "dir"), ("top/a.txt", b"alpha"), ("top/sub/b.bin", b"\x00" * 3000)]
 
@@ -64,6 +64,36 @@ def test_without_strip_the_top_folder_is_kept(tmp_path, txn):
 def test_tar_stream_reads_front_to_back(txn):
     extract_tar_stream(io.BytesIO(make_tar_gz(GOOD)), "tar.gz", txn, "db", strip=1, name="stick.tar.gz")
     assert sorted(txn.files) == ["db/a.txt", "db/sub/b.bin"]
+
+
+def test_many_small_members_go_through_the_child_process_and_land_whole(tmp_path, txn, monkeypatch):
+    """Past SmallFilesProcess.MIN_FILES, the rest of an archive's small files are made by the child."""
+    from executor.transfer import SmallFilesProcess
+
+    monkeypatch.setattr(SmallFilesProcess, "MIN_FILES", 5)
+    started = []
+    monkeypatch.setattr(SmallFilesProcess, "__init__", lambda self, real=SmallFilesProcess.__init__: (started.append(self), real(self))[1])
+    members = [(f"top/d{i % 3}/f{i:02d}.json", payload(100 + i * 7, seed=i)) for i in range(40)] + [("top/big.bin", payload(300_000))]
+    total = extract(write_archive(tmp_path, "tar", members), "tar", txn, "db", strip=1)
+    assert len(started) == 1 and started[0].process.returncode == 0
+    assert total == sum(len(data) for _, data in members)
+    for name, data in members:
+        rel = "db/" + name.removeprefix("top/")
+        assert (txn.files_root / rel).read_bytes() == data and txn.files[rel].sha256 == sha256(data)
+
+
+@pytest.mark.parametrize("staged", ["file", "folder"])
+def test_a_member_that_clashes_with_what_another_step_staged_is_refused(staged, tmp_path, txn):
+    """Another step of the pack placed db/x (a file, or a folder): the archive's db/x/y or db/x cannot go there."""
+    if staged == "file":
+        (txn.files_root / "db").mkdir(parents=True)
+        (txn.files_root / "db" / "x").write_bytes(b"placed by a download step")
+        members = [("top/x/y", b"under a file")]
+    else:
+        (txn.files_root / "db" / "x").mkdir(parents=True)
+        members = [("top/x", b"where a folder is")]
+    with pytest.raises(UnsafeArchiveError, match=r"member 'db/x.*' clashes with a file or folder already staged"):
+        extract(write_archive(tmp_path, "tar", members), "tar", txn, "db", strip=1)
 
 
 HOSTILE_TAR = {

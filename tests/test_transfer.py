@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from executor.events import Meter, Progress, StepDone, StepStarted
 from executor import file_maker
-from executor.transfer import CHUNK_SIZE, Copy, HashingReader, SmallFiles, SmallFilesProcess, closing_output, copy_file, file_chunks, hash_file, small_file_writer
+from executor.transfer import CHUNK_SIZE, Copy, HashingReader, SmallFileWriter, SmallFiles, SmallFilesProcess, closing_output, copy_file, file_chunks, hash_file
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 from conftest import payload, sha256
@@ -216,11 +216,27 @@ def test_small_files_abandoned_mid_way_stops_without_writing_the_rest(tmp_path, 
     assert len(list(tmp_path.iterdir())) < count
 
 
-def test_small_file_writer_uses_a_process_only_when_it_pays():
-    assert isinstance(small_file_writer(3), SmallFiles)
-    writer = small_file_writer(SmallFilesProcess.MIN_FILES)
-    assert isinstance(writer, SmallFilesProcess)
-    writer.close()
+def test_small_file_writer_starts_a_process_only_past_min_files(tmp_path, monkeypatch):
+    """A handful of files never pays for a process; past MIN_FILES the rest go to one."""
+    monkeypatch.setattr(SmallFilesProcess, "MIN_FILES", 10)
+    files = {str(tmp_path / f"f{i:02d}"): payload(i * 100, seed=i) for i in range(25)}
+    with SmallFileWriter() as writer:
+        for n, (path, data) in enumerate(files.items(), 1):
+            writer.write(path, data)
+            assert (writer.process is None) == (n <= 10)
+    assert writer.process.process.returncode == 0 and not writer.thread.thread.is_alive()
+    assert {path: open(path, "rb").read() for path in files} == files
+
+
+def test_small_file_writer_failure_on_the_thread_stops_the_process_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(SmallFilesProcess, "MIN_FILES", 2)
+    writer = SmallFileWriter()
+    writer.write(str(tmp_path / "no-such-folder" / "a"), b"a")  # the thread's file fails
+    for i in range(5):
+        writer.write(str(tmp_path / f"f{i}"), b"x")  # the 3rd and later: the process's
+    with pytest.raises(FileNotFoundError):
+        writer.close()
+    assert writer.process.process.returncode is not None
 
 
 def _frames(files: dict[bytes, bytes]) -> bytes:
