@@ -93,6 +93,15 @@ def test_sideload_imports_neither_the_bundler_nor_the_http_stack():
     assert sorted(loaded & {"bundler.build", "bundler.tool_wheels", "bundler.unpacked", "httpx", "httpcore", "importlib.metadata"}) == []
 
 
+def test_the_bundler_loads_importlib_metadata_only_to_build_the_tools_wheel():
+    """importlib.metadata (~12 ms) finds the installed distribution for --include-tool, nothing else."""
+    code = "import json, sys\nimport bundler.build\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = set(json.loads(result.stdout))
+    assert {"bundler.build", "bundler.tool_wheels"} <= loaded and "importlib.metadata" not in loaded
+
+
 def test_version_reads_the_metadata_without_importlib_metadata():
     loaded = modules_after("--version")
     assert "importlib.metadata" not in loaded
