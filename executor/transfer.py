@@ -337,9 +337,20 @@ class SmallFileWriter(_WriterContext):
 
     def write(self, path: str, data: bytes) -> None:
         self.count += 1
-        if self.process is None and self.count > SmallFilesProcess.MIN_FILES and os.name == "posix" and sys.executable:
-            self.process = SmallFilesProcess()
+        if self.count == SmallFilesProcess.MIN_FILES + 1:
+            self.process = self._start_process()
         (self.process or self.thread).write(path, data)
+
+    @staticmethod
+    def _start_process() -> "SmallFilesProcess | None":
+        """None where there can be no child Python (no interpreter to run, the module inside a zip):
+        the thread goes on alone, slower, never failing for it."""
+        if os.name != "posix" or not sys.executable or not os.path.isfile(file_maker.__file__):
+            return None
+        try:
+            return SmallFilesProcess()
+        except OSError:
+            return None
 
     def close(self) -> None:
         """Every file written, or the first failure raised (the other writer then abandoned)."""

@@ -228,6 +228,19 @@ def test_small_file_writer_starts_a_process_only_past_min_files(tmp_path, monkey
     assert {path: open(path, "rb").read() for path in files} == files
 
 
+@pytest.mark.parametrize("broken", ["no interpreter", "no such program"])
+def test_small_file_writer_without_a_child_process_writes_everything_on_the_thread(tmp_path, monkeypatch, broken):
+    """A frozen or embedded Python may have no interpreter to start: slower, never a failure."""
+    monkeypatch.setattr(SmallFilesProcess, "MIN_FILES", 3)
+    monkeypatch.setattr("sys.executable", "" if broken == "no interpreter" else str(tmp_path / "no-python"))
+    files = {str(tmp_path / f"f{i}"): payload(500, seed=i) for i in range(10)}
+    with SmallFileWriter() as writer:
+        for path, data in files.items():
+            writer.write(path, data)
+    assert writer.process is None
+    assert {path: open(path, "rb").read() for path in files} == files
+
+
 def test_small_file_writer_failure_on_the_thread_stops_the_process_too(tmp_path, monkeypatch):
     monkeypatch.setattr(SmallFilesProcess, "MIN_FILES", 2)
     writer = SmallFileWriter()
