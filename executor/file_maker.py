@@ -15,6 +15,7 @@ whose parent died stops at the next frame, writing nothing more.
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 from typing import BinaryIO, TextIO
@@ -60,6 +61,9 @@ def serve(inp: BinaryIO, out: TextIO, parent: int | None = None) -> int:
 
 
 def main() -> int:
+    # Ctrl-C on a terminal reaches the whole process group: the parent decides (it abandons the
+    # update and kills this child); a KeyboardInterrupt here would only print a second traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False) as inp:
         return serve(inp, sys.stdout, parent=os.getppid())
 

@@ -252,6 +252,24 @@ def test_small_file_writer_failure_on_the_thread_stops_the_process_too(tmp_path,
     assert writer.process.process.returncode is not None
 
 
+def test_the_child_leaves_ctrl_c_to_its_parent(tmp_path):
+    """Ctrl-C reaches the whole process group; the child must not die of it (nor print a traceback):
+    the parent decides, by closing it or abandoning the update."""
+    import signal
+
+    small = SmallFilesProcess()
+    small.write(str(tmp_path / "before"), b"1")
+    small.process.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "before").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # once it has written a file, the child is in its loop, SIGINT ignored
+    small.process.send_signal(signal.SIGINT)
+    small.write(str(tmp_path / "after"), b"2")
+    small.close()
+    assert small.process.returncode == 0
+    assert (tmp_path / "before").read_bytes() == b"1" and (tmp_path / "after").read_bytes() == b"2"
+
+
 def _frames(files: dict[bytes, bytes]) -> bytes:
     return b"".join(file_maker.FRAME.pack(len(path), len(data)) + path + data for path, data in files.items())
 
