@@ -270,7 +270,7 @@ class SmallFilesProcess(_WriterContext):
     PIPE_BYTES = 1 << 20
 
     def __init__(self) -> None:
-        import fcntl  # POSIX only, as is this class (small_file_writer)
+        import fcntl  # POSIX only, as is this class (see SmallFileWriter)
 
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-S", file_maker.__file__],
@@ -320,7 +320,7 @@ class SmallFilesProcess(_WriterContext):
             self.process.wait()
         try:
             number, message, path, size = json.loads(report)
-        except ValueError:
+        except (ValueError, TypeError):  # not the child's report: it died some other way
             raise OSError(errno.EIO, f"the process writing small files stopped (exit {self.process.returncode}): {report.strip() or 'no report'}") from None
         raise _translate_write_error(OSError(number, message, path), path, size)
 
