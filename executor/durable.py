@@ -62,6 +62,12 @@ def _is_real_path(path: Path) -> bool:
     return getattr(os.open, "__module__", "") in ("posix", "nt")
 
 
+def _early_writeback() -> bool:
+    """Whether writing to disk ahead of the sync makes sense: not under pyfakefs (libc sees no fake
+    file), nor with DEVOPS_CP_NO_SYNC=1 (nothing will be synced)."""
+    return os.environ.get(NO_SYNC_ENV) != "1" and _is_real_path(None)
+
+
 def write_behind(out: BinaryIO, keep: int) -> None:
     """Start writing an open file's dirty pages to disk now; let go of what is on disk already.
 
@@ -74,7 +80,7 @@ def write_behind(out: BinaryIO, keep: int) -> None:
     (bench/RESULTS.md). A no-op where sync_file_range is missing, under pyfakefs, and with
     DEVOPS_CP_NO_SYNC=1.
     """
-    if _sync_file_range is None or os.environ.get(NO_SYNC_ENV) == "1" or not _is_real_path(None):
+    if _sync_file_range is None or not _early_writeback():
         return
     fd, end = out.fileno(), out.tell()
     _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
@@ -103,7 +109,7 @@ class BackgroundSync:
         self.thread = threading.Thread(target=self._run, name="background-sync", daemon=True)
 
     def __enter__(self) -> "BackgroundSync":
-        if _syncfs is not None and os.environ.get(NO_SYNC_ENV) != "1" and _is_real_path(None):
+        if _syncfs is not None and _early_writeback():
             self.thread.start()
         return self
 

@@ -41,11 +41,12 @@ def serve(inp: BinaryIO, out: TextIO, parent: int | None = None) -> int:
     while head := inp.read(FRAME.size):
         if parent is not None and os.getppid() != parent:
             return ORPHANED  # killed or crashed parent: its update is abandoned, add nothing to it
-        path_len, size = FRAME.unpack(head) if len(head) == FRAME.size else (0, -1)
-        path = inp.read(path_len)
-        data = inp.read(size) if size >= 0 else b""
-        if size < 0 or len(path) != path_len or len(data) != size:
+        if len(head) != FRAME.size:
             return ORPHANED  # a cut frame: the parent died while sending it
+        path_len, size = FRAME.unpack(head)
+        path, data = inp.read(path_len), inp.read(size)
+        if len(path) != path_len or len(data) != size:
+            return ORPHANED
         try:
             write_whole(path, data)
         except OSError as exc:
