@@ -381,7 +381,8 @@ class Bench:
         self.report(
             f"W4a: bundle of {self.sizes.small_count:,} small files",
             f"One pack of {self.sizes.small_count} files of 4-12 KiB ({self.small_total / MIB:.0f} MiB): ours downloads the pack's tar, "
-            "keeps the verified tar whole in staging, walks it once to hash every member (each checked as extraction would), then again to copy the members into the signed bundle. The peers hash and tar the files already on disk.",
+            "walks the verified tar once with extraction's rules (every member checked as an install would check it) and carries it whole in the signed bundle; "
+            "its sha256 (checked on the way in, against the recipe's) is in the manifest. The peers hash and tar the files already on disk.",
             contenders, self.small_total,
             {(f"ours: bundle {self.small_label} files", "sha256sum each + tar/zstd -3 -T0"): 1.0, (f"ours: bundle {self.small_label} files", "openssl dgst each + tar/zstd -3 -T0"): 1.0},
         )
@@ -406,7 +407,8 @@ class Bench:
         compare(contenders, self.runs, self.log, settle=self.sizes.small_count >= 5000)
         self.report(
             f"W4b: sideload of {self.sizes.small_count:,} small files",
-            "Sideload that bundle into empty data dirs (every file hashed, made durable, renamed into place, recorded). "
+            "Sideload that bundle into empty data dirs (the carried tar unpacked as it streams and its sha256 checked before anything is visible; "
+            "every file hashed for the install record, made durable, renamed into place). "
             "The peers unpack the peer archive and check it with a checksum list.",
             contenders, self.small_total,
             {

@@ -24,16 +24,16 @@ import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundler import bootstrap, tool_wheels
-from bundler.unpacked import UnpackedArchive
 from bundler.writer import Member, write_archive
 from executor import durable
 from executor.config import rewrite_url
 from executor.engine import Engine
 from executor.events import Meter
+from executor.extract import iter_archive, unpack_bound
 from executor.preflight import check_space
 from executor.steps import credentials_auth, step_label, uses_python
 from executor.transfer import Copy
-from executor.txn import PackTransaction, recover
+from executor.txn import KeptArchive, PackTransaction, recover
 from manifests import signing
 from manifests.bundle import (
     BundleManifest,
@@ -42,6 +42,7 @@ from manifests.bundle import (
     PartEntry,
     PartsIndex,
     TOOL_DATA_TYPE,
+    Unpack,
     format_timestamp,
     parts_index_name,
     sha256sum_lines,
@@ -112,16 +113,29 @@ def _stage_pack(engine: Engine, plan: Plan, txn: PackTransaction) -> "_PackConte
     outcomes = engine.stage(plan, txn)
     entry = _pack_entry(plan, ", ".join(o.source for o in outcomes if o.source), checksum_verified=all(o.checksum_verified for o in outcomes))
     files = [_File(rel, r.size, r.sha256, path=txn.files_root / rel) for rel, r in sorted(txn.files.items())]
-    archives = [UnpackedArchive(kept) for kept in txn.archives]
-    for archive in archives:
-        files += [_File(rel, size, sha256, fetch=functools.partial(archive.copy_next, rel)) for rel, size, sha256 in archive.files()]
-    _check_paths(plan, files)
-    return _PackContent(plan, entry, files, [n for o in outcomes for n in o.notes], archives)
+    files += [_File(kept.dest, kept.size, kept.sha256, path=kept.path, unpack=Unpack(kept.fmt, kept.strip, kept.unpacked_size)) for kept in txn.archives]
+    dests = [kept.dest for kept in txn.archives]
+    if len(set(dests)) != len(dests):
+        raise UsageError(f"{plan.pack_id}: two of its archives unpack into the same folder", hint="a bundle carries one archive per folder; fix the recipe")
+    _check_unpacked(plan, files, txn.archives)
+    return _PackContent(plan, entry, files, [n for o in outcomes for n in o.notes])
 
 
-def _check_paths(plan: Plan, files: list["_File"]) -> None:
+def _check_unpacked(plan: Plan, files: list["_File"], archives: list[KeptArchive]) -> None:
+    """What the pack's archives will unpack to, walked with extraction's own rules (nothing is
+    written, nothing hashed: the archive's own hash is in the manifest): a hostile or damaged
+    archive, or two files at one path, is refused on the machine that fetched it, not on the
+    air-gapped host."""
+    if not archives:
+        return
+    paths = [f.rel for f in files if f.unpack is None]
+    for kept in archives:
+        paths += [f"{kept.dest}/{rel}" for rel, _, _ in iter_archive(kept.path, kept.fmt, strip=kept.strip, max_total=unpack_bound(kept.unpacked_size))]
+    _check_paths(plan, paths)
+
+
+def _check_paths(plan: Plan, paths: list[str]) -> None:
     """What extraction onto disk would have refused: two files at one path, a file where a folder goes."""
-    paths = [f.rel for f in files]
     hint = "the archive is damaged or hostile; nothing was bundled"
     if len(set(paths)) != len(paths):
         raise UnsafeArchiveError(f"{plan.pack_id}: two of its files have the same path", hint=hint)
@@ -162,6 +176,7 @@ class _File:
     sha256: str
     path: Path | None = None
     fetch: Callable[[BinaryIO], Copy] | None = None
+    unpack: Unpack | None = None  # an archive, carried whole: the installing host unpacks it below `rel`
 
 
 def _stream_download(download, sha256: str, out: BinaryIO) -> Copy:
@@ -200,7 +215,6 @@ class _PackContent:
     entry: PackEntry
     files: list[_File]
     notes: list[str]
-    archives: list[UnpackedArchive] = dataclasses.field(default_factory=list)  # closed when the bundle is done
 
 
 def build_bundle(
@@ -251,8 +265,6 @@ def build_bundle(
                 contents.append(staged[plan.key])
         return _write(engine, out, contents, private_key, expires_in, split_size, tool)
     finally:
-        for archive in (a for content in contents for a in content.archives):
-            archive.close()
         for txn in txns:
             txn.abort()
         if wheel_dir is not None:
@@ -269,8 +281,8 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
     for content in contents:
         key = content.plan.key
         for f in content.files:
-            name = f"packs/{key}/{f.rel}"
-            files.append(FileEntry(key, f.rel, f.size, f.sha256, name))
+            name = f"archives/{key}/{f.rel}.{f.unpack.format}" if f.unpack else f"packs/{key}/{f.rel}"
+            files.append(FileEntry(key, f.rel, f.size, f.sha256, name, f.unpack))
             members.append(Member(name, f.path, f.size, f.sha256, f.fetch))
     now = datetime.now(timezone.utc)
     signer = signing.key_id(private_key.public_key()) if private_key else None

@@ -35,6 +35,14 @@ _NAME_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00]+"
 _CANONICAL_NAME = re.compile(f"{_NAME_PART}(?:/{_NAME_PART})*")
 
 
+UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
+
+
+def unpack_bound(estimate: int | None) -> int | None:
+    """The most bytes an archive whose recipe estimates `estimate` may unpack to (None: no estimate, no bound)."""
+    return estimate * UNPACK_BOUND if estimate else None
+
+
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:
     """The member's path after stripping, or None when nothing is left (a top folder)."""
     if _CANONICAL_NAME.fullmatch(name):  # nearly every member: no pathlib

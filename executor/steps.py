@@ -31,9 +31,6 @@ if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that down
 
     from executor.config import HttpSettings
 
-UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
-
-
 @dataclass
 class StepContext:
     """What a step needs from the run around it."""
@@ -151,11 +148,10 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
 
 def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
     """A verified file in the staging area becomes the step's dest (or is extracted there)."""
-    bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
     if step.extract and txn.keep_archives:
-        txn.keep_archive(path, step.extract, step.dest, strip=step.strip_components, max_total=bound)
+        txn.keep_archive(path, copy.done, copy.sha256, fmt=step.extract, dest=step.dest, strip=step.strip_components, unpacked_size=step.unpacked_size_bytes)
     elif step.extract:
-        extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, meter=None)
+        extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), meter=None)
     else:
         os.replace(path, txn.path_for(step.dest))
         txn.add(step.dest, copy.done, copy.sha256)
@@ -174,8 +170,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: 
         # One pass: hash the archive while extracting it into staging; a mismatch aborts the transaction.
         with open(source, "rb") as raw:
             reader = HashingReader(raw, meter)
-            bound = step.unpacked_size_bytes * UNPACK_BOUND if step.unpacked_size_bytes else None
-            extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=bound, name=source.name)
+            extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), name=source.name)
             copy = reader.drain()
         copy.check(expected)
         meter.done(copy.done)

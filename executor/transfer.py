@@ -417,9 +417,9 @@ class HashingReader:
     """A file object that hashes what is read through it, for one-pass
     'extract while verifying' of a local archive (tarfile reads it front to back)."""
 
-    def __init__(self, raw: BinaryIO, meter: Meter | None = None):
+    def __init__(self, raw: BinaryIO, meter: Meter | None = None, what: str | None = None):
         self.raw = raw
-        self.copy = Copy(None, what=getattr(raw, "name", "stream"), meter=meter)
+        self.copy = Copy(None, what=what or getattr(raw, "name", "stream"), meter=meter)
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)

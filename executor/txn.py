@@ -36,19 +36,21 @@ def staging_root(data_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class KeptArchive:
-    """A verified archive staged whole, to be unpacked by its reader rather than onto disk."""
+    """A verified archive staged whole: a bundle carries it as it is, and the host that installs it unpacks it."""
 
     path: Path
+    size: int
+    sha256: str
     fmt: str
     dest: str  # its files go below this folder of the pack
     strip: int
-    max_total: int | None
+    unpacked_size: int | None  # the recipe's estimate
 
 
 class PackTransaction:
     def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False):
         """`keep_archives`: a download step's archive is staged whole (see `keep_archive`),
-        not extracted: a bundle copies its members into itself, sparing a file per member."""
+        not extracted: a bundle carries it as it is, sparing a file per member."""
         self.store = store
         self.data_dir = data_dir
         self.key = key
@@ -79,12 +81,12 @@ class PackTransaction:
     def add(self, rel: str, size: int, sha256: str) -> None:
         self.files[rel] = FileRecord(rel, size, sha256)
 
-    def keep_archive(self, path: Path, fmt: str, dest: str, *, strip: int, max_total: int | None) -> None:
+    def keep_archive(self, path: Path, size: int, sha256: str, *, fmt: str, dest: str, strip: int, unpacked_size: int | None) -> None:
         """Move a verified archive into the transaction, whole (only with keep_archives)."""
         kept = self.root / "archives" / f"{len(self.archives)}-{path.name}"
         kept.parent.mkdir(exist_ok=True)
         os.replace(path, kept)
-        self.archives.append(KeptArchive(kept, fmt, dest, strip, max_total))
+        self.archives.append(KeptArchive(kept, size, sha256, fmt, dest, strip, unpacked_size))
 
     def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
         record.files = sorted(self.files.values(), key=lambda f: f.path)

@@ -3,6 +3,8 @@
 A bundle is a .tar.zst whose first members are `manifest.json` and
 `manifest.json.sig`. The manifest lists every pack and every file (relative
 path, size, sha256, archive member); the signature covers its exact bytes.
+A file may be an archive that the pack's recipe unpacks (`unpack`): it travels
+as the upstream published it, and the host that installs it unpacks it below `path`.
 A split bundle also has a parts index beside its parts, signed the same way,
 listing every part's size and sha256 (DECISIONS "Names and files").
 
@@ -35,11 +37,13 @@ __all__ = [
     "TOOL_DATA_TYPE",
     "TOOL_MEMBER_DIR",
     "TOOL_PACK_ID",
+    "UNPACK_FORMATS",
     "BundleManifest",
     "FileEntry",
     "PackEntry",
     "PartEntry",
     "PartsIndex",
+    "Unpack",
     "format_timestamp",
     "parse_manifest",
     "parse_parts_index",
@@ -52,7 +56,7 @@ __all__ = [
     "verify_parts_index",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a file may be an archive to unpack (`unpack`); version 1 documents are still read
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_NAME = MANIFEST_NAME + SIGNATURE_SUFFIX
@@ -69,10 +73,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # parts between single slashes, none of them '.' or '..', no backslash, no control character.
 _PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
 _CANONICAL_PATH = re.compile(f"{_PART}(?:/{_PART})*")
+UNPACK_FORMATS = ("tar", "tar.gz", "tar.xz", "tar.zst", "zip")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
 
 
 # --- the models ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unpack:
+    """How an archive carried whole becomes files: the recipe's own `extract` settings."""
+
+    format: str  # one of UNPACK_FORMATS
+    strip_components: int = 0
+    unpacked_size_bytes: int | None = None  # the recipe's estimate: the space check, and the bomb bound
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per file, 20,000 in a big pack
@@ -82,6 +96,7 @@ class FileEntry:
     size: int
     sha256: str
     member: str  # the archive member that holds the bytes; never decides where they go
+    unpack: Unpack | None = None  # an archive: its files go below `path`, a folder the pack owns
 
 
 @dataclass(frozen=True)
@@ -237,10 +252,16 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
             for p in m.packs
         ],
         "files": [
-            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member}
+            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member, **_unpack_doc(f.unpack)}
             for f in m.files
         ],
     }
+
+
+def _unpack_doc(unpack: Unpack | None) -> dict[str, Any]:
+    if unpack is None:
+        return {}
+    return {"unpack": {"format": unpack.format, "strip_components": unpack.strip_components, "unpacked_size_bytes": unpack.unpacked_size_bytes}}
 
 
 def _parts_doc(index: PartsIndex) -> dict[str, Any]:
@@ -399,7 +420,7 @@ def _check_format_version(top: _Obj) -> int:
     if "format_version" not in top.value:
         raise top.fail("format_version", "missing")
     version = top.get("format_version", int, what="an integer")
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         newer = " (made by a newer devops-cp: upgrade this one)" if version > FORMAT_VERSION else ""
         raise top.fail("format_version", f"version {version} is not supported, this tool reads {FORMAT_VERSION}{newer}")
     return version
@@ -433,6 +454,8 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
     packs = tuple(_pack_from_doc(top.child("packs", i)) for i in range(len(top.array("packs"))))
     files = _files_from_doc(top, packs, release_files)
     _check_packs_and_files(top, packs, files)
+    if version < 2 and any(f.unpack for f in files):
+        raise top.fail("format_version", "version 1 manifests carry no archives to unpack")
     return BundleManifest(
         format_version=version,
         bundle_id=top.text("bundle_id"),
@@ -515,14 +538,23 @@ def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
 
 
 def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
-    f.only("pack_key", "path", "size", "sha256", "member")
+    f.only("pack_key", "path", "size", "sha256", "member", *(["unpack"] if "unpack" in f.value else []))
     path, member = f.text("path"), f.text("member")
     _check_rel_path(f, "path", path)
     _check_rel_path(f, "member", member)
     if member in _RESERVED_MEMBERS:
         raise f.fail("member", f"{member!r} is reserved for the manifest and its signature")
     pack_key = f.text("pack_key")
-    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member)
+    unpack = _unpack_from_doc(f.child("unpack")) if "unpack" in f.value else None
+    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member, unpack=unpack)
+
+
+def _unpack_from_doc(u: _Obj) -> Unpack:
+    u.only("format", "strip_components", "unpacked_size_bytes")
+    if u.value["format"] not in UNPACK_FORMATS:
+        raise u.fail("format", f"must be one of {', '.join(UNPACK_FORMATS)}, got {u.value['format']!r}")
+    estimate = None if u.value["unpacked_size_bytes"] is None else u.integer("unpacked_size_bytes")
+    return Unpack(u.value["format"], u.integer("strip_components"), estimate)
 
 
 def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple[FileEntry, ...]) -> None:
@@ -533,6 +565,7 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
         keys.add(pack.key)
     tool_keys = {p.key for p in packs if p.data_type == TOOL_DATA_TYPE}
     paths: dict[str, set[str]] = {key: set() for key in keys}  # per pack: no (pack, path) tuple per file
+    folders_to_unpack: dict[str, set[str]] = {key: set() for key in keys}  # an archive's path is a folder
     members: set[str] = set()
     for i, entry in enumerate(files):
         if entry.pack_key not in keys:
@@ -541,16 +574,19 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
         if entry.path in in_pack:
             raise top.fail(f"files[{i}].path", f"duplicate path {entry.path!r} in pack {entry.pack_key!r}")
         in_pack.add(entry.path)
+        if entry.unpack is not None:
+            folders_to_unpack[entry.pack_key].add(entry.path)
         if entry.member in members:
             raise top.fail(f"files[{i}].member", f"duplicate archive member {entry.member!r}")
         members.add(entry.member)
         _check_tool_member(top, i, entry, tool_keys)
-    # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once.
+    # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once (unless 'a' is an archive's folder).
     for pack_key, in_pack in paths.items():
+        unpacked = folders_to_unpack[pack_key]
         for path in in_pack:
             slash = path.find("/")
             while slash != -1:  # every folder above the path, the top one first
-                if path[:slash] in in_pack:
+                if path[:slash] in in_pack and path[:slash] not in unpacked:
                     raise top.fail("files", f"{path[:slash]!r} in pack {pack_key!r} is a file and also the directory of {path!r}")
                 slash = path.find("/", slash + 1)
 

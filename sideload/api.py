@@ -2,8 +2,9 @@
 
 The signature is checked against the trusted keys before any payload byte is read.
 Every member is streamed into a staging file beside its destination, hashed as it
-is written; packs are committed only after the whole bundle checked out, so nothing
-is installed from anything that fails verification.
+is written (an archive carried whole is unpacked there by the same extraction a
+direct install uses, hashed as it is read); packs are committed only after the
+whole bundle checked out, so nothing is installed from anything that fails verification.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from executor import durable
+from executor import durable, extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, SmallFileWriter, file_chunks
+from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
-from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, PackEntry, parse_manifest, parse_parts_index, verify_manifest
-from manifests.errors import DataPackError, HardwareRequirementError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UsageError
+from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, verify_manifest
+from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
 from manifests.hardware import Hardware
 from manifests.recipe import step_from_json  # not bundler.build: sideload needs none of the bundler
 from sideload.reader import BundleReader, locate, read_parts_index
@@ -83,8 +84,13 @@ def inspect_bundle(path: Path, trust_files=()) -> dict:
             {"key": p.key, "id": p.id, "label": p.label, "data_type": p.data_type, "choices": p.choices, "fetched_at": p.fetched_at, "files": len(manifest.files_for(p.key)), "size": sum(f.size for f in manifest.files_for(p.key))}
             for p in manifest.packs
         ],
-        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, **_unpack_info(f)} for f in manifest.files],
     }
+
+
+def _unpack_info(entry: FileEntry) -> dict:
+    unpack = entry.unpack
+    return {"unpack": {"format": unpack.format, "strip_components": unpack.strip_components, "unpacked_size_bytes": unpack.unpacked_size_bytes}} if unpack else {}
 
 
 def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> tuple[BundleManifest, str | None]:
@@ -174,12 +180,12 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
             _check_offline_needs(engine, pack)
         needs = {d: 0 for d in data_dirs.values()}
         for pack in selected:
-            needs[data_dirs[pack.key]] += sum(f.size for f in manifest.files_for(pack.key))
+            needs[data_dirs[pack.key]] += sum(_space_needed(f) for f in manifest.files_for(pack.key))
         for directory in needs:
             _check_writable(engine, directory, request.dry_run)
         check_space_for(needs)
         if request.dry_run:
-            return [Outcome(p.key, notes=[f"would install {len(manifest.files_for(p.key))} file(s) into {data_dirs[p.key]}"]) for p in selected]
+            return [Outcome(p.key, notes=[_dry_run_note(manifest.files_for(p.key), data_dirs[p.key])]) for p in selected]
         with engine.store.locked(sorted(set(data_dirs.values()))):
             try:
                 with ExitStack() as stack:
@@ -194,6 +200,19 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
             finally:
                 for directory in set(data_dirs.values()):
                     _remove_empty_staging(directory)
+
+
+def _space_needed(entry: FileEntry) -> int:
+    """An archive needs room for what it unpacks to (the recipe's estimate), a zip also for itself (it is staged first)."""
+    if entry.unpack is None:
+        return entry.size
+    return (entry.unpack.unpacked_size_bytes or entry.size) + (entry.size if entry.unpack.format == "zip" else 0)
+
+
+def _dry_run_note(files: tuple[FileEntry, ...], data_dir: Path) -> str:
+    archives = sum(1 for f in files if f.unpack)
+    unpacked = f" and unpack {archives} archive(s)" if archives else ""
+    return f"would install {len(files) - archives} file(s){unpacked} into {data_dir}"
 
 
 def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
@@ -225,6 +244,8 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere
                     Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+                elif entry.unpack is not None:
+                    _unpack(entry, source, txn, _Progress(meter, done))
                 elif entry.size <= SMALL_FILE:  # read whole, checked, then created by the small-file writer
                     data = source.read(entry.size)
                     Copy(None, what=entry.member, limit=entry.size).feed((data,)).check(entry.sha256, entry.size)
@@ -241,9 +262,45 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         data_dir = next((t.data_dir for t in txns.values() if str(t.data_dir) == exc.where), None)
         if data_dir is None:
             raise
-        needed = sum(f.size for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
+        needed = sum(_space_needed(f) for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
         raise NoSpaceError(str(data_dir), needed, exc.free) from exc
     meter.done(done)
+
+
+class _Progress:
+    """One member's progress, reported as bytes of the whole bundle."""
+
+    def __init__(self, meter: Meter, before: int):
+        self.meter, self.before = meter, before
+
+    def update(self, done: int, force: bool = False) -> None:
+        self.meter.update(self.before + done, force)
+
+
+def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress) -> None:
+    """An archive carried whole, unpacked below `entry.path` by a direct install's own extraction.
+
+    A tar is unpacked as it streams, hashed on the way; the hash is checked before the pack can be
+    committed, so files from an altered archive never become visible. A zip is read from its end:
+    it is staged whole (and checked) first.
+    """
+    unpack = entry.unpack
+    bound = extract.unpack_bound(unpack.unpacked_size_bytes)
+    if unpack.format == "zip":
+        staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
+        staged.parent.mkdir(exist_ok=True)
+        with open(staged, "wb") as out:
+            Copy(out, what=entry.member, limit=entry.size, meter=progress).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+        extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
+        staged.unlink()
+        return
+    reader = HashingReader(source, progress, what=entry.member)
+    try:
+        extract.extract_tar_stream(reader, unpack.format, txn, entry.path, strip=unpack.strip_components, max_total=bound, name=entry.member)
+    except (UnsafeArchiveError, LengthError):
+        reader.drain().check(entry.sha256, entry.size)  # altered after it was signed: say that, not what the change broke
+        raise
+    reader.drain().check(entry.sha256, entry.size)
 
 
 def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry, txn: PackTransaction, request: SideloadRequest) -> Outcome:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bundler.build import _write_side_files
 from bundler.writer import Member, write_archive
 from manifests import signing
-from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PackEntry, format_timestamp, to_json
+from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, FileEntry, PackEntry, Unpack, format_timestamp, to_json
 
 __all__ = [
     "BLOCK",
@@ -103,6 +103,7 @@ class PackSpec:
     offline_steps: list[dict] = field(default_factory=list)
     gpu_vendor: str = ""
     min_vram_mb: int = 0
+    archives: dict[str, tuple[bytes, Unpack]] = field(default_factory=dict)  # folder -> archive carried whole, how it unpacks
 
     @property
     def key(self) -> str:
@@ -146,6 +147,10 @@ def build_manifest(
             data = spec.files[rel]
             member = f"packs/{spec.key}/{rel}"
             files.append(FileEntry(spec.key, rel, len(data), hashlib.sha256(data).hexdigest(), member))
+            payload.append((member, data))
+        for folder, (data, unpack) in sorted(spec.archives.items()):
+            member = f"archives/{spec.key}/{folder}.{unpack.format}"
+            files.append(FileEntry(spec.key, folder, len(data), hashlib.sha256(data).hexdigest(), member, unpack))
             payload.append((member, data))
     if signer_key_id == "auto":
         signer_key_id = signing.key_id(key.public_key()) if key is not None else None

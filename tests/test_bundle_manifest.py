@@ -23,6 +23,7 @@ from manifests.bundle import (
     PackEntry,
     PartEntry,
     PartsIndex,
+    Unpack,
     format_timestamp,
     parse_manifest,
     parse_parts_index,
@@ -106,6 +107,57 @@ def dumps(d) -> bytes:
 def test_round_trip():
     m = make_manifest(signer="ab" * 32)
     assert parse_manifest(to_json(m)) == m
+
+
+def with_archive(m: BundleManifest, unpack: Unpack = Unpack("tar.gz", 1, 1_000_000)) -> BundleManifest:
+    archive = FileEntry("trivy-db", "db/vulns", 11, H1, "archives/trivy-db/db/vulns.tar.gz", unpack)
+    return dataclasses.replace(m, files=(*m.files, archive))
+
+
+@pytest.mark.parametrize("unpack", [Unpack("tar.gz", 1, 1_000_000), Unpack("zip"), Unpack("tar", 0, None)])
+def test_an_archive_to_unpack_round_trips(unpack):
+    m = with_archive(make_manifest(), unpack)
+    data = to_json(m)
+    assert parse_manifest(data) == m
+    assert json.loads(data)["files"][-1]["unpack"] == {"format": unpack.format, "strip_components": unpack.strip_components, "unpacked_size_bytes": unpack.unpacked_size_bytes}
+    assert "unpack" not in json.loads(data)["files"][0]  # plain files are written as before
+
+
+def test_an_archive_folder_may_hold_other_files_but_not_sit_under_one():
+    m = with_archive(make_manifest())
+    beside = dataclasses.replace(m, files=(*m.files, FileEntry("trivy-db", "db/vulns/README", 1, H2, "data/0009")))
+    assert parse_manifest(to_json(beside)) == beside  # a clash inside the folder is extraction's to refuse
+    under_a_file = dataclasses.replace(m, files=(*m.files[:-1], dataclasses.replace(m.files[-1], path="db/trivy.db/vulns")))
+    with pytest.raises(BundleStructureError, match="is a file and also the directory"):
+        to_json(under_a_file)
+
+
+@pytest.mark.parametrize(
+    ("unpack", "field", "problem"),
+    [
+        ({"format": "rar", "strip_components": 0, "unpacked_size_bytes": None}, "files[3].unpack.format", "must be one of tar, tar.gz"),
+        ({"format": "tar", "strip_components": -1, "unpacked_size_bytes": None}, "files[3].unpack.strip_components", "at least 0"),
+        ({"format": "tar", "strip_components": 0, "unpacked_size_bytes": "1"}, "files[3].unpack.unpacked_size_bytes", "must be an integer"),
+        ({"format": "tar", "strip_components": 0}, "files[3].unpack.unpacked_size_bytes", "missing"),
+        ({"format": "tar", "strip_components": 0, "unpacked_size_bytes": None, "run": "sh"}, "files[3].unpack.run", "unknown field"),
+        ("tar", "files[3].unpack", "must be a JSON object"),
+    ],
+)
+def test_an_archive_with_a_bad_unpack_is_refused(unpack, field, problem):
+    d = json.loads(to_json(with_archive(make_manifest())))
+    d["files"][3]["unpack"] = unpack
+    with pytest.raises(BundleStructureError) as err:
+        parse_manifest(dumps(d))
+    assert f"field '{field}'" in str(err.value) and problem in str(err.value)
+
+
+def test_a_version_1_manifest_carries_no_archive_to_unpack():
+    d = json.loads(to_json(with_archive(make_manifest())))
+    d["format_version"] = 1
+    with pytest.raises(BundleStructureError, match="version 1 manifests carry no archives"):
+        parse_manifest(dumps(d))
+    del d["files"][3]
+    assert parse_manifest(dumps(d)).format_version == 1  # bundles made before archives travelled whole are still read
 
 
 def test_to_json_is_deterministic_sorted_utf8_with_newline():
@@ -200,7 +252,7 @@ def _set(path, value):
 
 REFUSALS = [
     # (edit, field the message names, words in the problem)
-    (_set(["format_version"], 2), "format_version", "newer devops-cp"),
+    (_set(["format_version"], 3), "format_version", "newer devops-cp"),
     (_set(["format_version"], "1"), "format_version", "must be an integer"),
     (_set(["format_version"], True), "format_version", "must be an integer"),
     (_set(["format_version"], KeyError), "format_version", "missing"),

@@ -162,7 +162,7 @@ def test_the_manifest_carries_what_the_issue_asks_for(site, tmp_path, monkeypatc
 
     raw = subprocess.run(["tar", "-I", "zstd", "-xOf", str(bundle), "manifest.json"], capture_output=True, check=True).stdout
     manifest = json.loads(raw)
-    assert manifest["format_version"] == 1 and manifest["bundle_id"] == doc["bundle_id"]
+    assert manifest["format_version"] == 2 and manifest["bundle_id"] == doc["bundle_id"]
     assert manifest["created"] < manifest["expires"] and manifest["tool_version"] and manifest["signer_key_id"] == site.key_id
     packs = {p["id"]: p for p in manifest["packs"]}
     assert packs["sample-db"]["update_schedule"] == "weekly" and packs["sample-db"]["label"]

@@ -4,15 +4,16 @@ as the bundler does: nothing is written, every refusal still happens."""
 from __future__ import annotations
 
 import io
+import random
 import stat
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import zstandard
 
-from executor.extract import iter_archive, iter_tar_stream
+from executor.extract import iter_archive, iter_tar_stream, safe_member_path
 from manifests.errors import LengthError, UnsafeArchiveError
 
 from conftest import make_tar_gz
@@ -172,3 +173,45 @@ def test_the_walk_reads_what_tarfile_reads_whatever_the_header_form(tmp_path, ta
     with tarfile.open(archive) as tar:
         expected = [(m.name.split("/", 1)[1], tar.extractfile(m).read()) for m in tar.getmembers()]
     assert [(rel, source.read(size)) for rel, size, source in iter_archive(archive, "tar", strip=1)] == expected
+
+
+# --- member names: the fast path reads them as pathlib does ---------------------------------
+
+
+def pathlib_member_path(name: str, strip: int) -> str | None:
+    """What safe_member_path answered before its shortcut for names already in canonical form."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or "\x00" in name:
+        raise UnsafeArchiveError("outside")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    return "/".join(parts[strip:]) if len(parts) > strip else None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "a/b/c", "top/", "./top/a", "a//b", "a/./b", "a/.", "/a", "//a", "a/../b", "..", "../a", ".", "", "a\\b", "a\\..\\b",
+     "a\x00b", "..a/b.", "a/..b/.c", "...", "a/...", " /a", "a\x01/b", "é/ü"],
+)  # fmt: skip
+@pytest.mark.parametrize("strip", [0, 1, 2])
+def test_safe_member_path_reads_names_as_pathlib_does(name, strip):
+    try:
+        expected = pathlib_member_path(name, strip)
+    except UnsafeArchiveError:
+        with pytest.raises(UnsafeArchiveError, match="would land outside"):
+            safe_member_path(name, strip, "x")
+    else:
+        assert safe_member_path(name, strip, "x") == expected
+
+
+def test_safe_member_path_reads_random_names_as_pathlib_does():
+    rnd = random.Random(11)
+    for _ in range(3000):
+        name = "".join(rnd.choice("a./\\\x00é") for _ in range(rnd.randint(0, 9)))
+        strip = rnd.randint(0, 2)
+        try:
+            expected = pathlib_member_path(name, strip)
+        except UnsafeArchiveError:
+            with pytest.raises(UnsafeArchiveError):
+                safe_member_path(name, strip, "x")
+        else:
+            assert safe_member_path(name, strip, "x") == expected, repr(name)
