@@ -105,6 +105,10 @@ class ForwardOnly:
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0 or pos < self.pos:
             raise tarfile.ReadError("the tar stream would have to be read backwards")
+        if pos - self.pos <= len(self.buf) - self.off:  # within the read-ahead: skipped, not copied out
+            self.off += pos - self.pos
+            self.pos = pos
+            return pos
         while self.pos < pos:
             if not self.read(min(pos - self.pos, 1 << 16)):
                 raise tarfile.ReadError("unexpected end of data")
