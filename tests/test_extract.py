@@ -202,3 +202,15 @@ def test_forward_only_reads_small_and_large_and_never_seeks_back():
     with pytest.raises(tarfile.ReadError):
         stream.seek(10)
     assert stream.read() == data[1000 + (3 << 20) :]
+
+
+def test_forward_only_skips_within_its_buffer_and_past_its_end():
+    data = bytes(range(256)) * 10_000
+    stream = ForwardOnly(io.BytesIO(data))
+    assert stream.peek(512) == data[:512]  # fills the read-ahead
+    assert stream.seek(700) == 700 and stream.read(10) == data[700:710]
+    past = ForwardOnly.READ_AHEAD + 4321  # beyond what the buffer holds
+    assert stream.seek(past) == past and stream.tell() == past and stream.read(10) == data[past : past + 10]
+    end = len(data) + 5
+    with pytest.raises(tarfile.ReadError, match="unexpected end"):
+        stream.seek(end)
