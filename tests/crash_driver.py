@@ -503,7 +503,10 @@ class InstallScenario(Scenario):
 
 
 class SideloadScenario(Scenario):
-    """`devops-cp data sideload` of a signed bundle updating two packs (crashdb and extra) in one data dir."""
+    """`devops-cp data sideload` of a signed bundle updating two packs (crashdb and extra) in one data dir.
+
+    crashdb travels as its tar.gz, carried whole, which the sideload unpacks (as a bundle of an
+    `extract` pack does); extra and fresh as plain files."""
 
     name = "sideload"
 
@@ -515,6 +518,7 @@ class SideloadScenario(Scenario):
     def setup(self) -> None:
         sys.path.insert(0, str(TESTS))
         from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
+        from manifests.bundle import Unpack
 
         key = new_key()
         self.pub = write_public_key(self.root / "site.pub", key)
@@ -522,7 +526,7 @@ class SideloadScenario(Scenario):
         self.bundles = {}
         for n, (version, when) in enumerate((("v1", t0), ("v2", t0 + timedelta(days=1)))):
             packs = [
-                PackSpec("crashdb", {f"crashdb/{rel}": d for rel, d in CRASHDB[version].items()}, fetched_at=when),
+                PackSpec("crashdb", {}, fetched_at=when, archives={"crashdb": (tar_gz(CRASHDB[version]), Unpack("tar.gz", 1))}),
                 PackSpec("extra", {f"extra/{rel}": d for rel, d in EXTRA[version].items()}, fetched_at=when),
             ] + ([PackSpec("fresh", {f"fresh/{rel}": d for rel, d in FRESH[version].items()}, fetched_at=when)] if FRESH[version] else [])
             self.bundles[version] = write_bundle(self.root / "bundles" / f"{version}.tar.zst", packs, key=key).path

@@ -19,6 +19,7 @@ be exactly the signed content; the runs count those cases apart.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -45,7 +46,7 @@ from bundle_helpers import (
     zstd_frame,
 )
 from manifests import signing
-from manifests.bundle import to_json
+from manifests.bundle import Unpack, to_json
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
 T1 = T0 + timedelta(days=1)
@@ -55,12 +56,29 @@ def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def plain_tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of `files` under a top folder: random damage reaches its headers and data."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for rel, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"top/{rel}")
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+UNPACKED = {"a.json": blob(9_000, 5), "sub/b.bin": blob(6_000, 6)}  # an archive carried whole, unpacked by sideload
 FIRST = [PackSpec("keep", {"data/keep.bin": blob(40_000, 1)}, fetched_at=T0)]
 UPDATE = [
     PackSpec("keep", {"data/keep.bin": blob(40_000, 2), "data/new.bin": blob(30_000, 3)}, fetched_at=T1),
     PackSpec("other", {"other.bin": blob(20_000, 4)}, fetched_at=T1),
+    PackSpec("unpacked", {}, fetched_at=T1, archives={"db": (plain_tar(UNPACKED), Unpack("tar", 1))}),
 ]
-UPDATE_FILES = {"keep": {"data/keep.bin": blob(40_000, 2), "data/new.bin": blob(30_000, 3)}, "other": {"other.bin": blob(20_000, 4)}}
+UPDATE_FILES = {
+    "keep": {"data/keep.bin": blob(40_000, 2), "data/new.bin": blob(30_000, 3)},
+    "other": {"other.bin": blob(20_000, 4)},
+    "unpacked": {f"db/{rel}": data for rel, data in UNPACKED.items()},
+}
 NEW_MEMBER = "packs/keep/data/new.bin"
 
 
