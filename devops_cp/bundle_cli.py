@@ -181,7 +181,8 @@ def inspect(bundle_path: Path, trust_files, as_json: bool) -> None:
     click.echo(f"bundle {doc['bundle_id']}: {state}")
     click.echo(f"  created {doc['created']}, expires {doc['expires'] or 'never'}, tool {doc['tool_version']}, {len(doc['parts'])} part(s)")
     for pack in doc["packs"]:
-        click.echo(f"  {pack['key']:<40} {pack['files']:>5} file(s) {fmt_size(pack['size']):>10}  fetched {pack['fetched_at']}")
+        unpacks = f", {pack['archives_to_unpack']} of them archive(s) to unpack" if pack["archives_to_unpack"] else ""
+        click.echo(f"  {pack['key']:<40} {pack['files']:>5} file(s) {fmt_size(pack['size']):>10}  fetched {pack['fetched_at']}{unpacks}")
 
 
 def _trust_options(trust_files, allow_unsigned=False, allow_expired=False):

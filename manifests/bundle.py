@@ -52,6 +52,7 @@ __all__ = [
     "parts_index_name",
     "sha256sum_lines",
     "to_json",
+    "unpack_doc",
     "verify_manifest",
     "verify_parts_index",
 ]
@@ -252,13 +253,14 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
             for p in m.packs
         ],
         "files": [
-            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member, **_unpack_doc(f.unpack)}
+            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member, **unpack_doc(f.unpack)}
             for f in m.files
         ],
     }
 
 
-def _unpack_doc(unpack: Unpack | None) -> dict[str, Any]:
+def unpack_doc(unpack: Unpack | None) -> dict[str, Any]:
+    """A file entry's `unpack` field as the manifest writes it ({} for a plain file)."""
     if unpack is None:
         return {}
     return {"unpack": {"format": unpack.format, "strip_components": unpack.strip_components, "unpacked_size_bytes": unpack.unpacked_size_bytes}}

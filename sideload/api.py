@@ -25,7 +25,7 @@ from executor.store import parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
-from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, verify_manifest
+from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
 from manifests.hardware import Hardware
 from manifests.recipe import step_from_json  # not bundler.build: sideload needs none of the bundler
@@ -81,16 +81,15 @@ def inspect_bundle(path: Path, trust_files=()) -> dict:
         "parts": [p.name for p in index.parts] if index else [location.parts[0].name],
         "total_size": manifest.total_size,
         "packs": [
-            {"key": p.key, "id": p.id, "label": p.label, "data_type": p.data_type, "choices": p.choices, "fetched_at": p.fetched_at, "files": len(manifest.files_for(p.key)), "size": sum(f.size for f in manifest.files_for(p.key))}
+            {
+                "key": p.key, "id": p.id, "label": p.label, "data_type": p.data_type, "choices": p.choices, "fetched_at": p.fetched_at,
+                "files": len(manifest.files_for(p.key)), "size": sum(f.size for f in manifest.files_for(p.key)),
+                "archives_to_unpack": sum(1 for f in manifest.files_for(p.key) if f.unpack),
+            }  # fmt: skip
             for p in manifest.packs
         ],
-        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, **_unpack_info(f)} for f in manifest.files],
+        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, **unpack_doc(f.unpack)} for f in manifest.files],
     }
-
-
-def _unpack_info(entry: FileEntry) -> dict:
-    unpack = entry.unpack
-    return {"unpack": {"format": unpack.format, "strip_components": unpack.strip_components, "unpacked_size_bytes": unpack.unpacked_size_bytes}} if unpack else {}
 
 
 def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> tuple[BundleManifest, str | None]:

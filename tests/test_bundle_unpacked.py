@@ -90,6 +90,8 @@ def test_the_bundle_carries_the_archive_as_published_and_the_host_unpacks_it(fmt
     ]
     assert bundle_member(out, member) == archive  # byte for byte: anyone can check it against upstream's checksum
     assert files_under(build.staging_dir()) == []
+    shown = cli("inspect", str(out))
+    assert shown.exit_code == 0 and "1 file(s)" in shown.stdout and "1 of them archive(s) to unpack" in shown.stdout, shown.stdout
 
     monkeypatch.undo()  # the air-gapped host does unpack it
     fresh_host(monkeypatch, tmp_path / "airgapped")
