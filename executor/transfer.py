@@ -25,7 +25,7 @@ from executor.store import STAGING_NAME
 from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
 
 CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
-HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see _HashThread)
+HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see HashThread)
 HASH_BATCH = 1 << 20  # bytes handed to that thread at a time
 WRITEBACK_STEP = 16 << 20  # a copy with writeback=True starts writing to disk every this many bytes
 WRITEBACK_KEEP = 2 * WRITEBACK_STEP  # ... and lets go of the page cache more than this far behind
@@ -58,7 +58,7 @@ class Copy:
 
     def feed(self, chunks: Iterable[bytes]) -> "Copy":
         out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
-        start, worker, batch, batched = self.done, None, [], 0
+        start, worker = self.done, None
         next_writeback = self.done + WRITEBACK_STEP if self.writeback else None
         try:
             for chunk in chunks:
@@ -78,15 +78,11 @@ class Copy:
                     except OSError as exc:
                         raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
                 if worker is None and self.done - start >= HASH_AHEAD:
-                    worker = _HashThread(hasher)
+                    worker = HashThread(hasher)
                 if worker is None:
                     hasher.update(chunk)
                 else:
-                    batch.append(chunk if type(chunk) is bytes else bytes(chunk))  # a reused buffer would change under the thread
-                    batched += size
-                    if batched >= HASH_BATCH:
-                        worker.put(batch)
-                        batch, batched = [], 0
+                    worker.add(chunk)
                 self.done += size
                 if meter is not None:
                     meter.update(self.done)
@@ -97,7 +93,6 @@ class Copy:
                     raise _translate_write_error(exc, out, self.limit or self.done) from exc
         finally:
             if worker is not None:  # whatever happened, the hash covers exactly the `done` bytes
-                worker.put(batch)
                 worker.close()
         return self
 
@@ -115,32 +110,41 @@ class Copy:
             raise ChecksumMismatch(self.what, expected_sha256, self.sha256)
 
 
-class _HashThread:
+class HashThread:
     """sha256 on a second core while the copy loop reads and writes the next chunks.
 
     hashlib releases the GIL while it hashes a large buffer, and so do the socket and
-    file calls, so the hash overlaps the I/O instead of following it. At most QUEUE
-    batches wait, so memory stays flat; close() returns once every byte is hashed.
+    file calls, so the hash overlaps the I/O instead of following it. Chunks go to the
+    thread HASH_BATCH bytes at a time; at most QUEUE batches wait, so memory stays flat;
+    close() returns once every byte added is hashed.
     """
 
     QUEUE = 4
 
     def __init__(self, hasher: "hashlib._Hash"):
         self.hasher = hasher
+        self.batch: list[bytes] = []
+        self.batched = 0
         self.queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
         self.thread = threading.Thread(target=self._run, name="copy-sha256", daemon=True)
         self.thread.start()
+
+    def add(self, chunk) -> None:
+        self.batch.append(chunk if type(chunk) is bytes else bytes(chunk))  # a reused buffer would change under the thread
+        self.batched += len(chunk)
+        if self.batched >= HASH_BATCH:
+            self.queue.put(self.batch)
+            self.batch, self.batched = [], 0
 
     def _run(self) -> None:
         while (batch := self.queue.get()) is not None:
             for chunk in batch:
                 self.hasher.update(chunk)
 
-    def put(self, batch: list[bytes]) -> None:
-        if batch:
-            self.queue.put(batch)
-
     def close(self) -> None:
+        if self.batch:
+            self.queue.put(self.batch)
+            self.batch, self.batched = [], 0
         self.queue.put(None)
         self.thread.join()
 
