@@ -24,6 +24,7 @@ import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundler import bootstrap, tool_wheels
+from bundler.stream_walk import STREAMABLE, StreamWalk, Tee
 from bundler.writer import Member, write_archive
 from executor import durable
 from executor.config import rewrite_url
@@ -151,19 +152,25 @@ def _keeps_archives(plan: Plan) -> bool:
 
 
 def _pinned(step: StepSpec) -> bool:
-    """A download whose every byte the recipe pins (sha256 and exact size), kept as it comes."""
-    return step.type == "download" and bool(step.checksum) and step.size_exact and step.size_bytes is not None and not step.extract
+    """A download whose every byte the recipe pins (sha256 and exact size), kept as it comes
+    (an archive too: a tar is walked as it streams, see bundler/stream_walk.py)."""
+    pinned = step.type == "download" and bool(step.checksum) and step.size_exact and step.size_bytes is not None
+    return pinned and (not step.extract or step.extract in STREAMABLE)
 
 
 def _choose_live(plans: list[Plan]) -> Plan | None:
     """The pack whose downloads go straight into the archive instead of through staging.
 
-    Only a pack made of pinned downloads qualifies: its manifest entries are known before a
-    byte is fetched, and the manifest comes first in the archive. Streaming saves writing the
-    files to the staging cache and reading them back (and that much free space); the other
-    packs are staged first, in parallel, as before. The largest such pack gains the most.
+    Only a pack made of pinned downloads, at most one of them an archive, qualifies: its manifest
+    entries are known before a byte is fetched, and the manifest comes first in the archive.
+    Streaming saves writing the files to the staging cache and reading them back (and that much
+    free space); the other packs are staged first, in parallel, as before. The largest such pack
+    gains the most.
     """
-    candidates = [p for p in plans if p.steps and all(_pinned(s) for s in p.steps) and len({s.dest for s in p.steps}) == len(p.steps)]
+    candidates = [
+        p for p in plans
+        if p.steps and all(_pinned(s) for s in p.steps) and len({s.dest for s in p.steps}) == len(p.steps) and sum(1 for s in p.steps if s.extract) <= 1
+    ]  # fmt: skip
     return max(candidates, key=lambda p: sum(s.size_bytes for s in p.steps), default=None)
 
 
@@ -185,6 +192,19 @@ def _stream_download(download, sha256: str, out: BinaryIO) -> Copy:
     return copy
 
 
+def _stream_archive(download, sha256: str, plan: Plan, step: StepSpec, plain_paths: list[str], out: BinaryIO) -> Copy:
+    """A pinned archive streamed into the bundle, walked by extraction's rules as it passes: the
+    refusals of a staged archive (_check_unpacked), without the staging."""
+    walk = StreamWalk(step.extract, strip=step.strip_components, max_total=unpack_bound(step.unpacked_size_bytes), name=download.url)
+    try:
+        copy = _stream_download(download, sha256, Tee(out, walk))
+        unpacked = walk.finish()
+    finally:
+        walk.abandon()
+    _check_paths(plan, plain_paths + [f"{step.dest}/{rel}" for rel in unpacked])
+    return copy
+
+
 def _live_files(engine: Engine, plan: Plan) -> list[_File]:
     from executor.http import Download  # httpx: only when a bundle downloads
 
@@ -203,7 +223,13 @@ def _live_files(engine: Engine, plan: Plan) -> list[_File]:
             auth=credentials_auth(ctx, plan.recipe, step.credentials),
         )
         sha256 = step.checksum.split(":", 1)[1]
-        files.append(_File(step.dest, step.size_bytes, sha256, fetch=functools.partial(_stream_download, download, sha256)))
+        if step.extract:
+            plain = [s.dest for s in plan.steps if not s.extract]
+            fetch = functools.partial(_stream_archive, download, sha256, plan, step, plain)
+            unpack = Unpack(step.extract, step.strip_components, step.unpacked_size_bytes)
+            files.append(_File(step.dest, step.size_bytes, sha256, fetch=fetch, unpack=unpack))
+        else:
+            files.append(_File(step.dest, step.size_bytes, sha256, fetch=functools.partial(_stream_download, download, sha256)))
     return sorted(files, key=lambda f: f.rel)
 
 

@@ -7,6 +7,7 @@ own extraction, hashing it as it reads, so an altered archive installs nothing.
 from __future__ import annotations
 
 import io
+import random
 import sys
 import tarfile
 import zipfile
@@ -17,7 +18,7 @@ import zstandard
 
 from bundle_helpers import PackSpec, bundle_members, new_key, write_bundle, write_public_key, write_tar_zst
 from bundler import build
-from conftest import download_step, files_under, fresh_host, make_tar_gz, read_manifest, sha256
+from conftest import download_step, files_under, fresh_host, gets, make_tar_gz, read_manifest, sha256
 from executor import extract
 from manifests.bundle import Unpack
 
@@ -56,9 +57,24 @@ def nothing_extracted(monkeypatch):
     monkeypatch.setattr(extract, "extract_tar_stream", refuse)
 
 
-def serve_archive(local_server, write_recipe, fmt: str, data: bytes, pack: str = "vulndb", **extra) -> None:
+def serve_archive(local_server, write_recipe, fmt: str, data: bytes, pack: str = "vulndb", *, pinned: bool = True, **extra) -> None:
+    """pinned: sha256 and exact size in the recipe, so a tar streams from the server into the bundle; else it is staged first."""
     url = local_server.add(f"/{pack}.{fmt}", data)
-    write_recipe(pack, [download_step(url, "db", data, extract=fmt, strip_components=1, size_exact=True, **extra)])
+    write_recipe(pack, [download_step(url, "db", data, extract=fmt, strip_components=1, size_exact=pinned, **extra)])
+
+
+@pytest.fixture
+def streamed(monkeypatch) -> list[str]:
+    """The URLs of the archives that went from the server straight into a bundle."""
+    urls: list[str] = []
+    real = build._stream_archive
+
+    def spy(download, *args):
+        urls.append(download.url)
+        return real(download, *args)
+
+    monkeypatch.setattr(build, "_stream_archive", spy)
+    return urls
 
 
 def bundle_member(bundle: Path, name: str) -> bytes:
@@ -69,6 +85,10 @@ def bundle_member(bundle: Path, name: str) -> bytes:
     raise AssertionError(f"{name} is not in {bundle}")
 
 
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
 def samples_dir(root: Path) -> Path:
     return root / "home" / ".local" / "share" / "devops-cp" / "samples"
 
@@ -77,13 +97,15 @@ def installed(data_dir: Path) -> dict[str, bytes]:
     return {rel: (data_dir / rel).read_bytes() for rel in files_under(data_dir)}
 
 
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "staged"])
 @pytest.mark.parametrize("fmt", ["tar.gz", "tar", "zip"])
-def test_the_bundle_carries_the_archive_as_published_and_the_host_unpacks_it(fmt, cli, key, local_server, write_recipe, tmp_path, monkeypatch, nothing_extracted):
+def test_the_bundle_carries_the_archive_as_published_and_the_host_unpacks_it(fmt, pinned, cli, key, local_server, write_recipe, tmp_path, monkeypatch, nothing_extracted, streamed):
     archive = ARCHIVES[fmt](MEMBERS)
-    serve_archive(local_server, write_recipe, fmt, archive, unpacked_size_bytes=20_000)
+    serve_archive(local_server, write_recipe, fmt, archive, pinned=pinned, unpacked_size_bytes=20_000)
     out = tmp_path / "b.tar.zst"
     result = cli("bundle", "vulndb", "-o", str(out), "--key", str(key), "--progress", "none")
     assert result.exit_code == 0, result.stderr
+    assert len(streamed) == (1 if pinned and fmt != "zip" else 0)  # a zip is read from its end: always staged
     member = f"archives/vulndb/db.{fmt}"
     assert read_manifest(out)["files"] == [
         {"pack_key": "vulndb", "path": "db", "size": len(archive), "sha256": sha256(archive), "member": member, "unpack": {"format": fmt, "strip_components": 1, "unpacked_size_bytes": 20_000}}
@@ -128,10 +150,12 @@ def test_the_host_records_what_a_direct_install_records(cli, key, local_server, 
         ([("top/../../escape", b"x")], "outside"),
         ([("top/link", "symlink", "/etc/passwd")], "link"),
         ([("top/a", b"file"), ("top/a/b", b"under a file")], "a"),
+        ([("top/a", b"once"), ("top/a", b"twice")], "twice"),
     ],
 )
-def test_what_extraction_refuses_is_not_bundled(members, why, cli, key, local_server, write_recipe, tmp_path):
-    serve_archive(local_server, write_recipe, "tar.gz", make_tar_gz(members))
+@pytest.mark.parametrize("pinned", [True, False], ids=["streamed", "staged"])
+def test_what_extraction_refuses_is_not_bundled(members, why, pinned, cli, key, local_server, write_recipe, tmp_path):
+    serve_archive(local_server, write_recipe, "tar.gz", make_tar_gz(members), pinned=pinned)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
@@ -289,3 +313,49 @@ def test_the_space_check_counts_what_the_archive_unpacks_to(cli, signer, isolate
     result = sideload(cli, built.path, pub)
     assert result.exit_code == 5, result.stderr
     assert files_under(small) == []
+
+
+# --- a pinned archive streamed into the bundle -------------------------------------------------
+
+
+def test_a_streamed_archive_resumed_after_a_drop_is_walked_whole(cli, key, local_server, write_recipe, tmp_path, monkeypatch, streamed):
+    from devops_cp.localserver import Fault
+
+    archive = make_tar_gz([("top/a", random_bytes(300_000, 1)), ("top/b", random_bytes(300_000, 2))], fmt="w")
+    serve_archive(local_server, write_recipe, "tar", archive)
+    local_server.set_fault("/vulndb.tar", Fault(drop_after=250_000))  # in the middle of top/a
+    out = tmp_path / "b.tar.zst"
+    result = cli("bundle", "vulndb", "-o", str(out), "--key", str(key), "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert len(streamed) == 1 and bundle_member(out, "archives/vulndb/db.tar") == archive
+    assert [r.headers.get("range") for r in gets(local_server, "/vulndb.tar")] == [None, "bytes=250000-"]  # resumed where it broke
+    fresh_host(monkeypatch, tmp_path / "airgapped")
+    assert cli("sideload", str(out), "--trust", str(key.with_suffix(".pub")), "--progress", "none").exit_code == 0
+    assert installed(samples_dir(tmp_path / "airgapped")) == {"db/a": random_bytes(300_000, 1), "db/b": random_bytes(300_000, 2)}
+
+
+def test_a_streamed_archive_may_not_unpack_onto_a_file_of_the_pack(cli, key, local_server, write_recipe, tmp_path, streamed):
+    archive = make_tar_gz([("top/readme", b"from the archive")], fmt="w")
+    readme = b"a file of its own"
+    steps = [
+        download_step(local_server.add("/db.tar", archive), "db", archive, extract="tar", strip_components=1, size_exact=True),
+        download_step(local_server.add("/readme", readme), "db/readme", readme, size_exact=True),
+    ]
+    write_recipe("vulndb", steps)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
+    assert result.exit_code == 3, result.stderr
+    assert "same path" in result.stderr and len(streamed) == 1
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_streamed_archive_past_its_bound_is_not_bundled(cli, key, local_server, write_recipe, tmp_path, streamed):
+    serve_archive(local_server, write_recipe, "tar.gz", make_tar_gz([("top/zeros", b"\0" * 100_000)]), unpacked_size_bytes=1_000)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
+    assert result.exit_code == 3, result.stderr
+    assert "more than the 2000 bytes" in result.stderr and len(streamed) == 1
+    assert list(out_dir.iterdir()) == []
+    assert files_under(build.staging_dir()) == []
