@@ -77,6 +77,16 @@ def streamed(monkeypatch) -> list[str]:
     return urls
 
 
+def bundle_refused(cli, key: Path, tmp_path: Path, exit_code: int = 3):
+    """`bundle vulndb` into an empty folder: it must fail with `exit_code` and leave the folder empty."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
+    assert result.exit_code == exit_code, result.stderr
+    assert list(out_dir.iterdir()) == []
+    return result
+
+
 def bundle_member(bundle: Path, name: str) -> bytes:
     with open(bundle, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw), mode="r|") as tar:
         for member in tar:
@@ -156,12 +166,8 @@ def test_the_host_records_what_a_direct_install_records(cli, key, local_server, 
 @pytest.mark.parametrize("pinned", [True, False], ids=["streamed", "staged"])
 def test_what_extraction_refuses_is_not_bundled(members, why, pinned, cli, key, local_server, write_recipe, tmp_path):
     serve_archive(local_server, write_recipe, "tar.gz", make_tar_gz(members), pinned=pinned)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
-    assert result.exit_code == 3, result.stderr
+    result = bundle_refused(cli, key, tmp_path)
     assert why in result.stderr
-    assert list(out_dir.iterdir()) == []
     assert files_under(build.staging_dir()) == []
 
 
@@ -172,12 +178,8 @@ def test_two_archives_unpacking_the_same_path_are_refused(cli, key, local_server
         download_step(local_server.add("/two.tar.gz", two), "db", two, extract="tar.gz"),
     ]
     write_recipe("vulndb", steps)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
-    assert result.exit_code == 3, result.stderr
+    result = bundle_refused(cli, key, tmp_path)
     assert "same path" in result.stderr
-    assert list(out_dir.iterdir()) == []
 
 
 def test_two_archives_into_one_folder_are_refused_with_what_to_do(cli, key, local_server, write_recipe, tmp_path):
@@ -187,12 +189,8 @@ def test_two_archives_into_one_folder_are_refused_with_what_to_do(cli, key, loca
         download_step(local_server.add("/two.tar.gz", two), "db", two, extract="tar.gz", strip_components=1),
     ]
     write_recipe("vulndb", steps)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
-    assert result.exit_code == 2, result.stderr
+    result = bundle_refused(cli, key, tmp_path, exit_code=2)
     assert "unpack into the same folder" in result.stderr and "fix the recipe" in result.stderr
-    assert list(out_dir.iterdir()) == []
 
 
 def test_a_tool_step_after_the_archive_still_sees_it_unpacked(cli, key, local_server, write_recipe, tmp_path):
@@ -342,20 +340,12 @@ def test_a_streamed_archive_may_not_unpack_onto_a_file_of_the_pack(cli, key, loc
         download_step(local_server.add("/readme", readme), "db/readme", readme, size_exact=True),
     ]
     write_recipe("vulndb", steps)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
-    assert result.exit_code == 3, result.stderr
+    result = bundle_refused(cli, key, tmp_path)
     assert "same path" in result.stderr and len(streamed) == 1
-    assert list(out_dir.iterdir()) == []
 
 
 def test_a_streamed_archive_past_its_bound_is_not_bundled(cli, key, local_server, write_recipe, tmp_path, streamed):
     serve_archive(local_server, write_recipe, "tar.gz", make_tar_gz([("top/zeros", b"\0" * 100_000)]), unpacked_size_bytes=1_000)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    result = cli("bundle", "vulndb", "-o", str(out_dir / "b.tar.zst"), "--key", str(key), "--progress", "none")
-    assert result.exit_code == 3, result.stderr
+    result = bundle_refused(cli, key, tmp_path)
     assert "more than the 2000 bytes" in result.stderr and len(streamed) == 1
-    assert list(out_dir.iterdir()) == []
     assert files_under(build.staging_dir()) == []
