@@ -380,9 +380,9 @@ class Bench:
         compare(contenders, self.runs, self.log, settle=self.sizes.small_count >= 5000)
         self.report(
             f"W4a: bundle of {self.sizes.small_count:,} small files",
-            f"One pack of {self.sizes.small_count} files of 4-12 KiB ({self.small_total / MIB:.0f} MiB): ours downloads the pack's tar, "
-            "walks the verified tar once with extraction's rules (every member checked as an install would check it) and carries it whole in the signed bundle; "
-            "its sha256 (checked on the way in, against the recipe's) is in the manifest. The peers hash and tar the files already on disk.",
+            f"One pack of {self.sizes.small_count} files of 4-12 KiB ({self.small_total / MIB:.0f} MiB): its recipe pins the tar (sha256, exact size), so ours streams it "
+            "from the server straight into the signed bundle, carried whole, while extraction's walk checks every member on a second thread (as an install would); "
+            "the sha256 is checked on the way and is in the manifest. The peers hash and tar the files already on disk.",
             contenders, self.small_total,
             {(f"ours: bundle {self.small_label} files", "sha256sum each + tar/zstd -3 -T0"): 1.0, (f"ours: bundle {self.small_label} files", "openssl dgst each + tar/zstd -3 -T0"): 1.0},
         )
