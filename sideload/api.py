@@ -100,15 +100,18 @@ def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> 
 
 
 def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: Listener = ignore) -> tuple[BundleManifest, str | None]:
-    """The full check (signature, every member's length and hash, nothing extra, nothing missing); writes nothing."""
+    """The full check (signature, every member's length and hash, nothing extra, nothing missing;
+    a tar carried whole also walked with the rules its unpacking will apply); writes nothing."""
     keys = trusted_keys(options.trust_files)
     with _open(path, keys, options) as reader:
         manifest, signer = _read_verified_header(reader, keys, options)
         meter = Meter(listener, "verify", 0, Path(path).name, manifest.total_size)
         done = 0
         for entry, source in reader.payload(manifest):
-            copy = Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size))
-            copy.check(entry.sha256, entry.size)
+            if entry.unpack is not None and entry.unpack.format != "zip":  # a zip is read from its end: hashed only
+                _read_archive(entry, source, _Progress(meter, done), lambda hashed: _walk(hashed, entry.unpack, entry.member))
+            else:
+                Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
             done += entry.size
             meter.update(done)
         reader.finish()
@@ -293,11 +296,24 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
         extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
         staged.unlink()
         return
+    _read_archive(entry, source, progress, lambda hashed: extract.extract_tar_stream(hashed, unpack.format, txn, entry.path, strip=unpack.strip_components, max_total=bound, name=entry.member))
+
+
+def _walk(hashed, unpack, name: str) -> None:
+    """Every member of a tar checked as unpacking would check it; nothing written."""
+    for _ in extract.iter_tar_stream(hashed, unpack.format, strip=unpack.strip_components, max_total=extract.unpack_bound(unpack.unpacked_size_bytes), name=name):
+        pass
+
+
+def _read_archive(entry: FileEntry, source, progress: _Progress, read) -> None:
+    """`read(hashed)` reads the tar carried as `entry` (unpacks it, or walks it) from a reader that
+    hashes it on the way; then the hash is checked. Refused by the walk and also not the signed
+    bytes: the error says it was altered, not what the alteration broke."""
     reader = HashingReader(source, progress, what=entry.member)
     try:
-        extract.extract_tar_stream(reader, unpack.format, txn, entry.path, strip=unpack.strip_components, max_total=bound, name=entry.member)
+        read(reader)
     except (UnsafeArchiveError, LengthError):
-        reader.drain().check(entry.sha256, entry.size)  # altered after it was signed: say that, not what the change broke
+        reader.drain().check(entry.sha256, entry.size)
         raise
     reader.drain().check(entry.sha256, entry.size)
 

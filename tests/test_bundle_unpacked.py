@@ -236,6 +236,8 @@ def assert_nothing_installed(isolated_env) -> None:
 def test_a_bundle_made_elsewhere_unpacks_beside_its_plain_files(cli, signer, isolated_env, tmp_path):
     key, pub = signer
     built = archive_bundle(tmp_path / "b.tar.zst", key, ARCHIVES["tar"](MEMBERS), Unpack("tar", 1), plain={"README": b"read me"})
+    checked = cli("verify", str(built.path), "--trust", str(pub))
+    assert checked.exit_code == 0 and "2 file(s)" in checked.stdout, checked.stderr
     result = sideload(cli, built.path, pub)
     assert result.exit_code == 0, result.stderr
     assert installed(isolated_env.sample_dir()) == {**UNPACKED, "README": b"read me"}
@@ -285,6 +287,8 @@ def test_a_signed_hostile_archive_is_refused_at_sideload_too(members, why, cli, 
     """A bundle made by another tool (or an older one) is signed, but its archive is still checked as extraction checks it."""
     key, pub = signer
     built = archive_bundle(tmp_path / "b.tar.zst", key, make_tar_gz(members), Unpack("tar.gz", 1))
+    checked = cli("verify", str(built.path), "--trust", str(pub))  # what the operator runs first finds it too
+    assert checked.exit_code == 3 and why in checked.stderr, checked.stderr
     result = sideload(cli, built.path, pub)
     assert result.exit_code == 3, result.stderr
     assert why in result.stderr
