@@ -424,7 +424,7 @@ def _check_format_version(top: _Obj) -> int:
     version = top.get("format_version", int, what="an integer")
     if not 1 <= version <= FORMAT_VERSION:
         newer = " (made by a newer devops-cp: upgrade this one)" if version > FORMAT_VERSION else ""
-        raise top.fail("format_version", f"version {version} is not supported, this tool reads {FORMAT_VERSION}{newer}")
+        raise top.fail("format_version", f"version {version} is not supported, this tool reads versions 1 to {FORMAT_VERSION}{newer}")
     return version
 
 
