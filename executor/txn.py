@@ -102,7 +102,7 @@ class PackTransaction:
         """The pack's top-level folders that nothing in the data dir stands in the way of."""
         if not self.only_recorded_files:
             return []
-        tops = {rel.split("/", 1)[0] for rel in self.files if "/" in rel}
+        tops = {_top(rel) for rel in self.files if "/" in rel}
         return sorted(top for top in tops if not os.path.lexists(self.data_dir / top))
 
     def _refuse_foreign_files_in_the_way(self, previous: InstallRecord | None, folders: list[str]) -> None:
@@ -111,7 +111,7 @@ class PackTransaction:
         ours = {f.path for f in previous.files} if previous else set()
         new = set(folders)
         for rel in self.files:
-            if rel.split("/", 1)[0] in new:
+            if _top(rel) in new:
                 continue  # nothing stands in a folder the data dir does not have
             final = os.path.join(self.data_dir, rel)
             if os.path.isdir(final) and not os.path.islink(final):
@@ -127,14 +127,14 @@ class PackTransaction:
         yield from (self.files_root / rel for rel in self.files)
         if folders:
             moved = set(folders)
-            folders_inside = {parent for rel in self.files if rel.split("/", 1)[0] in moved for parent in _parents(rel)}
+            folders_inside = {parent for rel in self.files if _top(rel) in moved for parent in _parents(rel)}
             yield from (self.files_root / folder for folder in sorted(folders_inside))
 
     def _journal(self, previous: InstallRecord | None, folders: list[str]) -> dict:
         """What roll_forward does, but the record (added by commit)."""
         leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
         moved = set(folders)
-        renames = sorted(rel for rel in self.files if rel.split("/", 1)[0] not in moved)
+        renames = sorted(rel for rel in self.files if _top(rel) not in moved)
         return {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers}
 
     def abort(self) -> None:
@@ -146,6 +146,11 @@ class PackTransaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.committed:
             self.abort()
+
+
+def _top(rel: str) -> str:
+    """The top-level folder (or file) of a path in the pack: the unit a folder swap moves."""
+    return rel.split("/", 1)[0]
 
 
 def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None], journal: dict | None = None) -> None:

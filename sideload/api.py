@@ -22,7 +22,7 @@ from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, file_chunks
+from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, copy_file, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
@@ -290,9 +290,7 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
     bound = extract.unpack_bound(unpack.unpacked_size_bytes)
     if unpack.format == "zip":
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
-        staged.parent.mkdir(exist_ok=True)
-        with open(staged, "wb") as out:
-            Copy(out, what=entry.member, limit=entry.size, meter=progress).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+        copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress).check(entry.sha256, entry.size)
         extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
         staged.unlink()
         return
