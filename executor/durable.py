@@ -12,6 +12,7 @@ after a power loss a pack installed that way may be visible with empty files.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from pathlib import Path
@@ -26,6 +27,10 @@ NO_SYNC_ENV = "DEVOPS_CP_NO_SYNC"
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_FALLOC_FL_KEEP_SIZE = 1  # allocate past the end, size unchanged: a resume reads a partial file's size
 _SYNC_FILE_RANGE_WAIT_BEFORE = 1  # wait for pages already being written
 _SYNC_FILE_RANGE_WRITE = 2  # start writing dirty pages; do not wait for them
 _SYNC_FILE_RANGE_WAIT_AFTER = 4  # wait for the pages this call started writing
@@ -90,6 +95,24 @@ def write_behind(out: BinaryIO, keep: int) -> None:
         _sync_file_range(fd, start, behind - start, _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, start, behind - start, os.POSIX_FADV_DONTNEED)
+
+
+def reserve(out: BinaryIO, length: int) -> None:
+    """Allocate disk blocks now for the next `length` bytes of an open file; its size is unchanged.
+
+    A full disk then says so before the first byte instead of halfway through, nothing else can
+    take the space while the copy runs, the file gets long extents, and the writes skip the
+    filesystem's block allocation page by page: writing 1 GiB durably took 0.29 s of system time
+    instead of 0.36 s (bench/RESULTS.md). Only a full disk or quota is an error (OSError); where
+    fallocate is missing or the filesystem does not do it (some network and FUSE ones), and
+    under pyfakefs, nothing is reserved and the writes allocate as before.
+    """
+    if _fallocate is None or length <= 0 or not _is_real_path(None):
+        return
+    if _fallocate(out.fileno(), _FALLOC_FL_KEEP_SIZE, out.tell(), length) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(code, os.strerror(code), out.name)
 
 
 class BackgroundSync:

@@ -352,7 +352,7 @@ def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None
                     copy.check(None, size)
                     small_files.write(txn.path_for(rel), data)
                 else:
-                    with closing_output(open(txn.path_for(rel), "wb")) as out:
+                    with closing_output(open(txn.path_for(rel), "wb"), reserve=size) as out:
                         copy = Copy(out, what=what, limit=size).feed(member_chunks(source, size + 1))
                     copy.check(None, size)
                 total += size

@@ -247,7 +247,8 @@ class Download:
         self._expect(copy, total)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps({"url": self.url, "validator": _validator(response)}))
-        with closing_output(open(self.partial, "ab" if offset else "wb")) as out:
+        reserve = copy.limit - copy.done if copy.limit is not None else 0
+        with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
                 copy.feed(attempts.until_deadline(body_chunks(response, self.settings.stall_timeout)))

@@ -373,13 +373,19 @@ class SmallFileWriter(_WriterContext):
 
 
 @contextmanager
-def closing_output(out: BinaryIO) -> Iterator[BinaryIO]:
-    """Close `out` without letting close() hide the real error.
+def closing_output(out: BinaryIO, *, reserve: int = 0) -> Iterator[BinaryIO]:
+    """Close `out` without letting close() hide the real error; first, reserve disk space for
+    the `reserve` bytes about to be written (durable.reserve): a full disk is a NoSpaceError
+    before the first byte.
 
     After a failed write the io buffer still holds bytes, so close() fails again with a raw
     OSError that would replace the NoSpaceError in flight; that second failure is dropped.
     """
     try:
+        try:
+            durable.reserve(out, reserve)
+        except OSError as exc:
+            raise _translate_write_error(exc, out, reserve) from exc
         yield out
     except BaseException:
         try:
@@ -413,7 +419,7 @@ def copy_file(
 ) -> Copy:
     """Stream `source` into a new file at `dest`, hashing as it goes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with closing_output(open(dest, "wb")) as out:
+    with closing_output(open(dest, "wb"), reserve=size or 0) as out:
         return Copy(out, what=what, limit=limit, meter=meter, writeback=writeback).feed(file_chunks(source, size))
 
 

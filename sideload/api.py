@@ -22,7 +22,7 @@ from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, copy_file, file_chunks
+from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, closing_output, copy_file, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
@@ -254,7 +254,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                     small_files.write(txn.path_for(entry.path), data)
                     txn.add(entry.path, entry.size, entry.sha256)
                 else:
-                    with open(txn.path_for(entry.path), "wb") as out:
+                    with closing_output(open(txn.path_for(entry.path), "wb"), reserve=entry.size) as out:
                         copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(file_chunks(source, entry.size))
                     copy.check(entry.sha256, entry.size)
                     txn.add(entry.path, copy.done, copy.sha256)

@@ -82,7 +82,28 @@ def db_versions(local_server, write_recipe):
     return write
 
 
+def test_a_disk_filled_by_another_writer_during_a_download_does_not_fail_it_tmpfs(tmpfs, cli, monkeypatch, db_versions, isolated_env):
+    """The download reserved its space before the first byte (fallocate): what others write cannot take it."""
+    mnt = tmpfs("2m")
+    data_dir = mnt / "samples"
+    isolated_env.write_config(f'[data_dirs]\nsample = "{data_dir}"\n')
+    db_versions("v1")
+    assert cli("install", "db").exit_code == 0
+    v2 = db_versions("v2")
+    free_after_fill = []
+    fill = filler(mnt)
+    fired = take_space_at(monkeypatch, 300_000, lambda: (fill(), free_after_fill.append(shutil.disk_usage(mnt).free)), label_prefix="db-v2")
+    result = cli("install", "db", "--progress", "none")
+    assert fired and free_after_fill[0] <= 64 * 1024, "the disk was never filled: the test did not test anything"
+    assert result.exit_code == 0, result.stderr
+    assert (data_dir / "db" / "db.bin").read_bytes() == v2
+
+
 def test_disk_full_mid_download_tmpfs(tmpfs, cli, monkeypatch, db_versions, isolated_env):
+    """Where nothing can be reserved (a filesystem without fallocate), the write itself meets the full disk."""
+    from executor import durable
+
+    monkeypatch.setattr(durable, "_fallocate", None)
     mnt = tmpfs("2m")
     data_dir = mnt / "samples"
     isolated_env.write_config(f'[data_dirs]\nsample = "{data_dir}"\n')

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import time
 
 import pytest
@@ -125,6 +126,41 @@ def test_disk_full_surfacing_only_when_the_buffer_is_flushed_is_still_no_space_e
         with closing_output(open("/data/out.part", "wb")) as out:  # close() must not replace the error
             Copy(out, what="out").feed([b"x" * 2000])
     assert exc.value.where == "/data" and exc.value.needed == 2000
+
+
+# --- disk space reserved before the first byte (fallocate) -------------------------------------------
+
+
+def test_closing_output_reserves_the_space_to_come_and_leaves_the_size_alone(tmp_path):
+    """The blocks are allocated past the end (a resume reads a partial file's size, so it must not grow)."""
+    with open(tmp_path / "half.part", "wb") as f:
+        f.write(b"x" * 100_000)
+    with closing_output(open(tmp_path / "half.part", "ab"), reserve=8 << 20) as out:
+        st = os.fstat(out.fileno())
+        if st.st_blocks * 512 < 8 << 20:
+            pytest.skip(f"the filesystem of {tmp_path} does not allocate ahead (fallocate): nothing to see here")
+        assert st.st_size == 100_000
+        Copy(out, what="half").feed([b"y" * 1000])
+    assert (tmp_path / "half.part").read_bytes() == b"x" * 100_000 + b"y" * 1000
+
+
+def test_space_that_cannot_be_reserved_is_no_space_error_before_the_first_byte_tmpfs(tmpfs):
+    mnt = tmpfs("2m")
+    with pytest.raises(NoSpaceError) as exc:
+        with closing_output(open(mnt / "big.part", "wb"), reserve=3 << 20) as out:
+            out.write(b"never")
+    assert exc.value.where == str(mnt) and exc.value.needed == 3 << 20
+    assert isinstance(exc.value.__cause__, OSError) and exc.value.__cause__.errno == errno.ENOSPC
+    assert (mnt / "big.part").stat().st_size == 0
+    assert shutil.disk_usage(mnt).used < 1 << 20  # nothing stays reserved either
+
+
+def test_no_reservation_under_pyfakefs(fs):
+    """libc cannot see a fake file: the writes allocate, as on a filesystem without fallocate."""
+    fs.create_dir("/data")
+    with closing_output(open("/data/out", "wb"), reserve=1 << 30) as out:
+        out.write(b"fine")
+    assert open("/data/out", "rb").read() == b"fine"
 
 
 def test_other_write_errors_are_not_disguised_as_disk_full(tmp_path):
