@@ -265,7 +265,9 @@ def build_bundle(
     if include_tool is not None and private_key is None:
         raise UsageError("--include-tool needs a signed bundle: the air-gapped host checks it with openssl before running anything", hint="pass --key PREFIX.key")
     live = _choose_live(plans)
-    engine.preflight(plans, confirm or (lambda *_: True), target_dir=work, streamed={live.key} if live else ())
+    engine.preflight(
+        plans, confirm or (lambda *_: True), target_dir=work, streamed={live.key} if live else (), kept_whole={p.key for p in plans if _keeps_archives(p)}
+    )
     check_space(out.parent, sum(p.size_estimate_bytes for p in plans))
     held = ExitStack()  # bundles share this staging cache and its partial downloads: one at a time
     txns: list[PackTransaction] = []

@@ -121,12 +121,21 @@ class Engine:
     # --- decide -------------------------------------------------------------------------
 
     def preflight(
-        self, plans: list[Plan], confirm: Confirm = never_confirm, *, local: bool = False, target_dir: Path | None = None, streamed: Collection[str] = ()
+        self,
+        plans: list[Plan],
+        confirm: Confirm = never_confirm,
+        *,
+        local: bool = False,
+        target_dir: Path | None = None,
+        streamed: Collection[str] = (),
+        kept_whole: Collection[str] = (),
     ) -> None:
         """Everything that can refuse before the first byte: writable, space, tools, size warning.
 
         `target_dir` replaces the data dirs (a bundle stages into one cache directory);
-        `streamed`: keys of packs that never touch it (a bundle streams them into the archive).
+        `streamed`: keys of packs that never touch it (a bundle streams them into the archive);
+        `kept_whole`: keys of packs whose archives are not unpacked there (a bundle carries them
+        whole), which need room for their downloads only.
         """
         needed: dict[Path, int] = {}
         for plan in plans:
@@ -137,8 +146,9 @@ class Engine:
             check_tools(sorted(set(tools)), plan.pack_id)
             if step_types.uses_python(plan.steps):  # a wheel installed --no-deps needs its framework there
                 step_types.check_python_packages(self.python, plan.recipe.requires.packages_pip, plan.pack_id)
+            unpacks = plan.key not in kept_whole
             needed[data_dir] = needed.get(data_dir, 0) + (0 if plan.key in streamed else sum(
-                (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract else 0) for s in plan.steps
+                (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract and unpacks else 0) for s in plan.steps
             ))
         check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.

@@ -111,7 +111,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     auth = credentials_auth(ctx, recipe, step.credentials)
     expected = _expected_checksum(ctx, recipe, step, url, auth)
     data_dir = txn.data_dir
-    extra = step.unpacked_size_bytes or 0 if step.extract else 0
+    extra = step.unpacked_size_bytes or 0 if step.extract and not txn.keep_archives else 0  # room to unpack it, where it will be
     meter = Meter(ctx.listener, key, index, step_label(step), step.size_bytes)
     download = Download(
         client=ctx.client,

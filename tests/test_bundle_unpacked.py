@@ -317,6 +317,17 @@ def test_the_space_check_counts_what_the_archive_unpacks_to(cli, signer, isolate
     assert files_under(small) == []
 
 
+def test_an_archive_carried_whole_needs_room_for_itself_only_in_the_staging_cache(cli, key, local_server, write_recipe, tmp_path, tmpfs, monkeypatch, nothing_extracted):
+    """Staged (not pinned), the archive needs its own size in the cache, not the 50 MB it unpacks to."""
+    archive = make_tar_gz(MEMBERS)
+    serve_archive(local_server, write_recipe, "tar.gz", archive, pinned=False, unpacked_size_bytes=50_000_000)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmpfs("2m")))
+    out = tmp_path / "b.tar.zst"
+    result = cli("bundle", "vulndb", "-o", str(out), "--key", str(key), "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert bundle_member(out, "archives/vulndb/db.tar.gz") == archive
+
+
 # --- a pinned archive streamed into the bundle -------------------------------------------------
 
 
