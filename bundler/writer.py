@@ -17,7 +17,7 @@ import zstandard
 
 from executor import durable
 from executor.extract import tar_checksum
-from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, file_chunks
+from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 
 ZSTD_LEVEL = 3
@@ -37,7 +37,7 @@ class PartWriter:
         self.parts: list[PartEntry] = []
         self._tmp_paths: list[Path] = []
         self._file: BinaryIO | None = None
-        self._hasher = hashlib.sha256()
+        self._hash: HashThread | None = None  # the part's sha256, on a second core: the writing thread is the bundle's busiest
         self._size = 0
         self._behind = 0  # bytes of the current part not yet handed to write_behind
 
@@ -49,7 +49,7 @@ class PartWriter:
         tmp = self.out.with_name(f".{self._final_name(len(self.parts) + 1)}.tmp")
         self._tmp_paths.append(tmp)
         self._file = open(tmp, "wb")
-        self._hasher, self._size, self._behind = hashlib.sha256(), 0, 0
+        self._hash, self._size, self._behind = HashThread(hashlib.sha256()), 0, 0
 
     def _close_current(self) -> None:
         if self._file is None:
@@ -58,7 +58,8 @@ class PartWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        self.parts.append(PartEntry(self._final_name(len(self.parts) + 1), self._size, self._hasher.hexdigest()))
+        self._hash.close()
+        self.parts.append(PartEntry(self._final_name(len(self.parts) + 1), self._size, self._hash.hasher.hexdigest()))
 
     def write(self, data) -> int:
         view = memoryview(data)
@@ -68,7 +69,7 @@ class PartWriter:
             room = len(view) if not self.split_size else min(len(view), self.split_size - self._size)
             piece = view[:room]
             self._file.write(piece)
-            self._hasher.update(piece)
+            self._hash.add(piece)
             self._size += room
             self._behind += room
             view = view[room:]
@@ -92,6 +93,7 @@ class PartWriter:
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._hash.close()
         for tmp in self._tmp_paths:
             tmp.unlink(missing_ok=True)
 

@@ -130,7 +130,9 @@ class HashThread:
         self.thread.start()
 
     def add(self, chunk) -> None:
-        self.batch.append(chunk if type(chunk) is bytes else bytes(chunk))  # a reused buffer would change under the thread
+        if type(chunk) is not bytes and not (type(chunk) is memoryview and type(chunk.obj) is bytes):
+            chunk = bytes(chunk)  # a reused buffer (bytearray, mmap) would change under the thread
+        self.batch.append(chunk)
         self.batched += len(chunk)
         if self.batched >= HASH_BATCH:
             self.queue.put(self.batch)
