@@ -5,6 +5,10 @@ mounted) and on pyfakefs (every machine): the pre-flight space check passes, the
 disk is taken away half way through. The run must stop with exit 5 and an error that
 names the space needed, leave nothing behind (no partial file, no staging directory),
 keep the version installed before intact, and a run after space was freed must finish.
+
+A large file reserves its space before its first byte (fallocate), so on a real filesystem a
+download whose length is known is not failed by another writer filling the disk; the
+mid-download case runs as on a filesystem without fallocate, where the write meets the full disk.
 """
 
 from __future__ import annotations
