@@ -17,8 +17,9 @@ import zstandard
 
 from executor import durable
 from executor.extract import tar_checksum
-from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks
+from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks, translate_write_error
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
+from manifests.errors import FileTooLargeError
 
 ZSTD_LEVEL = 3
 ZSTD_JOB_SIZE = 2 << 20  # bounds the compressor's memory (see write_archive)
@@ -54,15 +55,24 @@ class PartWriter:
     def _close_current(self) -> None:
         if self._file is None:
             return
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _write_error(exc, self._file, self._size) from exc
         self._file.close()
         self._file = None
         self._hash.close()
         self.parts.append(PartEntry(self._final_name(len(self.parts) + 1), self._size, self._hash.hasher.hexdigest()))
 
     def write(self, data) -> int:
-        view = memoryview(data)
+        try:
+            self._write(memoryview(data))
+        except OSError as exc:  # a full stick, or a part larger than its filesystem holds
+            raise _write_error(exc, self._file, self._size + len(data)) from exc
+        return len(data)
+
+    def _write(self, view: memoryview) -> None:
         while view:
             if self._file is None or (self.split_size and self._size >= self.split_size):
                 self._open_next()
@@ -77,7 +87,6 @@ class PartWriter:
             self._file.flush()
             durable.write_behind(self._file, WRITEBACK_KEEP)
             self._behind = 0
-        return len(data)
 
     def flush(self) -> None:
         if self._file is not None:
@@ -92,10 +101,21 @@ class PartWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
             self._hash.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # after a failed write the buffer fails again: the error in flight already says it
         for tmp in self._tmp_paths:
             tmp.unlink(missing_ok=True)
+
+
+def _write_error(exc: OSError, out: BinaryIO, size: int) -> Exception:
+    """A full stick as NoSpaceError; a part too large for its filesystem (FAT32) says how to split."""
+    error = translate_write_error(exc, out, size)
+    if isinstance(error, FileTooLargeError):
+        error.hint = "split the bundle into parts that filesystem holds: --split-size fat32 (4 GiB - 1 byte) or smaller"
+    return error
 
 
 @dataclass(frozen=True)

@@ -103,15 +103,16 @@ def reserve(out: BinaryIO, length: int) -> None:
     A full disk then says so before the first byte instead of halfway through, nothing else can
     take the space while the copy runs, the file gets long extents, and the writes skip the
     filesystem's block allocation page by page: writing 1 GiB durably took 0.29 s of system time
-    instead of 0.36 s (bench/RESULTS.md). Only a full disk or quota is an error (OSError); where
-    fallocate is missing or the filesystem does not do it (some network and FUSE ones), and
-    under pyfakefs, nothing is reserved and the writes allocate as before.
+    instead of 0.36 s (bench/RESULTS.md). A full disk or quota, or a file too large for the
+    filesystem (FAT32's 4 GiB), is an OSError; where fallocate is missing or the filesystem does
+    not do it (some network and FUSE ones), and under pyfakefs, nothing is reserved and the
+    writes allocate as before.
     """
     if _fallocate is None or length <= 0 or not _is_real_path(None):
         return
     if _fallocate(out.fileno(), _FALLOC_FL_KEEP_SIZE, out.tell(), length) != 0:
         code = ctypes.get_errno()
-        if code in (errno.ENOSPC, errno.EDQUOT):
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(code, os.strerror(code), out.name)
 
 

@@ -33,7 +33,7 @@ from executor.http import Download, fetch_small
 from executor.preflight import check_space
 from executor.steps import StepContext, StepOutcome, partial_path, place_file, step_label
 from executor.txn import PackTransaction
-from manifests.errors import ChecksumMismatch, NetworkError, NoSpaceError, TrustError, UsageError
+from manifests.errors import ChecksumMismatch, FileTooLargeError, NetworkError, NoSpaceError, TrustError, UsageError
 from manifests.recipe import StepSpec
 
 __all__ = [
@@ -375,7 +375,7 @@ def _pull(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTrans
     tried.append(download)
     try:
         copy = download.run(layer.sha256)  # content addressing: the digest is the checksum
-    except (NoSpaceError, TrustError):
+    except (NoSpaceError, FileTooLargeError, TrustError):
         download.discard()  # a blob that is too long (or no room for it) must not be resumed next run
         raise
     place_file(download.partial, step, txn, copy, meter)

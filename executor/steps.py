@@ -23,7 +23,7 @@ from executor.events import Listener, Meter, Notice
 from executor.preflight import check_space, check_tools
 from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
-from manifests.errors import ChecksumMismatch, ConfigError, NoSpaceError, ToolError, TrustError, UsageError
+from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, NoSpaceError, ToolError, TrustError, UsageError
 from manifests.recipe import Recipe, StepSpec
 
 if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that download (a sideload has none)
@@ -131,15 +131,15 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
         except ChecksumMismatch as exc:
             ctx.listener(Notice(key, "warning", f"{exc.message}; downloading once more"))
             copy = download.run(expected)  # the seed: delete and re-download, then fail
-    except NoSpaceError:
-        download.discard()  # disk full: the partial file goes, the error names the space needed
+    except (NoSpaceError, FileTooLargeError):
+        download.discard()  # disk full, or a file the filesystem cannot hold: the partial file goes
         raise
     outcome = StepOutcome(source=url, checksum_verified=expected is not None)
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
     try:
         place_file(download.partial, step, txn, copy, meter)
-    except (NoSpaceError, TrustError):
+    except (NoSpaceError, FileTooLargeError, TrustError):
         download.discard()  # a full disk or a refused archive: nothing of it is kept in the data dir
         raise
     download.discard()

@@ -22,7 +22,7 @@ from executor import durable, file_maker
 from executor.file_maker import write_whole as _write_whole
 from executor.events import Meter
 from executor.store import STAGING_NAME
-from manifests.errors import ChecksumMismatch, LengthError, NoSpaceError
+from manifests.errors import ChecksumMismatch, FileTooLargeError, LengthError, NoSpaceError
 
 CHUNK_SIZE = 1 << 20  # large reads: fewer Python round trips, memory stays flat
 HASH_AHEAD = 4 << 20  # a copy longer than this hashes on a second core (see HashThread)
@@ -76,7 +76,7 @@ class Copy:
                             durable.write_behind(out, WRITEBACK_KEEP)
                             next_writeback += WRITEBACK_STEP
                     except OSError as exc:
-                        raise _translate_write_error(exc, out, self.limit or self.done + size) from exc
+                        raise translate_write_error(exc, out, self.limit or self.done + size) from exc
                 if worker is None and self.done - start >= HASH_AHEAD:
                     worker = HashThread(hasher)
                 if worker is None:
@@ -90,7 +90,7 @@ class Copy:
                 try:
                     out.flush()  # a full disk (or an NFS quota) may only say so now, not at close()
                 except OSError as exc:
-                    raise _translate_write_error(exc, out, self.limit or self.done) from exc
+                    raise translate_write_error(exc, out, self.limit or self.done) from exc
         finally:
             if worker is not None:  # whatever happened, the hash covers exactly the `done` bytes
                 worker.close()
@@ -151,18 +151,21 @@ class HashThread:
         self.thread.join()
 
 
-def _translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Exception:
-    """A full disk or quota as NoSpaceError naming the data dir; other errors unchanged. `out`: a file or its path."""
-    if exc.errno in _SPACE_ERRNOS:
-        name = out if isinstance(out, str) else getattr(out, "name", ".")
-        where = os.path.dirname(os.path.abspath(name))
-        where = where.split(os.sep + STAGING_NAME)[0]  # the data dir, not a staging folder about to go
-        try:
-            free = shutil.disk_usage(where).free
-        except OSError:
-            free = None
-        return NoSpaceError(where, needed, free)
-    return exc
+def translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Exception:
+    """A full disk or quota as NoSpaceError naming the data dir, a file too large for the filesystem
+    as FileTooLargeError; other errors unchanged. `out`: a file or its path."""
+    if exc.errno not in _SPACE_ERRNOS and exc.errno != errno.EFBIG:
+        return exc
+    name = out if isinstance(out, str) else getattr(out, "name", ".")
+    where = os.path.dirname(os.path.abspath(name))
+    where = where.split(os.sep + STAGING_NAME)[0]  # the data dir, not a staging folder about to go
+    if exc.errno == errno.EFBIG:
+        return FileTooLargeError(where, needed)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    return NoSpaceError(where, needed, free)
 
 
 SMALL_FILE = 256 << 10  # files up to this size may be written by SmallFiles
@@ -255,7 +258,7 @@ class SmallFiles(_WriterContext):
                 try:
                     _write_whole(path, data)
                 except OSError as exc:
-                    self.error = _translate_write_error(exc, path, len(data))
+                    self.error = translate_write_error(exc, path, len(data))
 
 
 class _Abandoned(Exception):
@@ -328,7 +331,7 @@ class SmallFilesProcess(_WriterContext):
             number, message, path, size = json.loads(report)
         except (ValueError, TypeError):  # not the child's report: it died some other way
             raise OSError(errno.EIO, f"the process writing small files stopped (exit {self.process.returncode}): {report.strip() or 'no report'}") from None
-        raise _translate_write_error(OSError(number, message, path), path, size)
+        raise translate_write_error(OSError(number, message, path), path, size)
 
 
 class SmallFileWriter(_WriterContext):
@@ -387,7 +390,7 @@ def closing_output(out: BinaryIO, *, reserve: int = 0) -> Iterator[BinaryIO]:
         try:
             durable.reserve(out, reserve)
         except OSError as exc:
-            raise _translate_write_error(exc, out, reserve) from exc
+            raise translate_write_error(exc, out, reserve) from exc
         yield out
     except BaseException:
         try:

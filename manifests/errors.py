@@ -124,6 +124,20 @@ class NoSpaceError(FetchError):
         self.free = free
 
 
+class FileTooLargeError(FetchError):
+    """The filesystem refuses a file this large (EFBIG): FAT32, on many USB sticks, holds at most 4 GiB - 1 byte."""
+
+    exit_code = 5
+    DATA_DIR_HINT = "FAT32 holds at most 4 GiB - 1 byte per file: point this data type at another filesystem in the config file's [data_dirs]"
+
+    def __init__(self, where: str, size: int, hint: str = DATA_DIR_HINT):
+        from manifests.units import fmt_size
+
+        super().__init__(f"the filesystem of {where} cannot hold a file of {fmt_size(size)}", hint=hint)
+        self.where = where
+        self.size = size
+
+
 class NotWritableError(FetchError):
     exit_code = 5
 
