@@ -200,6 +200,16 @@ def write_recipe(isolated_env) -> Callable[..., Path]:
 
 
 @pytest.fixture
+def keygen_key(cli, tmp_path, monkeypatch) -> Path:
+    """A signing key made by `devops-cp data keygen` (passphrase from DEVOPS_CP_KEY_PASSPHRASE); `.pub` beside it."""
+    monkeypatch.setenv("DEVOPS_CP_KEY_PASSPHRASE", "a test passphrase")
+    (tmp_path / "keys").mkdir()
+    result = cli("keygen", "-o", str(tmp_path / "keys" / "site"))
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "keys" / "site.key"
+
+
+@pytest.fixture
 def serve_pack(local_server, write_recipe) -> Callable[..., str]:
     """serve_pack(pack_id, data, dest=..., **step_extra) serves `data` and writes a recipe for it; returns the URL."""
 

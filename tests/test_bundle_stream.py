@@ -19,16 +19,11 @@ from conftest import download_step, files_under, fresh_host, gets, payload, read
 from devops_cp.localserver import Fault
 from executor.http import Download
 
-PASSPHRASE = "pinned streams"
 
 
 @pytest.fixture
-def key(cli, tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("DEVOPS_CP_KEY_PASSPHRASE", PASSPHRASE)
-    (tmp_path / "keys").mkdir()
-    result = cli("keygen", "-o", str(tmp_path / "keys" / "site"))
-    assert result.exit_code == 0, result.stderr
-    return tmp_path / "keys" / "site.key"
+def key(keygen_key) -> Path:
+    return keygen_key
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from conftest import download_step, files_under, fresh_host, gets, make_tar_gz, 
 from executor import extract
 from manifests.bundle import Unpack
 
-PASSPHRASE = "unpacked members"
 MEMBERS = [("db-2026/", "dir"), ("db-2026/a.json", b'{"a": 1}' * 300), ("db-2026/sub/b.bin", bytes(range(256)) * 40), ("db-2026/sub/deeper/c", b"c"), ("db-2026/empty", b"")]
 UNPACKED = {"db/a.json": MEMBERS[1][1], "db/sub/b.bin": MEMBERS[2][1], "db/sub/deeper/c": b"c", "db/empty": b""}
 
@@ -39,11 +38,8 @@ ARCHIVES = {"tar.gz": make_tar_gz, "tar": lambda members: make_tar_gz(members, f
 
 
 @pytest.fixture
-def key(cli, tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("DEVOPS_CP_KEY_PASSPHRASE", PASSPHRASE)
-    (tmp_path / "keys").mkdir()
-    assert cli("keygen", "-o", str(tmp_path / "keys" / "site")).exit_code == 0
-    return tmp_path / "keys" / "site.key"
+def key(keygen_key) -> Path:
+    return keygen_key
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from executor import durable
 from executor.transfer import Copy, closing_output
 from manifests.errors import FileTooLargeError
 
-PASSPHRASE = "too large"
 LIMIT = 1 << 20  # the child's largest file
 
 RUN_LIMITED = """
@@ -41,11 +40,8 @@ def run_limited(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def key(cli, tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("DEVOPS_CP_KEY_PASSPHRASE", PASSPHRASE)
-    (tmp_path / "keys").mkdir()
-    assert cli("keygen", "-o", str(tmp_path / "keys" / "site")).exit_code == 0
-    return tmp_path / "keys" / "site.key"
+def key(keygen_key) -> Path:
+    return keygen_key
 
 
 def test_a_download_larger_than_the_filesystem_holds_is_exit_5_and_leaves_nothing(serve_pack, isolated_env):
