@@ -111,7 +111,7 @@ def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: 
             if entry.unpack is not None and entry.unpack.format != "zip":  # a zip is read from its end: hashed only
                 _read_archive(entry, source, _Progress(meter, done), lambda hashed: _walk(hashed, entry.unpack, entry.member))
             else:
-                Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+                _check_member(entry, file_chunks(source, entry.size))
             done += entry.size
             meter.update(done)
         reader.finish()
@@ -204,6 +204,11 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                     _remove_empty_staging(directory)
 
 
+def _check_member(entry: FileEntry, chunks) -> None:
+    """A member's bytes against its manifest entry: length and sha256, nothing written."""
+    Copy(None, what=entry.member, limit=entry.size).feed(chunks).check(entry.sha256, entry.size)
+
+
 def _space_needed(entry: FileEntry) -> int:
     """An archive needs room for what it unpacks to (the recipe's estimate), a zip also for itself (it is staged first)."""
     if entry.unpack is None:
@@ -245,12 +250,12 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
             for entry, source in reader.payload(manifest):
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere
-                    Copy(None, what=entry.member, limit=entry.size).feed(file_chunks(source, entry.size)).check(entry.sha256, entry.size)
+                    _check_member(entry, file_chunks(source, entry.size))
                 elif entry.unpack is not None:
                     _unpack(entry, source, txn, _Progress(meter, done))
                 elif entry.size <= SMALL_FILE:  # read whole, checked, then created by the small-file writer
                     data = source.read(entry.size)
-                    Copy(None, what=entry.member, limit=entry.size).feed((data,)).check(entry.sha256, entry.size)
+                    _check_member(entry, (data,))
                     small_files.write(txn.path_for(entry.path), data)
                     txn.add(entry.path, entry.size, entry.sha256)
                 else:
