@@ -196,8 +196,8 @@ class MemberBytes:
 
 
 def _decompressed(raw: BinaryIO, fmt: str) -> BinaryIO:
-    if fmt == "tar.zst":
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+    if fmt == "tar.zst":  # several frames (pzstd's output, or pieces compressed apart and concatenated) are one stream
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True)
     if fmt == "tar.gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if fmt == "tar.xz":

@@ -56,6 +56,17 @@ def test_every_format_extracts_with_strip_components(fmt, tmp_path, txn):
     assert txn.files["db/sub/b.bin"].sha256 == sha256(b"\x00" * 3000) and txn.files["db/sub/b.bin"].size == 3000
 
 
+def test_a_tar_zst_of_several_frames_extracts_whole(tmp_path, txn):
+    """pzstd writes one frame per piece; zstd reads them as one stream, and so must we."""
+    members = [("top/", "dir")] + [(f"top/f{i}", bytes([65 + i]) * 300_000) for i in range(3)]
+    raw = make_tar_gz(members, fmt="w")
+    cut = len(raw) // 2  # inside f1's data
+    archive = tmp_path / "pieces.tar.zst"
+    archive.write_bytes(b"".join(zstandard.ZstdCompressor().compress(piece) for piece in (raw[:cut], raw[cut:])))
+    assert extract(archive, "tar.zst", txn, "db", strip=1) == 900_000
+    assert {name: (txn.files_root / name).read_bytes() for name in txn.files} == {f"db/f{i}": bytes([65 + i]) * 300_000 for i in range(3)}
+
+
 def test_without_strip_the_top_folder_is_kept(tmp_path, txn):
     extract(write_archive(tmp_path, "tar.gz", GOOD), "tar.gz", txn, "db")
     assert sorted(txn.files) == ["db/top/a.txt", "db/top/sub/b.bin"]
