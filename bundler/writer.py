@@ -15,6 +15,7 @@ from typing import BinaryIO, Callable
 
 import zstandard
 
+from bundler.raw_frames import LARGE_MEMBER, MemberRoute
 from executor import durable
 from executor.extract import tar_checksum
 from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks, translate_write_error
@@ -194,9 +195,12 @@ class TarWriter:
     has it (a download) instead of pulled from a file object, and nothing is buffered here.
     """
 
-    def __init__(self, out: BinaryIO):
+    def __init__(self, out: BinaryIO, *, parts: BinaryIO | None = None, level: int = ZSTD_LEVEL):
+        """`parts`: where `out`, a zstd writer at `level`, writes the archive. Given, a large member
+        that does not compress goes around `out` into it (bundler/raw_frames.py)."""
         self.out = out
         self.member_out = _NoFlush(out)
+        self.parts, self.level = parts, level
         self.offset = 0
 
     def _write(self, data: bytes) -> None:
@@ -210,12 +214,16 @@ class TarWriter:
 
     def add(self, member: Member, on_bytes: Callable[[int], None]) -> None:
         self._write(header(member.name, member.size))
+        routed = MemberRoute(self.out, self.parts, member.size, self.level) if self.parts is not None and member.size >= LARGE_MEMBER else None
+        out = routed or self.member_out
         if member.fetch is not None:
-            copy = member.fetch(self.member_out)
+            copy = member.fetch(out)
             on_bytes(copy.done)
         else:
             with open(member.path, "rb") as raw:
-                copy = Copy(self.member_out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
+                copy = Copy(out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
+        if routed is not None:
+            routed.end()
         copy.check(member.sha256, member.size)
         self.offset += member.size
         self._pad()
@@ -245,7 +253,7 @@ def write_archive(
         params = zstandard.ZstdCompressionParameters.from_level(level, threads=-1, job_size=ZSTD_JOB_SIZE, write_checksum=True)
         compressor = zstandard.ZstdCompressor(compression_params=params)
         with compressor.stream_writer(parts, closefd=False) as zst:
-            tar = TarWriter(zst)
+            tar = TarWriter(zst, parts=parts, level=level)
             tar.add_bytes(MANIFEST_NAME, manifest)
             if signature is not None:
                 tar.add_bytes(SIGNATURE_NAME, signature)
