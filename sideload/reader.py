@@ -84,6 +84,7 @@ class FrameWalker:
     _SKIPPABLE = 0x184D2A50  # 0x184D2A50 .. 0x184D2A5F
     _FCS_SIZES = (0, 2, 4, 8)
     _DICT_ID_SIZES = (0, 1, 2, 4)
+    _MAX_BLOCK = 128 << 10  # no block of any type holds more (RFC 8878, Block_Maximum_Size)
 
     def __init__(self) -> None:
         self.state, self.need, self.skip = "magic", 4, 0
@@ -147,7 +148,7 @@ class FrameWalker:
             self.state, self.need = "block", 3
         elif self.state == "block":
             kind, size = (value >> 1) & 3, value >> 3
-            if kind == 3:
+            if kind == 3 or size > self._MAX_BLOCK:
                 self.problem = f"the bundle is damaged: invalid zstd block at offset {at}"
                 return
             self.skip = 1 if kind == 1 else size

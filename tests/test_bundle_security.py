@@ -456,3 +456,59 @@ def test_frame_walker_knows_complete_cut_and_garbage(content):
         garbage = _walk(frame + b"\0garbage")
         assert not garbage.complete and "trailing garbage" in garbage.why_incomplete() and str(len(frame)) in garbage.why_incomplete()
     assert "empty" in _walk(b"").why_incomplete()
+
+
+# --- a large member stored in raw zstd frames (bundler/raw_frames.py) ------------------------------
+
+BIG = payload(9 << 20, seed=25)  # incompressible and over LARGE_MEMBER: written around the compressor
+
+
+def big_update(key, tmp_path: Path) -> tuple[Path, int]:
+    """The update with a large file; and where its raw frame starts in the archive."""
+    packs = update_packs()
+    packs[0].files["data/big.bin"] = BIG
+    good = write_bundle(tmp_path / "big.tar.zst", packs, key=key)
+    frame = good.path.read_bytes().find(RAW_FRAME_HEADER)
+    assert frame > 0
+    return good.path, frame
+
+
+RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00\x38"  # the magic, no flags, a 128 KiB window
+RAW_BLOCK = (128 << 10) + 3  # a full raw block with its header
+
+
+def test_the_update_with_a_raw_frame_installs(host, key, tmp_path):
+    bundle, _ = big_update(key, tmp_path)
+    result = host.sideload(bundle)
+    assert result.exit_code == 0, result.stderr
+    assert (host.env.sample_dir() / "data" / "big.bin").read_bytes() == BIG
+
+
+def test_a_changed_byte_in_a_raw_frame_is_refused_by_the_member_hash(host, key, tmp_path):
+    """A raw frame has no zstd checksum: the member's sha256 in the signed manifest catches it."""
+    bundle, frame = big_update(key, tmp_path)
+    flip_byte(bundle, frame + 6 + 5 * RAW_BLOCK + 1000)
+    host.assert_refused(bundle, "checksum mismatch", "packs/keep/data/big.bin")
+
+
+@pytest.mark.parametrize("change", ["larger-than-a-block", "reserved-type", "not-last"])
+def test_a_damaged_raw_block_header_is_refused(change, host, key, tmp_path):
+    bundle, frame = big_update(key, tmp_path)
+    data = bytearray(bundle.read_bytes())
+    at = {"larger-than-a-block": frame + 6 + 3 * RAW_BLOCK, "reserved-type": frame + 6, "not-last": frame + 6 + 72 * RAW_BLOCK}[change]
+    header = int.from_bytes(data[at : at + 3], "little")
+    if change == "not-last":  # the empty last block after the 72 full ones (9 MiB) loses its "last" bit
+        assert header == 1
+        header = 0  # the next frame's magic is then read as a block header
+    else:
+        assert header == (128 << 10) << 3  # a full raw block
+        header = ((128 << 10) + 1) << 3 if change == "larger-than-a-block" else header | 3 << 1
+    data[at : at + 3] = header.to_bytes(3, "little")
+    bundle.write_bytes(bytes(data))
+    host.assert_refused(bundle, "damaged")
+
+
+def test_an_archive_cut_inside_a_raw_frame_is_refused(host, key, tmp_path):
+    bundle, frame = big_update(key, tmp_path)
+    truncate(bundle, frame + 6 + 40 * RAW_BLOCK + 17)
+    host.assert_refused(bundle, "truncated")
