@@ -52,6 +52,10 @@ class Sizes:
         return cls(32 * MIB, 4 * MIB, 500, 8192, (16 * MIB, 32 * MIB, 64 * MIB))
 
 
+def _bytes(size: int | None) -> str:
+    return "(not kept)" if size is None else f"{size:,} bytes"
+
+
 def _bash(script: str) -> list[str]:
     return ["bash", "-o", "pipefail", "-c", script]
 
@@ -292,13 +296,15 @@ class Bench:
                       prepare=_fresh(peer_dir), cleanup=_remove(peer_dir)),
         ]
         compare(contenders, self.runs, self.log)
+        sizes = {path: path.stat().st_size if path.is_file() else None for path in (self._bundle_w2(), peer_out)}
         self.report(
             "W2: bundle",
             f"Bundle two packs, {self.sizes.big / MIB:.0f} MiB incompressible + {self.text_size / MIB:.0f} MiB vulnerability-DB-like JSON, "
             "signed. Ours downloads both from the local server, hashing as it fetches: the JSON pack is staged first, then the 1 GiB pack "
-            "(sha256 and size pinned by its recipe) streams from the server straight into tar -> zstd -3 (multi-threaded) -> "
-            "the archive (hashed as written, fsynced), then the signed checksum list. The peers start from the files already on disk, "
-            "except the last one, which fetches them with curl first.",
+            "(sha256 and size pinned by its recipe) streams from the server straight into tar -> zstd -3 (multi-threaded; bytes that "
+            "do not compress go around it as raw zstd frames) -> the archive (hashed as written, fsynced), then the signed checksum "
+            "list. The peers start from the files already on disk, except the last one, which fetches them with curl first. "
+            f"Archive size: ours {_bytes(sizes[self._bundle_w2()])}, the peers' {_bytes(sizes[peer_out])}.",
             contenders, size,
             {("ours: bundle (signed)", "sha256sum + tar/zstd -3 -T0"): 0.6, ("ours: bundle (signed)", "openssl dgst + tar/zstd -3 -T0"): 1.0},
         )

@@ -31,7 +31,7 @@ RAW_ABOVE = 0.98  # a sample that keeps more than this of its size does not comp
 SWITCH_AFTER = 4  # segments in a row that disagree with the route before it changes (no flapping)
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_FRAME_HEADER = ZSTD_MAGIC + bytes([0x00, 7 << 3])  # descriptor: all flags 0; window 2**(10+7) = 128 KiB
+FRAME_HEADER = ZSTD_MAGIC + bytes([0x00, 7 << 3])  # descriptor: all flags 0; window 2**(10+7) = 128 KiB
 BLOCK = 128 << 10  # the largest block a frame with that window may hold
 
 
@@ -43,15 +43,16 @@ _LAST_EMPTY_BLOCK = block_header(0, last=True)
 
 
 class RawFrame:
-    """One frame of raw blocks written to `out`; blocks start at every BLOCK bytes of the frame."""
+    """One frame of raw blocks written to `out`: blocks of BLOCK bytes, shorter only where a segment ends."""
 
     def __init__(self, out: BinaryIO):
         self.out = out
         self.block_left = 0  # bytes still to come of the block whose header was written
-        out.write(_FRAME_HEADER)
+        out.write(FRAME_HEADER)
 
     def write(self, view: memoryview, remaining: int) -> None:
-        """`remaining`: the member's bytes from the start of `view` on, which sizes the last block."""
+        """`remaining`: the bytes from the start of `view` to the next place the route may change
+        (the end of the segment), so that no block crosses it."""
         while view:
             if not self.block_left:
                 self.block_left = min(BLOCK, remaining)
@@ -120,7 +121,7 @@ class MemberRoute:
 
     def _route(self, piece: memoryview) -> None:
         if self.raw is not None:
-            self.raw.write(piece, self.left)
+            self.raw.write(piece, self.segment_left)
         else:
             self.zst.write(piece)
         self.left -= len(piece)

@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable
 
 import zstandard
 
-from bundler.raw_frames import LARGE_MEMBER, MemberRoute
+from bundler import raw_frames
 from executor import durable
 from executor.extract import tar_checksum
 from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks, translate_write_error
@@ -214,7 +214,7 @@ class TarWriter:
 
     def add(self, member: Member, on_bytes: Callable[[int], None]) -> None:
         self._write(header(member.name, member.size))
-        routed = MemberRoute(self.out, self.parts, member.size, self.level) if self.parts is not None and member.size >= LARGE_MEMBER else None
+        routed = raw_frames.MemberRoute(self.out, self.parts, member.size, self.level) if self.parts is not None and member.size >= raw_frames.LARGE_MEMBER else None
         out = routed or self.member_out
         if member.fetch is not None:
             copy = member.fetch(out)

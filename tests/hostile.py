@@ -26,6 +26,7 @@ import random
 import shutil
 import tarfile
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,6 +46,7 @@ from bundle_helpers import (
     write_tar_zst,
     zstd_frame,
 )
+from bundler import raw_frames
 from manifests import signing
 from manifests.bundle import Unpack, to_json
 
@@ -154,6 +156,18 @@ def _decompressed(data: bytes) -> bytes | None:
         return None
 
 
+@contextmanager
+def raw_frames_for_small_members():
+    """The corpus's payload files (random bytes, a few KB) stored in raw zstd frames, as a large
+    incompressible file is in a real bundle (bundler/raw_frames.py), so damage reaches that form too."""
+    saved = raw_frames.LARGE_MEMBER, raw_frames.SEGMENT, raw_frames.SAMPLE
+    raw_frames.LARGE_MEMBER, raw_frames.SEGMENT, raw_frames.SAMPLE = 16 << 10, 16 << 10, 4 << 10
+    try:
+        yield
+    finally:
+        raw_frames.LARGE_MEMBER, raw_frames.SEGMENT, raw_frames.SAMPLE = saved
+
+
 class HostileBundles:
     """Writes every case into `workdir`; the host trusts `key` (pub), never `stranger`."""
 
@@ -162,9 +176,10 @@ class HostileBundles:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key, self.stranger = key, stranger
         self.pub = write_public_key(self.dir / "site.pub", key)
-        self.first = write_bundle(self.dir / "first" / "first.tar.zst", FIRST, key=key).path
-        self.good = write_bundle(self.dir / "good" / "good.tar.zst", UPDATE, key=key)
-        self.split = write_bundle(self.dir / "split" / "split.tar.zst", UPDATE, key=key, split_size=30_000)
+        with raw_frames_for_small_members():
+            self.first = write_bundle(self.dir / "first" / "first.tar.zst", FIRST, key=key).path
+            self.good = write_bundle(self.dir / "good" / "good.tar.zst", UPDATE, key=key)
+            self.split = write_bundle(self.dir / "split" / "split.tar.zst", UPDATE, key=key, split_size=30_000)
         manifest, self.payload = build_manifest(UPDATE, key=key)
         self.manifest = manifest
         self.data = to_json(manifest)

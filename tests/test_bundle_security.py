@@ -33,6 +33,7 @@ from bundle_helpers import (
 )
 from conftest import payload, sha256
 from hostile import T0, T1
+from bundler import raw_frames
 from manifests import signing
 from manifests.bundle import to_json
 
@@ -468,12 +469,11 @@ def big_update(key, tmp_path: Path) -> tuple[Path, int]:
     packs = update_packs()
     packs[0].files["data/big.bin"] = BIG
     good = write_bundle(tmp_path / "big.tar.zst", packs, key=key)
-    frame = good.path.read_bytes().find(RAW_FRAME_HEADER)
+    frame = good.path.read_bytes().find(raw_frames.FRAME_HEADER)
     assert frame > 0
     return good.path, frame
 
 
-RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00\x38"  # the magic, no flags, a 128 KiB window
 RAW_BLOCK = (128 << 10) + 3  # a full raw block with its header
 
 

@@ -11,6 +11,7 @@ import random
 import pytest
 
 from bundle_helpers import new_key
+from bundler import raw_frames
 from hostile import HostileBundles, Host
 
 SEED = 20240501
@@ -34,6 +35,7 @@ def host(factory, isolated_env) -> Host:
 
 def test_the_undamaged_update_installs(factory, host, isolated_env):
     """The control: each case below is refused for its damage, not for something else."""
+    assert raw_frames.FRAME_HEADER in factory.compressed  # payload files in raw frames: damage reaches them too
     exit_code, output = host.sideload(factory.good.path)
     assert exit_code == 0, output
     assert host._installed_exactly_the_update() == []

@@ -167,6 +167,17 @@ def test_members_under_the_threshold_are_never_sampled(tmp_path, monkeypatch):
     assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive), read_across_frames=True).read() == expected_tar([("packs/s/small.bin", small)])
 
 
+def test_a_segment_that_is_not_a_whole_number_of_blocks_ends_its_blocks_with_it(tmp_path, monkeypatch):
+    """The route may change at every segment's end, so no raw block crosses one, whatever the sizes."""
+    monkeypatch.setattr(raw_frames, "SEGMENT", 200_000)
+    monkeypatch.setattr(raw_frames, "LARGE_MEMBER", MIB)
+    members = [("packs/x/mixed.bin", text_like(MIB) + payload(2 * MIB) + text_like(MIB, seed=6))]
+    archive = archive_of(tmp_path, members, step=70_001).read_bytes()
+    raw_blocks = [size for f in frames(archive) if all(kind == RAW for kind, _ in f.blocks) for _, size in f.blocks]
+    assert {BLOCK, 200_000 - BLOCK} <= set(raw_blocks) and max(raw_blocks) == BLOCK
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive), read_across_frames=True).read() == expected_tar(members)
+
+
 def test_split_parts_cut_through_raw_frames_and_join_back(tmp_path):
     members = [("packs/m/model.bin", payload(10 * MIB)), ("packs/d/db.json", text_like(9 * MIB))]
     out = tmp_path / "split.tar.zst"
