@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING
 import click
 
 from devops_cp.app import App
-from devops_cp.cli import PROGRESS_MODES, _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.cli import _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.params import Size, progress_options
 from devops_cp.render import progress_renderer
 from executor.config import config_dir
 from manifests.errors import UsageError
-from manifests.units import fmt_size, parse_duration, parse_size
+from manifests.units import fmt_size, parse_duration
 
 if TYPE_CHECKING:
     from manifests.signing import TrustStore
 
 PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
+MIN_PART = 2**20  # smaller parts only multiply files on the stick
 
 
 def _passphrase(confirm: bool) -> bytes:
@@ -48,7 +50,10 @@ def _trust_store() -> TrustStore:
 @json_option
 @reports_errors
 def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
-    """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub)."""
+    """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub).
+
+    The passphrase is asked on the terminal, or read from $DEVOPS_CP_KEY_PASSPHRASE.
+    """
     from manifests.signing import write_keypair
 
     passphrase = None if no_passphrase else _passphrase(confirm=True)
@@ -61,7 +66,7 @@ def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
 
 @click.group()
 def trust() -> None:
-    """The public keys this host trusts for sideloading."""
+    """The public keys this host trusts for sideloading (kept in ~/.config/devops-cp/trusted-keys/)."""
 
 
 @trust.command("add")
@@ -69,6 +74,7 @@ def trust() -> None:
 @json_option
 @reports_errors
 def trust_add(public_key: Path, as_json: bool) -> None:
+    """Trust PUBLIC_KEY (a signer's .pub file) for bundles from now on."""
     key_id = _trust_store().add(public_key.read_bytes())
     emit_json({"added": key_id}) if as_json else click.echo(f"trusted {key_id}")
 
@@ -77,6 +83,7 @@ def trust_add(public_key: Path, as_json: bool) -> None:
 @json_option
 @reports_errors
 def trust_list(as_json: bool) -> None:
+    """The trusted keys: key id and file."""
     keys = _trust_store().list()
     if as_json:
         emit_json({"keys": [{"key_id": k, "path": str(p)} for k, p in keys]})
@@ -92,6 +99,7 @@ def trust_list(as_json: bool) -> None:
 @json_option
 @reports_errors
 def trust_remove(key_id: str, as_json: bool) -> None:
+    """Stop trusting KEY_ID (the full id or its first digits, as `trust list` shows)."""
     removed = _trust_store().remove(key_id)
     emit_json({"removed": removed}) if as_json else click.echo(f"removed {removed}")
 
@@ -101,17 +109,20 @@ def trust_remove(key_id: str, as_json: bool) -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The bundle: OUT.tar.zst.")
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The signing key (PREFIX.key).")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned bundle (sideload then needs --allow-unsigned).")
-@click.option("--split-size", help="Split into parts of at most SIZE (4G, 700MiB, fat32).")
+@click.option("--split-size", type=Size(minimum=MIN_PART), help="Split into parts of at most SIZE, at least 1 MiB (4G, 700MiB, fat32).")
 @click.option("--expires", help="Refuse the bundle after this long (30d, 12h).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
 @click.option("--include-tool", is_flag=True, help="Also carry wheels of this tool and its dependencies, and OUT.bootstrap.sh.")
 @click.option("--target-python", metavar="X.Y", help="With --include-tool: wheels for this Python [default: this one].")
 @click.option("--target-platform", metavar="TAG", help="With --include-tool: wheels for this platform, e.g. manylinux_2_17_x86_64 [default: this host's].")
-@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@progress_options
 @json_option
 @reports_errors
-def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_tool, target_python, target_platform, progress, as_json) -> None:
-    """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
+def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_tool, target_python, target_platform, progress, quiet, as_json) -> None:
+    """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host.
+
+    An encrypted --key's passphrase is asked on the terminal, or read from $DEVOPS_CP_KEY_PASSPHRASE.
+    """
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
     from manifests.signing import read_private_key_file
@@ -123,6 +134,8 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
         raise UsageError("bundle needs a signing key", hint="pass --key PREFIX.key (make one with `devops-cp data keygen`), or --unsigned")
     if not out.name.endswith(".tar.zst"):
         raise UsageError(f"{out} must end in .tar.zst")
+    if not out.parent.is_dir():  # a stick that is not mounted must not quietly fill the local disk
+        raise UsageError(f"{out.parent} is not a folder", hint="mount the stick, or create the folder first")
     existing = [p for p in out.parent.glob(out.name + "*") if p.is_file()]
     if existing:
         raise UsageError(f"{existing[0]} already exists", hint="choose another -o name or remove the old bundle")
@@ -132,9 +145,9 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     app = App()
     plans = [app.plan(p, mode="bundle") for p in packs]
     for plan in plans:
-        for warning in plan.warnings:
+        for warning in plan.warnings if not quiet else ():
             click.echo(f"warning: {warning}", err=True)
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         engine = app.engine(listener)
         try:
             result = build_bundle(
@@ -143,7 +156,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
                 out,
                 private_key=private_key,
                 expires_in=timedelta(seconds=parse_duration(expires)) if expires else None,
-                split_size=parse_size(split_size) if split_size else None,
+                split_size=split_size,
                 confirm=_confirm_on_terminal(yes),
                 include_tool=tool_target,
             )
@@ -153,7 +166,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     if as_json:
         emit_json({"ok": True, "bundle_id": m.bundle_id, "signer_key_id": m.signer_key_id, "packs": [p.key for p in m.packs], "files": len(m.files), "payload_bytes": m.total_size, "outputs": [str(p) for p in result.paths], "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in result.parts], "notes": result.notes})
         return
-    for note in result.notes:
+    for note in result.notes if not quiet else ():
         click.echo(f"note: {note}", err=True)
     click.echo(f"bundle {m.bundle_id}: {len(m.packs)} pack(s), {len(m.files)} file(s), {fmt_size(m.total_size)} of data")
     for path in result.paths:
@@ -166,7 +179,7 @@ def _key_passphrase(key_path: Path) -> bytes | None:
 
 @click.command()
 @click.argument("bundle_path", type=click.Path(path_type=Path))
-@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key.")
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key (SIGNER.pub) for this run; repeatable. `devops-cp data trust add` trusts it for good.")
 @json_option
 @reports_errors
 def inspect(bundle_path: Path, trust_files, as_json: bool) -> None:
@@ -193,17 +206,17 @@ def _trust_options(trust_files, allow_unsigned=False, allow_expired=False):
 
 @click.command()
 @click.argument("bundle_path", type=click.Path(path_type=Path))
-@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--allow-unsigned", is_flag=True)
-@click.option("--allow-expired", is_flag=True)
-@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key (SIGNER.pub) for this run; repeatable. `devops-cp data trust add` trusts it for good.")
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle without a signature (anyone could have written it).")
+@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its --expires date.")
+@progress_options
 @json_option
 @reports_errors
-def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progress, as_json: bool) -> None:
+def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progress, quiet, as_json: bool) -> None:
     """The full check, without installing anything."""
     from sideload.api import verify_bundle
 
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         manifest, signer = verify_bundle(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), listener)
     if as_json:
         emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size})
@@ -211,11 +224,11 @@ def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progre
         click.echo(f"OK: bundle {manifest.bundle_id}, {len(manifest.files)} file(s), {fmt_size(manifest.total_size)}, signed by {signer or '(unsigned)'}")
 
 
-def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, progress="auto", as_json=False, python: str | None = None) -> int:
+def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, progress="auto", quiet=False, as_json=False, python: str | None = None) -> int:
     from sideload.api import SideloadRequest, sideload_bundle
 
     request = SideloadRequest(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), tuple(packs), allow_downgrade, force, dry_run, app.hardware)
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         engine = app.engine(listener, python=python)
         outcomes = sideload_bundle(engine, request)
     if dry_run and not as_json:
@@ -227,26 +240,26 @@ def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_r
 
 @click.command()
 @click.argument("bundle_path", type=click.Path(path_type=Path))
-@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key (SIGNER.pub) for this run; repeatable. `devops-cp data trust add` trusts it for good.")
 @click.option("--pack", "packs", multiple=True, help="Install only this pack (id or key); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Check signature, policy, space and permissions; install nothing.")
-@click.option("--allow-downgrade", is_flag=True)
-@click.option("--allow-expired", is_flag=True)
-@click.option("--allow-unsigned", is_flag=True)
+@click.option("--allow-downgrade", is_flag=True, help="Install data older than what is installed now.")
+@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its --expires date.")
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle without a signature (anyone could have written it).")
 @click.option("--force", is_flag=True, help="Install options whose GPU requirement is not met here.")
 @click.option("--yes", "-y", is_flag=True, help="Accepted for symmetry with install; sideload asks nothing.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
-@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@progress_options
 @json_option
 @reports_errors
-def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_expired, allow_unsigned, force, yes, python, progress, as_json) -> None:
+def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_expired, allow_unsigned, force, yes, python, progress, quiet, as_json) -> None:
     """Verify BUNDLE against the trusted keys, then install its packs."""
-    sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, progress=progress, as_json=as_json, python=python))
+    sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, progress=progress, quiet=quiet, as_json=as_json, python=python))
 
 
 @click.command("bootstrap-script")
 @click.argument("bundle_path", type=click.Path(path_type=Path))
-@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key.")
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key (SIGNER.pub) for this run; repeatable. `devops-cp data trust add` trusts it for good.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it here (mode 0755) instead of printing it.")
 @reports_errors
 def bootstrap_script(bundle_path: Path, trust_files, output: Path | None) -> None:

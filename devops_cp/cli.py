@@ -18,13 +18,13 @@ import click
 
 from devops_cp import reports
 from devops_cp.app import App
-from manifests.errors import DataPackError, NetworkError, UsageError
+from devops_cp.params import progress_options
+from manifests.errors import DataPackError, Interrupted, NetworkError, UsageError
 from manifests.units import fmt_size
 
 if TYPE_CHECKING:
     from manifests.plan import Plan
 
-PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
 
 
 def emit_json(document) -> None:
@@ -92,15 +92,21 @@ class _Cli(click.Group):
         # command runs (before anything imports httpx), not when our modules are imported.
         sys.modules.setdefault("httpx._main", None)
         _reuse_freed_memory()  # this process is the command's: a library user's allocator is left alone
+        from executor.interrupt import stop_on_ctrl_c
+
         try:
-            return super().__call__(*args, **kwargs)
+            with stop_on_ctrl_c():  # Ctrl-C: exit 130 within a second, what had begun its swap finished
+                return super().__call__(*args, **kwargs)
+        except Interrupted as exc:  # a command without reports_errors (demo)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         finally:
             # The process ends next. Its last garbage collection would walk every object left (a
             # manifest of 20,000 files, every module): 25-50 ms. Frozen, they are skipped.
             gc.freeze()
 
 
-@click.group(cls=_Cli)
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version, help="Show the version and exit.")
 def main() -> None:
     """devops-cp: tools for a DevOps control panel."""
@@ -266,8 +272,12 @@ def _record_json(record) -> dict:
 def _print_outcomes(outcomes, as_json: bool) -> int:
     exit_code = 0
     results = []
+    stopped = [o.key for o in outcomes if isinstance(o.error, Interrupted)]
     for outcome in outcomes:
-        if outcome.error is not None:
+        if isinstance(outcome.error, Interrupted):
+            exit_code = outcome.error.exit_code  # 130 wins: the run was stopped
+            results.append({"pack": outcome.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint, "exit_code": outcome.error.exit_code})
+        elif outcome.error is not None:
             exit_code = exit_code or outcome.error.exit_code
             results.append({"pack": outcome.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint, "exit_code": outcome.error.exit_code})
             click.echo(f"error: {outcome.key}: {outcome.error}", err=True)
@@ -276,6 +286,8 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
             results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": outcome.notes})
             if not as_json:
                 click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
+    if stopped:
+        click.echo(f"interrupted: {', '.join(stopped)} not installed; a partial download is kept, run the same command again to resume", err=True)
     if as_json:
         emit_json({"ok": exit_code == 0, "results": results})
     return exit_code
@@ -293,13 +305,14 @@ def _is_bundle(source: Path) -> bool:
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
 @click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="With --source BUNDLE: also trust this public key (SIGNER.pub); repeatable.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
-@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@progress_options
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, source, checksum, checksum_file, python, progress, as_json) -> None:
+def install(packs, choices, yes, force, source, trust_files, checksum, checksum_file, python, progress, quiet, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     from devops_cp.render import progress_renderer
     from executor.engine import LocalSource
@@ -308,12 +321,16 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, python,
     if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python))
+        sys.exit(run_sideload(app, source, trust_files=trust_files, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, quiet=quiet, as_json=as_json, python=python))
+    if (checksum or checksum_file) and source is None:
+        raise UsageError("--checksum and --checksum-file go with --source FILE", hint="a download from the network is checked against its recipe's checksum")
+    if trust_files:
+        raise UsageError("--trust goes with --source BUNDLE", hint="a download from the network is checked by its checksum, not a signature")
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         engine = app.engine(listener, python=python)
         try:
             outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local)

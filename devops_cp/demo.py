@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from devops_cp.params import Size, progress_options
+
 if TYPE_CHECKING:
     from devops_cp.localserver import LocalServer
 
@@ -76,16 +78,16 @@ def write_sample_catalog(server: LocalServer, catalog: Path, model_size: int) ->
 
 
 @click.command()
-@click.option("--size", default="48MiB", show_default=True, help="Size of the sample model file.")
+@click.option("--size", type=Size(), default="48MiB", show_default=True, help="Size of the sample model file (48MiB, 1G).")
 @click.option("--keep", is_flag=True, help="Keep the temporary HOME and print its path.")
-@click.option("--progress", type=click.Choice(["auto", "bar", "plain", "json", "none"]), default="auto", show_default=True)
-def demo(size: str, keep: bool, progress: str) -> None:
+@progress_options
+def demo(size: int, keep: bool, progress: str, quiet: bool) -> None:
     """Install built-in sample packs from an embedded server on 127.0.0.1 into a temporary HOME."""
     # Imported here, not at the top: every command's start-up would pay for the embedded server.
     from devops_cp.app import App
     from devops_cp.localserver import Fault, LocalServer
     from devops_cp.render import progress_renderer
-    from manifests.units import fmt_size, parse_size
+    from manifests.units import fmt_size
 
     home = Path(tempfile.mkdtemp(prefix="devops-cp-demo-"))
     saved = {k: os.environ.get(k) for k in ("HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "DEVOPS_CP_CATALOG", "DEVOPS_CP_CONFIG")}
@@ -94,13 +96,13 @@ def demo(size: str, keep: bool, progress: str) -> None:
         os.environ.pop(key, None)
     try:
         with LocalServer() as server:
-            packs = write_sample_catalog(server, home / "catalog", parse_size(size))
+            packs = write_sample_catalog(server, home / "catalog", size)
             # Pace the body (about 40 MB/s) so the bars move where a person can see them.
             server.set_fault("/packs/sample-model.bin", Fault(delay_per_chunk=0.0015))
             click.echo(f"serving sample packs from {server.base_url}; HOME={home}", err=True)
             app = App()
             plans = [app.plan(p) for p in packs]
-            with progress_renderer(progress) as listener:
+            with progress_renderer(progress, quiet=quiet) as listener:
                 engine = app.engine(listener)
                 try:
                     outcomes = engine.install(plans, confirm=lambda *_: True)

@@ -52,8 +52,11 @@ class RichBars:
             if task is not None:
                 self.progress.update(task, completed=event.size, total=event.size)
         elif isinstance(event, events.Notice):
+            from rich.text import Text
+
+            # Text, not markup: a tool's output ("[/] [bold]x") is printed as it was written.
             style = "yellow" if event.level == "warning" else "dim"
-            self.progress.console.print(f"[{style}]{event.message}[/]", markup=True, highlight=False)
+            self.progress.console.print(Text(_notice_line(event), style=style), highlight=False)
 
 
 class PlainLines:
@@ -80,7 +83,7 @@ class PlainLines:
         elif isinstance(event, events.StepDone):
             print(f"{event.pack}: {event.label} done ({event.size} bytes)", file=self.stream)
         elif isinstance(event, events.Notice):
-            print(f"{event.pack + ': ' if event.pack else ''}{event.message}", file=self.stream)
+            print(_notice_line(event), file=self.stream)
         self.stream.flush()
 
 
@@ -97,16 +100,40 @@ class JsonLines:
         print(json.dumps(events.to_dict(event)), file=sys.stderr, flush=True)
 
 
-def progress_renderer(mode: str = "auto"):
+def _notice_line(event: events.Notice) -> str:
+    return f"{event.pack + ': ' if event.pack else ''}{event.message}"
+
+
+def progress_renderer(mode: str = "auto", *, quiet: bool = False):
+    """`quiet` (-q) silences progress and notices; `--progress none` only progress."""
+    if quiet:
+        return _Silent()
     if mode == "json":
         return JsonLines()
     if mode == "none":
-        return _Silent()
+        return NoticesOnly(sys.stderr)
     if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
         from rich.console import Console
 
         return RichBars(Console(stderr=True))
     return PlainLines(sys.stderr)
+
+
+class NoticesOnly:
+    """`--progress none`: no bars or percentages, but warnings still reach the person."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def __enter__(self) -> "NoticesOnly":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.flush()
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Notice):
+            print(_notice_line(event), file=self.stream, flush=True)
 
 
 class _Silent:

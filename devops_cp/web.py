@@ -117,7 +117,7 @@ def web_settings(config: Config, *, host: str = "127.0.0.1", token: str | None =
     generated = chosen is None
     settings = WebSettings(
         token=chosen or secrets.token_urlsafe(24),
-        bundle_dirs=tuple(Path(d).expanduser() for d in dirs),
+        bundle_dirs=tuple(config.resolve(d) for d in dirs),
         allowed_hosts=(LOOPBACK_NAMES | {host.strip("[]")}) if is_loopback(host) else None,
         config_path=config.path,
     )

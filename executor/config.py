@@ -45,9 +45,20 @@ class Config:
     lock_timeout: float = 60.0
 
     def env_catalog_dirs(self) -> list[Path]:
-        """DEVOPS_CP_CATALOG (os.pathsep-separated) first, then catalog_dirs."""
+        """DEVOPS_CP_CATALOG (os.pathsep-separated) first, then catalog_dirs.
+
+        A folder named there that does not exist is an error: a typo must not quietly leave the
+        catalog without the recipes it was meant to add.
+        """
         from_env = [Path(p).expanduser() for p in os.environ.get("DEVOPS_CP_CATALOG", "").split(os.pathsep) if p]
+        for folder in from_env:
+            if not folder.is_dir():
+                raise ConfigError(f"DEVOPS_CP_CATALOG names {folder}, which is not a folder", hint="fix the variable, or unset it")
         return from_env + list(self.catalog_dirs)
+
+    def resolve(self, path: str) -> Path:
+        """A path written in the config file: `~` expanded, a relative one read from the file's folder."""
+        return self.path.parent / Path(path).expanduser()
 
 
 def _fail(path: Path, key: str, problem: str) -> ConfigError:
@@ -62,7 +73,10 @@ def _str_table(path: Path, data: dict, key: str) -> dict[str, str]:
 
 
 def load_config(path: Path | None = None) -> Config:
-    path = path or config_path()
+    named = os.environ.get("DEVOPS_CP_CONFIG") if path is None else None
+    path = (path or config_path()).absolute()
+    if named and not path.is_file():
+        raise ConfigError(f"DEVOPS_CP_CONFIG names {named}, which is not a file", hint="fix the variable, or unset it to use the default config file")
     if not path.exists():
         return Config(path=path)
     try:
@@ -87,11 +101,12 @@ def load_config(path: Path | None = None) -> Config:
     lock_timeout = data.get("lock_timeout", 60.0)
     if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
         raise _fail(path, "lock_timeout", "must be a number of seconds")
+    here = Config(path=path)  # relative paths are the config file's folder's, never the current one's
     return Config(
         path=path,
-        catalog_dirs=tuple(Path(d).expanduser() for d in catalog_dirs),
+        catalog_dirs=tuple(here.resolve(d) for d in catalog_dirs),
         max_parallel_downloads=parallel,
-        data_dirs={k: Path(v).expanduser() for k, v in _str_table(path, data, "data_dirs").items()},
+        data_dirs={k: here.resolve(v) for k, v in _str_table(path, data, "data_dirs").items()},
         mirrors=_str_table(path, data, "mirrors"),
         credentials=credentials,
         web=web,

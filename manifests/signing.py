@@ -160,7 +160,7 @@ def verify_signature(
 
 
 def _why_not_verified(keys: dict[str, Ed25519PublicKey], claimed: str | None) -> SignatureError:
-    add_hint = "if you trust the signer, add its .pub file to the trust store (trusted-keys/) and retry"
+    add_hint = "if you trust the signer, run `devops-cp data trust add SIGNER.pub` (or pass --trust SIGNER.pub) and retry"
     if not keys:
         return SignatureError("signature cannot be checked: no trusted keys are configured", hint=add_hint)
     if claimed is not None and claimed not in keys:

@@ -7,8 +7,6 @@ import re
 from manifests.errors import UsageError
 
 _SIZE_UNITS = {
-    "": 1,
-    "B": 1,
     "K": 10**3,
     "M": 10**6,
     "G": 10**9,
@@ -26,21 +24,25 @@ _SIZE_UNITS = {
 FAT32_MAX = 4 * 2**30 - 1
 
 
-def parse_size(text: str) -> int:
-    """'4G' -> 4e9 (K/M/G decimal), '10MiB' -> 10*2**20, 'fat32' -> 4 GiB - 1."""
+SIZE_FORMS = "a number with a unit: K, M, G, T (decimal: 4G), KiB, MiB, GiB, TiB (binary: 700MiB), or 'fat32'"
+
+
+def parse_size(text: str, *, minimum: int = 1) -> int:
+    """'4G' -> 4e9 (K/M/G decimal), '10MiB' -> 10*2**20, 'fat32' -> 4 GiB - 1.
+
+    A bare number is refused: `--split-size 10` once meant 10 bytes and a million parts.
+    """
     cleaned = text.strip()
     if cleaned.lower() == "fat32":
         return FAT32_MAX
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", cleaned)
     unit = match.group(2).upper() if match else None
     if not match or unit not in _SIZE_UNITS:
-        raise UsageError(
-            f"invalid size {text!r}",
-            hint="write a number with K, M, G (decimal) or KiB, MiB, GiB (binary), e.g. 4G, 700MiB, or 'fat32'",
-        )
+        why = "it has no unit" if match and not unit else "it is not a size"
+        raise UsageError(f"invalid size {text!r}: {why}", hint=f"write {SIZE_FORMS}")
     value = int(float(match.group(1)) * _SIZE_UNITS[unit])
-    if value <= 0:
-        raise UsageError(f"invalid size {text!r}: must be more than 0")
+    if value < minimum:
+        raise UsageError(f"invalid size {text!r}: must be at least {fmt_size(minimum)}", hint=f"write {SIZE_FORMS}")
     return value
 
 

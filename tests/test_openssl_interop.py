@@ -54,10 +54,10 @@ def bundles(tmp_path_factory) -> Bundles:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "DEVOPS_CP_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(HOME=str(root / "home"), DEVOPS_CP_CATALOG=str(root / "catalog"), DEVOPS_CP_NO_GPU="1")
     with LocalServer() as server:
-        write_sample_catalog(server, root / "catalog", 300_000)
+        write_sample_catalog(server, root / "catalog", 2_500_000)
         run = lambda *args: subprocess.run([*CLI, "data", *args], env=env, cwd=root, capture_output=True, text=True, check=True)  # noqa: E731
         run("keygen", "-o", str(root / "site"), "--no-passphrase")
-        for name, extra in (("whole", ()), ("split", ("--split-size", "100K"))):
+        for name, extra in (("whole", ()), ("split", ("--split-size", "1MiB"))):
             (root / name).mkdir()
             run("bundle", "sample-model", "sample-db", "-o", str(root / name / "b.tar.zst"), "--key", str(root / "site.key"), "--progress", "none", *extra)
     return Bundles(root, root / "site.pub", root / "whole" / "b.tar.zst", root / "split" / "b.tar.zst", env)

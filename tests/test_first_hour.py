@@ -1,0 +1,195 @@
+"""What a new user runs into in the first hour: sizes, paths, help, quiet, bad input, tool output."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import click
+import pytest
+
+from devops_cp.cli import main
+from manifests.errors import UsageError
+from manifests.units import FAT32_MAX, parse_size
+
+from conftest import files_under, payload
+
+MODEL = payload(300_000, seed=5)
+
+
+@pytest.fixture
+def keypair(cli, tmp_path):
+    (tmp_path / "keys").mkdir()
+    assert cli("keygen", "-o", str(tmp_path / "keys" / "site"), "--no-passphrase").exit_code == 0
+    return tmp_path / "keys" / "site.key", tmp_path / "keys" / "site.pub"
+
+
+# --- 3. sizes have units ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, value", [("4G", 4 * 10**9), ("700M", 700 * 10**6), ("4GiB", 4 * 2**30), ("1.5MiB", 3 * 2**19), ("2T", 2 * 10**12), ("fat32", FAT32_MAX), ("10 K", 10_000)])
+def test_a_size_with_a_unit_is_read(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["10", "0", "4 gigs", "banana", "", "-1G"])
+def test_a_size_without_a_known_unit_is_refused_naming_the_forms(text):
+    with pytest.raises(UsageError) as exc:
+        parse_size(text)
+    assert exc.value.exit_code == 2 and "KiB" in exc.value.hint and "fat32" in exc.value.hint
+
+
+def test_split_size_without_a_unit_is_exit_2_and_writes_nothing(cli, serve_pack, keypair, tmp_path, local_server):
+    serve_pack("model", MODEL)
+    out = tmp_path / "stick" / "b.tar.zst"
+    out.parent.mkdir()
+    result = cli("bundle", "model", "-o", str(out), "--key", str(keypair[0]), "--split-size", "10")
+    assert result.exit_code == 2
+    assert "no unit" in result.stderr and "700MiB" in result.stderr and "fat32" in result.stderr
+    assert list(out.parent.iterdir()) == [] and local_server.requests == []
+
+
+def test_a_part_smaller_than_1_mib_is_refused(cli, serve_pack, keypair, tmp_path, local_server):
+    serve_pack("model", MODEL)
+    out = tmp_path / "b.tar.zst"
+    result = cli("bundle", "model", "-o", str(out), "--key", str(keypair[0]), "--split-size", "1000K")
+    assert result.exit_code == 2 and "at least 1.0 MiB" in result.stderr
+    assert local_server.requests == [] and not list(tmp_path.glob("b.tar.zst*"))
+
+
+# --- 8. the user's mistakes are exit 2 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["0", "banana", "0K", "12"])
+def test_demo_with_a_bad_size_is_exit_2(cli, size):
+    result = cli("demo", "--size", size)
+    assert result.exit_code == 2, result.stderr
+    assert "Invalid value for '--size'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_checksum_without_source_is_exit_2_before_any_download(cli, serve_pack, local_server):
+    serve_pack("model", MODEL)
+    result = cli("install", "model", "--checksum", "sha256:" + "0" * 64)
+    assert result.exit_code == 2 and "go with --source" in result.stderr
+    assert local_server.requests == []
+
+
+# --- 4. paths behave ----------------------------------------------------------------------------
+
+
+def test_bundle_into_a_folder_that_does_not_exist_is_exit_2(cli, serve_pack, keypair, tmp_path, local_server):
+    serve_pack("model", MODEL)
+    stick = tmp_path / "media" / "stick"  # not mounted
+    result = cli("bundle", "model", "-o", str(stick / "b.tar.zst"), "--key", str(keypair[0]))
+    assert result.exit_code == 2 and f"{stick} is not a folder" in result.stderr
+    assert not stick.exists() and local_server.requests == []
+
+
+def test_a_relative_data_dir_is_the_config_files_folder_s_from_any_folder(cli, serve_pack, isolated_env, tmp_path, monkeypatch):
+    serve_pack("model", MODEL, dest="models/model.bin")
+    config = isolated_env.write_config('[data_dirs]\nsample = "data/samples"\n')
+    expected = config.parent / "data" / "samples" / "models" / "model.bin"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli("install", "model", "--progress", "none").exit_code == 0
+    assert expected.read_bytes() == MODEL
+    assert files_under(tmp_path / "a") == []
+    assert isolated_env.record("model")["data_dir"] == str(config.parent / "data" / "samples")
+
+    monkeypatch.chdir(tmp_path / "b")
+    removed = cli("remove", "model")
+    assert removed.exit_code == 0, removed.stderr
+    assert not expected.exists()
+
+
+def test_relative_catalog_and_bundle_dirs_are_the_config_files_folder_s(isolated_env, tmp_path, monkeypatch):
+    from devops_cp.web import web_settings
+    from executor.config import load_config
+
+    config_file = isolated_env.write_config('catalog_dirs = ["recipes"]\n[web]\nbundle_dirs = ["sticks", "/mnt/usb"]\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config()
+    assert config.catalog_dirs == (config_file.parent / "recipes",)
+    assert web_settings(config)[0].bundle_dirs == (config_file.parent / "sticks", Path("/mnt/usb"))
+
+
+# --- 5. warnings are not progress ---------------------------------------------------------------
+
+
+def test_progress_none_hides_progress_but_not_warnings_and_quiet_hides_both(cli, serve_pack, isolated_env):
+    serve_pack("loose", MODEL, checksum=False)
+    shown = cli("install", "loose", "--progress", "none")
+    assert shown.exit_code == 0, shown.stderr
+    assert "has no published checksum" in shown.stderr
+    assert "%" not in shown.stderr and "..." not in shown.stderr  # no progress lines
+
+    cli("remove", "loose")
+    quiet = cli("install", "loose", "-q")
+    assert quiet.exit_code == 0
+    assert quiet.stderr == "" and "installed loose" in quiet.stdout
+
+
+# --- 6. help that helps -------------------------------------------------------------------------
+
+
+def _commands(command: click.Command, path: tuple[str, ...] = ()):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def test_every_command_and_option_has_a_help_line_and_h_works():
+    from click.testing import CliRunner
+
+    missing = []
+    for path, command in _commands(main):
+        if not command.help:
+            missing.append(" ".join(path) or "devops-cp")
+        missing += [f"{' '.join(path)} {option.opts[-1]}" for option in command.params if isinstance(option, click.Option) and not option.help]
+        result = CliRunner().invoke(main, [*path, "-h"])
+        assert result.exit_code == 0 and "Usage:" in result.output, path
+    assert missing == []
+
+
+def test_keygen_and_bundle_help_name_the_passphrase_variable(cli):
+    for command in ("keygen", "bundle"):
+        assert "DEVOPS_CP_KEY_PASSPHRASE" in cli(command, "--help").stdout
+
+
+def test_an_untrusted_bundle_hint_names_the_command_and_install_source_accepts_trust(cli, serve_pack, keypair, tmp_path):
+    serve_pack("model", MODEL)
+    out = tmp_path / "b.tar.zst"
+    assert cli("bundle", "model", "-o", str(out), "--key", str(keypair[0]), "--progress", "none").exit_code == 0
+
+    refused = cli("install", "model", "--source", str(out), "--progress", "none")
+    assert refused.exit_code == 3
+    assert "devops-cp data trust add SIGNER.pub" in refused.stderr and "--trust SIGNER.pub" in refused.stderr
+
+    trusted = cli("install", "model", "--source", str(out), "--trust", str(keypair[1]), "--progress", "none")
+    assert trusted.exit_code == 0, trusted.stderr
+
+
+@pytest.mark.parametrize("variable, value, needle", [("DEVOPS_CP_CONFIG", "nowhere/config.toml", "not a file"), ("DEVOPS_CP_CATALOG", "nowhere", "not a folder")])
+def test_a_variable_that_points_at_nothing_is_exit_2(cli, monkeypatch, tmp_path, variable, value, needle):
+    monkeypatch.setenv(variable, str(tmp_path / value))
+    result = cli("list")
+    assert result.exit_code == 2 and variable in result.stderr and needle in result.stderr
+
+
+# --- 9. tool output is shown as it was printed ---------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["[/] [bold]x [notice] pip", "[/bold] unmatched", "progress [red]50%[/red]"])
+def test_a_tools_line_reaches_the_terminal_as_written(line):
+    from rich.console import Console
+
+    from devops_cp.render import RichBars
+    from executor.events import Notice
+
+    out = io.StringIO()
+    with RichBars(Console(file=out, width=200, color_system=None)) as bars:
+        bars(Notice("spacy-en", "info", f"python: {line}"))
+    assert f"spacy-en: python: {line}" in out.getvalue()
