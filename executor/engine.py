@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection
 
-from executor import steps as step_types
+from executor import interrupt, steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools
@@ -217,7 +217,9 @@ class Engine:
             update_schedule=pack.update_schedule,
             bundle_created=bundle_created,
         )
-        txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
+        with interrupt.deferred():  # a swap that has begun finishes, as after a kill
+            interrupt.check()  # Ctrl-C before it began: nothing is committed
+            txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
@@ -229,7 +231,9 @@ class Engine:
                 for note in recover(self.store, data_dir):
                     self.listener(Notice("", "info", note))
             workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            # Ctrl-C while waiting only sets interrupt.STOP: each thread stops at its next chunk
+            # (or finishes a swap it began) and says so in its outcome.
+            with interrupt.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
                 outcomes = list(pool.map(lambda plan: self._install_one(plan, source), plans))
             for data_dir in data_dirs:
                 remove_empty_staging(data_dir)

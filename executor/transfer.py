@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from executor import durable, file_maker
+from executor.interrupt import STOP, interrupted
 from executor.file_maker import write_whole as _write_whole
 from executor.events import Meter
 from executor.store import STAGING_NAME
@@ -62,6 +63,8 @@ class Copy:
         next_writeback = self.done + WRITEBACK_STEP if self.writeback else None
         try:
             for chunk in chunks:
+                if STOP.is_set():  # Ctrl-C: stop at this chunk; a partial download stays resumable
+                    raise interrupted()
                 size = len(chunk)
                 if limit is not None and self.done + size > limit:
                     raise LengthError(

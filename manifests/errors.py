@@ -24,6 +24,12 @@ class DataPackError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+class Interrupted(DataPackError):
+    """Ctrl-C: the run stopped; what had begun its swap finished, nothing else was committed."""
+
+    exit_code = 130  # the shell's convention: 128 + SIGINT
+
+
 # --- exit 2: usage, recipes, config -------------------------------------------------
 
 

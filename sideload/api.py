@@ -26,7 +26,7 @@ from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, 
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
-from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
+from manifests.errors import DataPackError, HardwareRequirementError, Interrupted, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
 from manifests.hardware import Hardware
 from manifests.recipe import step_from_json  # not bundler.build: sideload needs none of the bundler
 from sideload.reader import BundleReader, locate, read_parts_index
@@ -198,10 +198,18 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                     reader.finish()  # trailing data and every part's hash, before anything becomes visible
                     bundle_id, created = manifest.bundle_id, manifest.created
                     del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
-                    return [_commit(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
+                    return [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
             finally:
                 for directory in set(data_dirs.values()):
                     _remove_empty_staging(directory)
+
+
+def _commit_or_stop(engine, bundle_id, created, pack, txn, request) -> Outcome:
+    """Ctrl-C between two packs' commits: the packs committed are reported, the rest are not committed."""
+    try:
+        return _commit(engine, bundle_id, created, pack, txn, request)
+    except Interrupted as exc:
+        return Outcome(pack.key, error=exc)
 
 
 def _check_member(entry: FileEntry, chunks) -> None:

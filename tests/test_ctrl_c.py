@@ -1,0 +1,188 @@
+"""Ctrl-C: a real SIGINT to the process group of a running `devops-cp` against a real slow server.
+
+No timed assertions: "stopped promptly" is measured in bytes, the server sent far less than the
+file when the process had exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from devops_cp.localserver import Fault
+from executor import interrupt
+from executor.engine import Engine
+from executor.store import Store
+from executor.config import load_config
+from manifests.errors import Interrupted
+
+from conftest import fast_settings, files_under, gets, payload, sha256
+
+MiB = 2**20
+SIZE = 16 * MiB
+SLOW = Fault(trickle_bps=256 * 1024)  # the whole file would take a minute
+
+
+class Running:
+    """`devops-cp data ARGS --progress json` in its own process group, its stderr read line by line."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devops_cp", "data", *args, "--progress", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a shell gives a foreground job
+        )
+        self.lines: list[str] = []
+        self._moving = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("type") == "progress" and event["downloaded"] >= 256 * 1024:
+                self._moving.set()
+
+    def wait_until_bytes_move(self) -> None:
+        assert self._moving.wait(60), "".join(self.lines)
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal sends to the foreground job
+
+    def finish(self) -> tuple[int, str, str]:
+        stdout = self.proc.stdout.read()
+        code = self.proc.wait(120)
+        self._reader.join(10)
+        return code, stdout, "".join(self.lines)
+
+
+def test_ctrl_c_stops_an_install_keeps_the_partial_download_and_exits_130(serve_pack, local_server, isolated_env, cli):
+    data = payload(SIZE)
+    serve_pack("big", data)
+    local_server.set_fault("/packs/big.bin", SLOW)
+
+    run = Running("install", "big", "--yes")
+    run.wait_until_bytes_move()
+    run.ctrl_c()
+    code, stdout, stderr = run.finish()
+
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert len(stopped) == 1 and "partial download is kept" in stopped[0] and "run the same command again" in stopped[0]
+    sent = local_server.bytes_sent("/packs/big.bin")
+    assert sent < SIZE / 2, f"{sent} of {SIZE} bytes were sent before it stopped"
+    assert not (isolated_env.records_dir / "big.json").exists()
+    kept = [p for p in files_under(isolated_env.sample_dir()) if p.endswith(".part")]
+    assert len(kept) == 1 and kept[0].startswith(".devops-cp-staging/partial/")
+    assert "big/big.bin" not in files_under(isolated_env.sample_dir())
+
+    local_server.set_fault("/packs/big.bin", Fault())
+    again = cli("install", "big", "--progress", "none")
+    assert again.exit_code == 0, again.stderr
+    resumed = gets(local_server, "/packs/big.bin")[-1]
+    assert resumed.range is not None and resumed.status == 206  # resumed, not fetched again
+    assert sha256((isolated_env.sample_dir() / "big" / "big.bin").read_bytes()) == sha256(data)
+
+
+def test_a_second_ctrl_c_while_stopping_is_not_a_traceback(serve_pack, local_server, isolated_env):
+    serve_pack("big", payload(SIZE))
+    local_server.set_fault("/packs/big.bin", SLOW)
+
+    run = Running("install", "big", "--yes")
+    run.wait_until_bytes_move()
+    run.ctrl_c()
+    run.ctrl_c()
+    code, _, stderr = run.finish()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert not (isolated_env.records_dir / "big.json").exists()
+
+
+def test_ctrl_c_stops_a_bundle_and_leaves_no_bundle_behind(serve_pack, local_server, tmp_path):
+    serve_pack("big", payload(SIZE), size_exact=True)  # pinned: streamed straight into the archive
+    local_server.set_fault("/packs/big.bin", SLOW)
+    out = tmp_path / "stick" / "b.tar.zst"
+    out.parent.mkdir()
+
+    run = Running("bundle", "big", "-o", str(out), "--unsigned", "--yes")
+    run.wait_until_bytes_move()
+    run.ctrl_c()
+    code, _, stderr = run.finish()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert local_server.bytes_sent("/packs/big.bin") < SIZE / 2
+    assert list(out.parent.iterdir()) == []
+
+
+# --- the commit boundary, in process: STOP set at the exact moment that matters -----------------
+
+
+@pytest.fixture
+def engine(isolated_env):
+    return Engine(Store(load_config()), settings=fast_settings())
+
+
+@pytest.fixture(autouse=True)
+def clear_stop():
+    interrupt.STOP.clear()
+    yield
+    interrupt.STOP.clear()
+
+
+def _plan(serve_pack, pack_id: str, data: bytes):
+    from devops_cp.app import App
+
+    serve_pack(pack_id, data)
+    return App().plan(pack_id)
+
+
+def test_ctrl_c_after_the_download_but_before_the_swap_commits_nothing(serve_pack, engine, isolated_env, monkeypatch):
+    plan = _plan(serve_pack, "small", payload(100_000))
+    real_stage = Engine.stage
+
+    def stage_then_ctrl_c(self, *args, **kwargs):
+        outcomes = real_stage(self, *args, **kwargs)
+        interrupt.STOP.set()  # the signal lands between the last byte and the swap
+        return outcomes
+
+    monkeypatch.setattr(Engine, "stage", stage_then_ctrl_c)
+    [outcome] = engine.install([plan], confirm=lambda *_: True)
+    assert isinstance(outcome.error, Interrupted) and outcome.error.exit_code == 130
+    assert files_under(isolated_env.sample_dir()) == [] and not (isolated_env.records_dir / "small.json").exists()
+
+
+def test_a_swap_that_began_before_ctrl_c_finishes_and_is_reported(serve_pack, engine, isolated_env, monkeypatch):
+    from executor.txn import PackTransaction
+
+    data = payload(100_000)
+    plan = _plan(serve_pack, "small", data)
+    real_commit = PackTransaction.commit
+
+    def ctrl_c_during_swap(self, *args, **kwargs):
+        interrupt.STOP.set()  # the signal lands once the swap has begun
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PackTransaction, "commit", ctrl_c_during_swap)
+    [outcome] = engine.install([plan], confirm=lambda *_: True)
+    assert outcome.error is None and outcome.record.key == "small"
+    assert (isolated_env.sample_dir() / "small" / "small.bin").read_bytes() == data
+    assert (isolated_env.records_dir / "small.json").exists()
+
+
+def test_readme_lists_exit_130():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "| 130 |" in readme
