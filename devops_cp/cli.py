@@ -283,8 +283,12 @@ def _print_outcomes(outcomes, as_json: bool) -> int:
             click.echo(f"error: {outcome.key}: {outcome.error}", err=True)
         else:
             record = outcome.record
-            results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": outcome.notes})
-            if not as_json:
+            results.append({"pack": record.key, "ok": True, "already_installed": outcome.already_installed, "record": _record_json(record), "warnings": outcome.notes})
+            if as_json:
+                continue
+            if outcome.already_installed:
+                click.echo(f"already installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir} (--reinstall downloads it again)")
+            else:
                 click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
     if stopped:
         click.echo(f"interrupted: {', '.join(stopped)} not installed; a partial download is kept, run the same command again to resume", err=True)
@@ -304,6 +308,8 @@ def _is_bundle(source: Path) -> bool:
 @click.option("-c", "--choice", "choices", multiple=True, metavar="KEY=VALUE", help="A choice, e.g. -c model_size=base (repeatable).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
 @click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
+@click.option("--reinstall", is_flag=True, help="Download the pack again even if it is installed and intact.")
+@click.option("--verify", is_flag=True, help="Tell an intact install by re-hashing its files (default: size and modification time).")
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="With --source BUNDLE: also trust this public key (SIGNER.pub); repeatable.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
@@ -312,7 +318,7 @@ def _is_bundle(source: Path) -> bool:
 @progress_options
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, source, trust_files, checksum, checksum_file, python, progress, quiet, as_json) -> None:
+def install(packs, choices, yes, force, reinstall, verify, source, trust_files, checksum, checksum_file, python, progress, quiet, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     from devops_cp.render import progress_renderer
     from executor.engine import LocalSource
@@ -333,7 +339,7 @@ def install(packs, choices, yes, force, source, trust_files, checksum, checksum_
     with progress_renderer(progress, quiet=quiet) as listener:
         engine = app.engine(listener, python=python)
         try:
-            outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local)
+            outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local, reinstall=reinstall, verify=verify)
         finally:
             engine.close()
     sys.exit(_print_outcomes(outcomes, as_json))

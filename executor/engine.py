@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Collection
 from executor import interrupt, steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
+from executor.intact import PLAN_KEY, plan_fingerprint, why_not_intact
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
@@ -51,6 +52,7 @@ class Outcome:
     record: InstallRecord | None = None
     error: DataPackError | None = None
     notes: list[str] = field(default_factory=list)  # warnings a person should read
+    already_installed: bool = False  # intact and current: nothing was downloaded (record: the installed one)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Engine:
         checksum_verified: bool,
         fetched_at: str | None = None,
         bundle_created: str | None = None,
+        extra: dict | None = None,
     ) -> InstallRecord:
         """Make a staged pack visible, with its install record (see executor/txn.py)."""
         record = InstallRecord(
@@ -216,14 +219,42 @@ class Engine:
             checksum_verified=checksum_verified,
             update_schedule=pack.update_schedule,
             bundle_created=bundle_created,
+            extra=dict(extra or {}),
         )
         with interrupt.deferred():  # a swap that has begun finishes, as after a kill
             interrupt.check()  # Ctrl-C before it began: nothing is committed
             txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
         return record
 
-    def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
-        """Direct install: several packs download at most max_parallel_downloads at a time."""
+    def install(
+        self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None, reinstall: bool = False, verify: bool = False
+    ) -> list[Outcome]:
+        """Direct install: several packs download at most max_parallel_downloads at a time.
+
+        A pack already installed, intact and current is not downloaded again unless `reinstall`
+        (`verify`: re-hash its files to tell); a changed or missing file is repaired.
+        """
+        done: dict[str, Outcome] = {}
+        if source is None and not reinstall:
+            done = self._already_installed(plans, verify)
+        todo = [p for p in plans if p.key not in done]
+        outcomes = {o.key: o for o in self._install(todo, confirm, source)} if todo else {}
+        return [done.get(p.key) or outcomes[p.key] for p in plans]
+
+    def _already_installed(self, plans: list[Plan], verify: bool) -> dict[str, Outcome]:
+        done = {}
+        for plan in plans:
+            record = self.store.read_record(plan.key)
+            if record is None:
+                continue
+            why = why_not_intact(self.store, plan, record, verify=verify)
+            if why is None:
+                done[plan.key] = Outcome(plan.key, record=record, already_installed=True)
+            else:
+                self.listener(Notice(plan.key, "info", f"installed, but {why}: fetching it again"))
+        return done
+
+    def _install(self, plans: list[Plan], confirm: Confirm, source: LocalSource | None) -> list[Outcome]:
         self.preflight(plans, confirm, local=source is not None)
         data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
         with self.store.locked(data_dirs):
@@ -249,6 +280,7 @@ class Engine:
                     txn,
                     source=", ".join(o.source for o in outcomes if o.source),
                     checksum_verified=all(o.checksum_verified for o in outcomes),
+                    extra={PLAN_KEY: plan_fingerprint(plan)},
                 )
         except DataPackError as exc:
             return Outcome(plan.key, error=exc)

@@ -21,12 +21,12 @@ from manifests.errors import ConfirmationRequired, NoSpaceError, NotWritableErro
 from conftest import download_step, fast_settings, files_under, gets, payload, sha256
 
 
-def install(packs, *, listener=lambda e: None, confirm=lambda *a: True, settings=None, **engine_kw):
+def install(packs, *, listener=lambda e: None, confirm=lambda *a: True, settings=None, reinstall=False, **engine_kw):
     app = App(settings=settings or fast_settings())
     plans = [app.plan(p) for p in packs]
     engine = Engine(app.store, listener=listener, settings=app.settings, **engine_kw)
     try:
-        return engine.install(plans, confirm=confirm)
+        return engine.install(plans, confirm=confirm, reinstall=reinstall)
     finally:
         engine.close()
 
@@ -257,7 +257,7 @@ def test_checksum_from_a_published_sha256sum_file(local_server, write_recipe, is
     (outcome,) = install(["geo"])
     assert outcome.record.checksum_verified and outcome.record.files[0].sha256 == sha256(data)
     local_server.replace("/geo/SHA256SUMS", f"{'1' * 64}  GeoLite2-City.tar.gz\n".encode())
-    error = only_error(install(["geo"]))
+    error = only_error(install(["geo"], reinstall=True))
     assert error.exit_code == 3
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import time
 from pathlib import Path
 
 import click
@@ -12,7 +15,7 @@ from devops_cp.cli import main
 from manifests.errors import UsageError
 from manifests.units import FAT32_MAX, parse_size
 
-from conftest import files_under, payload
+from conftest import files_under, gets, payload
 
 MODEL = payload(300_000, seed=5)
 
@@ -193,3 +196,71 @@ def test_a_tools_line_reaches_the_terminal_as_written(line):
     with RichBars(Console(file=out, width=200, color_system=None)) as bars:
         bars(Notice("spacy-en", "info", f"python: {line}"))
     assert f"spacy-en: python: {line}" in out.getvalue()
+
+
+# --- 2. an intact pack is not downloaded again ---------------------------------------------------
+
+
+def test_an_intact_pack_is_already_installed_and_moves_no_byte(cli, serve_pack, local_server, isolated_env):
+    serve_pack("model", MODEL, dest="models/model.bin")
+    assert cli("install", "model", "--progress", "none").exit_code == 0
+    again = cli("install", "model", "--progress", "none")
+    assert again.exit_code == 0 and "already installed model" in again.stdout and "--reinstall" in again.stdout
+    assert len(gets(local_server)) == 1
+
+    as_json = cli("install", "model", "--json", "--progress", "none")
+    assert as_json.json()["results"][0]["already_installed"] is True
+    assert len(gets(local_server)) == 1
+
+    forced = cli("install", "model", "--reinstall", "--progress", "none")
+    assert forced.exit_code == 0 and "installed model" in forced.stdout and "already" not in forced.stdout
+    assert len(gets(local_server)) == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "other size", "modified"])
+def test_a_changed_or_missing_file_is_repaired(cli, serve_pack, local_server, isolated_env, damage):
+    serve_pack("model", MODEL, dest="models/model.bin")
+    assert cli("install", "model", "--progress", "none").exit_code == 0
+    installed = isolated_env.sample_dir() / "models" / "model.bin"
+    if damage == "missing":
+        installed.unlink()
+    elif damage == "other size":
+        installed.write_bytes(b"truncated")
+    else:
+        with open(installed, "r+b") as f:  # same size, written now: newer than the install
+            f.write(b"X")
+        os.utime(installed, (time.time() + 10, time.time() + 10))
+    repaired = cli("install", "model", "--progress", "plain")
+    assert repaired.exit_code == 0, repaired.stderr
+    assert "installed, but models/model.bin" in repaired.stderr and "fetching it again" in repaired.stderr
+    assert installed.read_bytes() == MODEL and len(gets(local_server)) == 2
+
+
+def test_verify_rehashes_a_file_whose_size_and_time_were_kept(cli, serve_pack, local_server, isolated_env):
+    serve_pack("model", MODEL, dest="models/model.bin")
+    assert cli("install", "model", "--progress", "none").exit_code == 0
+    installed = isolated_env.sample_dir() / "models" / "model.bin"
+    before = installed.stat()
+    with open(installed, "r+b") as f:
+        f.write(b"X" if MODEL[:1] != b"X" else b"Y")
+    os.utime(installed, ns=(before.st_atime_ns, before.st_mtime_ns))  # a change that size and time cannot see
+
+    assert "already installed" in cli("install", "model", "--progress", "none").stdout
+    assert len(gets(local_server)) == 1
+    verified = cli("install", "model", "--verify", "--progress", "plain")
+    assert verified.exit_code == 0 and "does not match its recorded sha256" in verified.stderr
+    assert installed.read_bytes() == MODEL and len(gets(local_server)) == 2
+
+
+def test_a_moving_target_older_than_its_schedule_is_updated(cli, serve_pack, local_server, isolated_env):
+    serve_pack("db", MODEL, checksum=False, top={"update_schedule": "daily"})
+    assert cli("install", "db", "--progress", "none").exit_code == 0
+    assert "already installed" in cli("install", "db", "--progress", "none").stdout  # fetched today: fresh
+
+    record_file = isolated_env.records_dir / "db.json"
+    record = json.loads(record_file.read_text())
+    record["fetched_at"] = "2020-01-01T00:00:00Z"
+    record_file.write_text(json.dumps(record))
+    updated = cli("install", "db", "--progress", "plain")
+    assert updated.exit_code == 0 and "an update" in updated.stderr and "already" not in updated.stdout
+    assert len(gets(local_server)) == 2

@@ -140,7 +140,7 @@ def test_a_failed_update_leaves_the_previous_version_intact(cli, local_server, s
     assert cli("install", "db").exit_code == 0
     v2 = payload(6000, seed=2)
     local_server.replace("/packs/db.bin", v2)
-    result = cli("install", "db")  # the recipe still pins v1's checksum: v2 is refused
+    result = cli("install", "db", "--reinstall")  # the recipe still pins v1's checksum: v2 is refused
     assert result.exit_code == 3
     assert (isolated_env.sample_dir() / "db" / "vuln.db").read_bytes() == v1
     assert isolated_env.record("db")["files"][0]["sha256"] == sha256(v1)
@@ -199,7 +199,7 @@ def test_kill_before_the_journal_is_rolled_back_by_the_next_command(cli, local_s
     serve_pack("rolled", v1, dest="db/r.db", checksum=False)
     assert cli("install", "rolled").exit_code == 0
     local_server.replace("/packs/rolled.bin", payload(20_000, seed=2))
-    child = spawn_cli("install", "rolled", "--progress", "none", prelude=KILL_BEFORE_JOURNAL)
+    child = spawn_cli("install", "rolled", "--reinstall", "--progress", "none", prelude=KILL_BEFORE_JOURNAL)
     assert child.wait(60) == -signal.SIGKILL
     staging = isolated_env.sample_dir() / STAGING_NAME
     assert list(staging.glob("txn-*/files/db/r.db"))  # staged, not visible

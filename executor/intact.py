@@ -1,0 +1,65 @@
+"""Is an installed pack still what its record says? `install` then moves no byte (pip's "already satisfied").
+
+A file matches when its size is the record's and it was not modified after the install (its
+modification time is not later than the record's installed_at); `verify=True` re-hashes every
+file instead. A moving target (a schedule other than manual) older than its schedule is due
+for an update, and a recipe that now fetches from other URLs is a new version: neither is intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from executor.config import rewrite_url
+from executor.store import InstallRecord, Store, parse_iso
+from manifests.plan import Plan
+
+MTIME_SLACK = 2.0  # installed_at has whole seconds; the files were written just before it
+
+
+def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: bool = False) -> str | None:
+    """None when the installed pack is intact and current, else why it must be fetched again."""
+    if plan.recipe.schedule_seconds is not None and store.freshness(record, plan.recipe.schedule_seconds)["stale"]:
+        return f"an update: fetched {record.fetched_at}, older than its {plan.recipe.update_schedule} schedule"
+    recorded = record.extra.get(PLAN_KEY)
+    if recorded is not None and recorded != plan_fingerprint(plan):
+        return "its recipe has changed since"
+    urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if s.type == "download"]
+    if recorded is None and urls and len(urls) == len(plan.steps) and record.source != ", ".join(urls):
+        return "its recipe fetches a different version now"
+    return changed_file(record, verify=verify)
+
+
+PLAN_KEY = "plan_sha256"  # in the install record's `extra`: which steps installed it
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """The resolved steps (URLs, checksums, destinations): a recipe that pins a new version differs."""
+    steps = [dataclasses.asdict(s) for s in plan.steps]
+    return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_file(record: InstallRecord, *, verify: bool = False) -> str | None:
+    """The first file that no longer matches its record, and how; None when all match."""
+    data_dir = Path(record.data_dir)
+    installed = parse_iso(record.installed_at).timestamp() + MTIME_SLACK
+    for f in record.files:
+        path = data_dir / f.path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{f.path} is missing"
+        if st.st_size != f.size:
+            return f"{f.path} has changed size ({st.st_size} bytes, {f.size} recorded)"
+        if verify:
+            from executor.transfer import hash_file  # only --verify reads the files
+
+            if hash_file(path).sha256 != f.sha256:
+                return f"{f.path} does not match its recorded sha256"
+        elif st.st_mtime > installed:
+            return f"{f.path} was modified after the install"
+    return None
