@@ -23,8 +23,10 @@ import pytest
 
 from devops_cp import reports
 from devops_cp.app import App
-from devops_cp.localserver import Fault, LocalServer
-from devops_cp.web import ServerThread, create_app, web_settings
+from support.localserver import Fault, LocalServer
+from devops_cp.web import create_app, web_settings
+from support.waiting import wait_for
+from support.webserver import ServerThread
 from executor.config import load_config
 
 TOKEN = "test-token-0123456789"
@@ -131,16 +133,6 @@ def read_events(client: httpx.Client, job_id: str, headers: dict | None = None) 
 
 def pack_entry(client: httpx.Client, pack_id: str) -> dict:
     return next(p for p in client.get("/api/packs").json()["packs"] if p["id"] == pack_id)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
 
 
 # --- the SSE stream --------------------------------------------------------------------------------
