@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from devops_cp.app import App
-from devops_cp.cli import _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.cli_common import confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
 from devops_cp.params import Size, progress_options
 from devops_cp.render import progress_renderer
 from executor.config import config_dir
@@ -70,7 +70,7 @@ def trust() -> None:
 
 
 @trust.command("add")
-@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key (SIGNER.pub) for this run; repeatable. `devops-cp data trust add` trusts it for good.")
 @json_option
 @reports_errors
 def trust_add(public_key: Path, as_json: bool) -> None:
@@ -157,7 +157,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
                 private_key=private_key,
                 expires_in=timedelta(seconds=parse_duration(expires)) if expires else None,
                 split_size=split_size,
-                confirm=_confirm_on_terminal(yes),
+                confirm=confirm_on_terminal(yes),
                 include_tool=tool_target,
             )
         finally:
@@ -235,7 +235,7 @@ def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_r
         for o in outcomes:
             click.echo(f"{o.key}: {'; '.join(o.notes)}")
         return 0
-    return _print_outcomes(outcomes, as_json)
+    return print_outcomes(outcomes, as_json)
 
 
 @click.command()

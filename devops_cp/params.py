@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from devops_cp.cli_common import PROGRESS_MODES
 from manifests.errors import UsageError
 from manifests.units import parse_size
 
@@ -24,8 +25,6 @@ class Size(click.ParamType):
         except UsageError as exc:
             self.fail(f"{exc.message}; {exc.hint}", param, ctx)
 
-
-PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
 
 
 def progress_options(func):

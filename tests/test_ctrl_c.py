@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor import interrupt
 from executor.engine import Engine
 from executor.store import Store
