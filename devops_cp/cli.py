@@ -146,6 +146,8 @@ def info(pack: str, as_json: bool) -> None:
     """Show a pack: choices, where it installs, how it is fetched and how it installs offline."""
     app = App()
     pack_id = pack.partition(":")[0]
+    if pack_id not in app.catalog.recipes and app.store.records_for_pack(pack_id):
+        return _info_from_bundle(app, pack_id, as_json)  # sideloaded: its bundle's manifest describes it
     recipe = app.catalog.get(pack_id)
     hardware = app.hardware
     from manifests.plan import resolve
@@ -195,6 +197,21 @@ def info(pack: str, as_json: bool) -> None:
         for title, key in (("online", "direct_install"), ("bundle fetches", "bundle_fetch"), ("offline", "offline_install")):
             for line in v[key]:
                 click.echo(f"      {title}: {line}")
+
+
+def _info_from_bundle(app: App, pack_id: str, as_json: bool) -> None:
+    """A pack this host's catalog does not define, described by the signed manifests it came in."""
+    document = reports.sideloaded_info(app, pack_id)
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(f"{document['label']} ({pack_id}): installed from a bundle; this host's catalog has no recipe for it")
+    click.echo(f"  data type: {document['data_type']} -> {document['data_dir']}")
+    for v in document["installed"]:
+        click.echo(f"  {v['key']}: {v['files']} file(s), {v['size_human']}, fetched {v['fetched_at']}, updates {v['update_schedule']}")
+        click.echo(f"      bundle {v['bundle_id'] or '?'} (created {v['bundle_created'] or '?'}), signed by {v['signer_key_id'] or '(unsigned)'}; from {v['upstream'] or '?'}")
+        for line in v["offline_install"]:
+            click.echo(f"      offline: {line}")
 
 
 # --- install -----------------------------------------------------------------------------
@@ -285,11 +302,12 @@ def status(as_json: bool) -> None:
 
 
 @data.command("check-updates")
+@click.option("--all", "all_packs", is_flag=True, help="Also list catalog packs that are not installed on a host that installs from bundles.")
 @json_option
 @reports_errors
-def check_updates(as_json: bool) -> None:
+def check_updates(all_packs: bool, as_json: bool) -> None:
     """Which packs are stale, never downloaded, or due when."""
-    document = reports.check_updates_document(App())
+    document = reports.check_updates_document(App(), all_packs=all_packs)
     if as_json:
         emit_json(document)
         return
@@ -301,8 +319,12 @@ def check_updates(as_json: bool) -> None:
         elif "next_update_seconds" in row:
             state = f"fresh, next update in {row['next_update_seconds'] // 3600}h"
         else:
-            state = "manual"
+            state = f"manual (fetched {row['fetched_at']})"
+        if row.get("bundle_created"):
+            state += f", from a bundle of {row['bundle_created']}"
         click.echo(f"{row['key']:<40} {row['schedule']:<8} {state}")
+    if document["not_installed_not_listed"]:
+        click.echo(f"({document['not_installed_not_listed']} catalog pack(s) not installed here are not listed: this host installs from bundles; --all lists them)")
     for warning in document["warnings"]:
         click.echo(f"warning: {warning}", err=True)
 

@@ -32,23 +32,38 @@ def status_document(app: App) -> dict:
     }
 
 
-def check_updates_document(app: App) -> dict:
+def check_updates_document(app: App, *, all_packs: bool = False) -> dict:
     """Every catalog pack, plus installed packs this host has no recipe for (a sideloaded site
-    pack): their record carries the update schedule."""
+    pack): their record carries the update schedule.
+
+    A host whose every pack came from a bundle (air-gapped) lists only what it has, each against
+    when its data was fetched and its bundle's date: the catalog's other packs cannot be
+    downloaded there, and "never downloaded" for each would only bury what matters. `all_packs`
+    lists them anyway.
+    """
     rows, warnings = [], []
     records = app.store.records()
+    from_bundles = bool(records) and all(r.source.startswith("bundle:") for r in records)
+    skipped = 0
     for recipe in sorted(app.catalog.recipes.values(), key=lambda r: r.id):
         installed = [r for r in records if r.pack_id == recipe.id]
+        if not installed and from_bundles and not all_packs:
+            skipped += 1
+            continue
         for record in installed or [None]:
             fresh = app.store.freshness(record, recipe.schedule_seconds)
-            rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **fresh})
+            rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **_bundle_date(record), **fresh})
         if not installed and recipe.tool_hint:
             warnings.append(recipe.tool_hint)
     for record in records:
         if record.pack_id not in app.catalog.recipes:
             fresh = app.store.freshness(record, SCHEDULES.get(record.update_schedule))
-            rows.append({"pack": record.pack_id, "key": record.key, "schedule": record.update_schedule, **fresh})
-    return {"packs": rows, "warnings": warnings}
+            rows.append({"pack": record.pack_id, "key": record.key, "schedule": record.update_schedule, **_bundle_date(record), **fresh})
+    return {"packs": rows, "warnings": warnings, "not_installed_not_listed": skipped}
+
+
+def _bundle_date(record) -> dict:
+    return {"bundle_created": record.bundle_created} if record is not None and record.bundle_created else {}
 
 
 def recipe_summary(app: App, recipe: Recipe) -> dict:
@@ -78,3 +93,37 @@ def option_availability(option: Option, hardware: Hardware) -> dict:
         "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
         "note": note,
     }
+
+
+def sideloaded_info(app: App, pack_id: str) -> dict:
+    """`info` for a pack installed from bundles: its records and the kept, signed manifests."""
+    from manifests.bundle import parse_manifest
+    from manifests.recipe import step_from_json
+
+    records = app.store.records_for_pack(pack_id)
+    installed = []
+    for record in records:
+        raw = app.store.read_bundle_manifest(record)
+        manifest = parse_manifest(raw) if raw is not None else None
+        entry = next((p for p in manifest.packs if p.key == record.key), None) if manifest else None
+        steps = [step_from_json(s) for s in entry.offline_steps] if entry else []
+        installed.append(
+            {
+                "key": record.key,
+                "choices": record.choices,
+                "files": len(record.files),
+                "size_bytes": record.size,
+                "size_human": fmt_size(record.size),
+                "fetched_at": record.fetched_at,
+                "installed_at": record.installed_at,
+                "update_schedule": record.update_schedule,
+                "bundle_id": manifest.bundle_id if manifest else None,
+                "bundle_created": record.bundle_created,
+                "signer_key_id": manifest.signer_key_id if manifest else None,
+                "upstream": entry.source if entry else None,
+                "tool_hint": entry.tool_hint if entry else "",
+                "offline_install": ["place the bundled files, verified by sha256"] + ["run " + " ".join(s.command) for s in steps if s.type == "tool_command"],
+            }
+        )
+    first = records[0]
+    return {"id": pack_id, "label": first.label, "data_type": first.data_type, "data_dir": first.data_dir, "recipe_file": None, "from_bundle": True, "installed": installed}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection
 
-from executor import interrupt, steps as step_types
+from executor import consumers, interrupt, steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.intact import PLAN_KEY, plan_fingerprint, why_not_intact
@@ -221,6 +221,7 @@ class Engine:
             bundle_created=bundle_created,
             extra=dict(extra or {}),
         )
+        consumers.adopt(pack.data_type, txn, record.fetched_at)  # trivy's DownloadedAt, before the files are synced
         with interrupt.deferred():  # a swap that has begun finishes, as after a kill
             interrupt.check()  # Ctrl-C before it began: nothing is committed
             txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)

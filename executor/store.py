@@ -25,6 +25,7 @@ from manifests.datatypes import default_dir
 from manifests.errors import ConfigError, LockTimeout, NotWritableError
 
 STAGING_NAME = ".devops-cp-staging"  # inside each data dir: same filesystem, so renames are atomic
+BUNDLE_MANIFEST_KEY = "bundle_manifest"  # a sideloaded record's `extra`: the id of the bundle whose manifest is kept
 
 
 def now_iso() -> str:
@@ -170,6 +171,30 @@ class Store:
 
     def delete_record(self, key: str) -> None:
         self._record_path(key).unlink(missing_ok=True)
+
+    # --- bundle manifests: what a sideloaded pack is, where its recipe is not in the catalog ---
+
+    def bundle_manifest_path(self, bundle_id: str) -> Path:
+        """The signed manifest, its exact bytes; the signature beside it (`.sig`) when it was signed."""
+        safe = bundle_id if bundle_id.isalnum() and len(bundle_id) <= 64 else hashlib.sha256(bundle_id.encode()).hexdigest()
+        return self.state / "bundles" / f"{safe}.manifest.json"
+
+    def keep_bundle_manifest(self, bundle_id: str, manifest: bytes, signature: bytes | None) -> None:
+        path = self.bundle_manifest_path(bundle_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.write_atomic(path, manifest)
+        if signature is not None:
+            durable.write_atomic(path.with_name(path.name + ".sig"), signature)
+
+    def read_bundle_manifest(self, record: InstallRecord) -> bytes | None:
+        """The kept manifest of the bundle a record came from; None when there is none."""
+        bundle_id = record.extra.get(BUNDLE_MANIFEST_KEY)
+        if not isinstance(bundle_id, str):
+            return None
+        try:
+            return self.bundle_manifest_path(bundle_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     # --- locks --------------------------------------------------------------------
 

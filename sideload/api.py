@@ -21,7 +21,7 @@ from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
-from executor.store import parse_iso
+from executor.store import BUNDLE_MANIFEST_KEY, parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, closing_output, copy_file, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
@@ -92,11 +92,15 @@ def inspect_bundle(path: Path, trust_files=()) -> dict:
     }
 
 
-def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> tuple[BundleManifest, str | None]:
+def _read_verified_header(reader: BundleReader, keys, options: TrustOptions, *, keep: list | None = None) -> tuple[BundleManifest, str | None]:
+    """`keep`: receives the manifest's exact bytes and its signature, to be kept with the install records."""
     manifest_bytes, signature = reader.read_header()
-    return verify_manifest(
+    verified = verify_manifest(
         manifest_bytes, signature, keys, allow_unsigned=options.allow_unsigned, now=datetime.now(timezone.utc), allow_expired=options.allow_expired
     )
+    if keep is not None:
+        keep[:] = [manifest_bytes, signature]
+    return verified
 
 
 def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: Listener = ignore) -> tuple[BundleManifest, str | None]:
@@ -173,8 +177,9 @@ def _check_offline_needs(engine: Engine, pack: PackEntry) -> None:
 
 def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
     keys = trusted_keys(request.trust.trust_files)
+    header: list = []
     with _open(request.path, keys, request.trust) as reader:
-        manifest, signer = _read_verified_header(reader, keys, request.trust)
+        manifest, signer = _read_verified_header(reader, keys, request.trust, keep=header)
         selected = _select(manifest, request.packs)
         data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
         for pack in selected:
@@ -196,6 +201,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                     txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
                     _stream_payload(engine, reader, manifest, txns)
                     reader.finish()  # trailing data and every part's hash, before anything becomes visible
+                    engine.store.keep_bundle_manifest(manifest.bundle_id, *header)
                     bundle_id, created = manifest.bundle_id, manifest.created
                     del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
                     return [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
@@ -338,6 +344,7 @@ def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry
         checksum_verified=pack.checksum_verified,
         fetched_at=pack.fetched_at,
         bundle_created=bundle_created,
+        extra={BUNDLE_MANIFEST_KEY: bundle_id},
     )
     notes = [w for w in request.warnings if w.startswith(pack.key)]
     try:

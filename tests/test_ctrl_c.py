@@ -15,15 +15,14 @@ import threading
 from pathlib import Path
 
 import pytest
-
+from conftest import fast_settings, files_under, gets, payload, sha256
 from support.localserver import Fault
+
 from executor import interrupt
+from executor.config import load_config
 from executor.engine import Engine
 from executor.store import Store
-from executor.config import load_config
 from manifests.errors import Interrupted
-
-from conftest import fast_settings, files_under, gets, payload, sha256
 
 MiB = 2**20
 SIZE = 16 * MiB
@@ -77,7 +76,7 @@ def test_ctrl_c_stops_an_install_keeps_the_partial_download_and_exits_130(serve_
     run = Running("install", "big", "--yes")
     run.wait_until_bytes_move()
     run.ctrl_c()
-    code, stdout, stderr = run.finish()
+    code, _, stderr = run.finish()
 
     assert code == 130, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr

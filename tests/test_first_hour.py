@@ -10,12 +10,11 @@ from pathlib import Path
 
 import click
 import pytest
+from conftest import files_under, gets, payload
 
 from devops_cp.cli import main
 from manifests.errors import UsageError
 from manifests.units import FAT32_MAX, parse_size
-
-from conftest import files_under, gets, payload
 
 MODEL = payload(300_000, seed=5)
 
@@ -264,3 +263,50 @@ def test_a_moving_target_older_than_its_schedule_is_updated(cli, serve_pack, loc
     updated = cli("install", "db", "--progress", "plain")
     assert updated.exit_code == 0 and "an update" in updated.stderr and "already" not in updated.stdout
     assert len(gets(local_server)) == 2
+
+
+# --- 7. the air-gapped host can describe what it received ------------------------------------------
+
+
+@pytest.fixture
+def sideloaded_site_pack(cli, serve_pack, keypair, tmp_path, isolated_env):
+    """A site pack bundled on the online side, sideloaded on a host whose catalog lacks its recipe."""
+    serve_pack("site-db", MODEL, dest="site/site.db", top={"update_schedule": "weekly", "label": "Site DB"})
+    out = tmp_path / "stick" / "b.tar.zst"
+    out.parent.mkdir()
+    assert cli("bundle", "site-db", "-o", str(out), "--key", str(keypair[0]), "--progress", "none").exit_code == 0
+    (isolated_env.catalog / "site-db.toml").unlink()  # the air-gapped host has no recipe for it
+    result = cli("sideload", str(out), "--trust", str(keypair[1]), "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_info_describes_a_sideloaded_pack_from_its_kept_signed_manifest(cli, sideloaded_site_pack, keypair, isolated_env):
+    from manifests import signing
+
+    shown = cli("info", "site-db")
+    assert shown.exit_code == 0, shown.stderr
+    assert "Site DB (site-db): installed from a bundle" in shown.stdout and "signed by" in shown.stdout
+    document = cli("info", "site-db", "--json").json()
+    [variant] = document["installed"]
+    assert variant["files"] == 1 and variant["upstream"].endswith("/packs/site-db.bin") and variant["update_schedule"] == "weekly"
+
+    # The manifest is kept byte for byte with its signature: anyone can check it again.
+    record = isolated_env.record("site-db")
+    kept = isolated_env.state / "devops-cp" / "bundles" / f"{record['extra']['bundle_manifest']}.manifest.json"
+    signature = kept.with_name(kept.name + ".sig").read_bytes()
+    public = signing.load_public_key(keypair[1].read_bytes())
+    public.verify(signature, kept.read_bytes())  # raises if not the bytes that were signed
+    assert variant["signer_key_id"] == signing.key_id(public)
+
+
+def test_check_updates_on_the_air_gapped_host_lists_what_it_has(cli, sideloaded_site_pack):
+    shown = cli("check-updates")
+    assert shown.exit_code == 0, shown.stderr
+    assert "never downloaded" not in shown.stdout
+    assert "site-db" in shown.stdout and "from a bundle of" in shown.stdout and "fresh" in shown.stdout
+    assert "--all lists them" in shown.stdout
+    document = cli("check-updates", "--json").json()
+    assert [row["key"] for row in document["packs"]] == ["site-db"] and document["packs"][0]["bundle_created"]
+    everything = cli("check-updates", "--all", "--json").json()
+    assert any(row["reason"] == "never downloaded" for row in everything["packs"])

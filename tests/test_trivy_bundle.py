@@ -71,11 +71,15 @@ def test_bundle_trivy_db_from_the_local_registry_then_sideload_into_a_fresh_home
     assert result.exit_code == 0, result.stderr
     trivy_cache = cache / "trivy"
     assert (trivy_cache / "db" / "trivy.db").read_bytes() == trivy_db
-    assert (trivy_cache / "db" / "metadata.json").read_bytes() == metadata
     assert sorted(p.relative_to(trivy_cache).as_posix() for p in trivy_cache.rglob("*") if p.is_file()) == ["db/metadata.json", "db/trivy.db"]
     [outcome] = result.json()["results"]
     assert outcome["ok"] and outcome["record"]["source"] == f"bundle:{bundled['bundle_id']}"
     assert outcome["record"]["fetched_at"] == bundled["packs"][0]["fetched_at"]  # freshness travels with the data
+    # DownloadedAt is when the data was fetched (trivy sets it after its own download; zero: "damaged")
+    installed_metadata = (trivy_cache / "db" / "metadata.json").read_bytes()
+    assert json.loads(installed_metadata) == {**json.loads(metadata), "DownloadedAt": bundled["packs"][0]["fetched_at"]}
+    recorded = {f["path"]: f for f in outcome["record"]["files"]}["db/metadata.json"]
+    assert recorded["sha256"] == hashlib.sha256(installed_metadata).hexdigest() and recorded["size"] == len(installed_metadata)
 
     status = cli("status", "--json").json()
     assert [p["key"] for p in status["packs"]] == ["trivy-db"]

@@ -12,8 +12,17 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from test_web import AUTH, add_pack, client, env, files, read_events, sample, start_install, web  # noqa: F401  (fixtures)
+from test_web import (  # noqa: F401  (fixtures)
+    AUTH,
+    add_pack,
+    client,
+    env,
+    files,
+    read_events,
+    sample,
+    start_install,
+    web,
+)
 
 CHUNK = 64 * 1024  # the paced server's chunk
 PAUSE = 0.25  # seconds between chunks: 256 KiB a second
