@@ -340,13 +340,14 @@ def remove(pack: str, as_json: bool) -> None:
     if not records:
         raise UsageError(f"{pack} is not installed", hint="`devops-cp data status` lists what is")
     engine = app.engine()
-    for record in records:
-        engine.remove(record)
+    notes = {record.key: engine.remove(record) for record in records}
     if as_json:
-        emit_json({"ok": True, "removed": [r.key for r in records]})
+        emit_json({"ok": True, "removed": [r.key for r in records], "notes": notes})
     else:
         for r in records:
             click.echo(f"removed {r.key} ({fmt_size(r.size)})")
+            for note in notes[r.key]:
+                click.echo(f"  {note}")
 
 
 # --- the commands in the modules beside this one -------------------------------------------

@@ -1,7 +1,8 @@
 """The config file: $DEVOPS_CP_CONFIG, else $XDG_CONFIG_HOME/devops-cp/config.toml.
 
-Keys: catalog_dirs, max_parallel_downloads, [data_dirs], [mirrors],
-[credentials.NAME] (username, password), [web] (token, bundle_dirs).
+Keys: catalog_dirs, max_parallel_downloads, lock_timeout, [data_dirs], [mirrors],
+[credentials.NAME] (username, password, hosts), [web] (token, bundle_dirs).
+Relative paths are read from the config file's folder.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def load_config(path: Path | None = None) -> Config:
     credentials = data.get("credentials", {})
     if not isinstance(credentials, dict) or not all(isinstance(v, dict) for v in credentials.values()):
         raise _fail(path, "credentials", "must hold tables such as [credentials.maxmind]")
+    for name, entry in credentials.items():
+        hosts = entry.get("hosts", [])
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h and "/" not in h for h in hosts):
+            raise _fail(path, f"credentials.{name}.hosts", "must be a list of host names, e.g. [\"download.maxmind.com\"]")
+        if not all(isinstance(entry.get(k, ""), str) for k in ("username", "password")):
+            raise _fail(path, f"credentials.{name}", "username and password must be strings")
     web = data.get("web", {})
     if not isinstance(web, dict):
         raise _fail(path, "web", "must be a table")

@@ -1,10 +1,15 @@
-"""What the consuming program needs to take our files as its own, done just before a pack's swap.
+"""What the consuming programs need to take our files as their own.
 
 Trivy: `db/metadata.json` (and `java-db/metadata.json`) carries `DownloadedAt`, which trivy sets
 itself after it downloads a DB (pkg/db/db.go, `updateDownloadedAt`); the artifact ships it zero,
 and trivy then takes the DB for damaged and downloads it again. It is set to when the data was
 fetched from upstream (a bundle carries that time), and the install record holds the file as
-written, so `--verify` and the record agree with the disk.
+written, so `--verify` and the record agree with the disk. Done just before a pack's swap.
+
+NLTK: nltk's downloader decides that a package is installed by `<subdir>/<id>.zip` (its size
+and MD5 against the index) beside the unzipped folder (nltk/downloader.py, `_pkg_status`), so
+an unzipped package whose zip is gone is "stale" and `nltk.download()` fetches it again over
+our files. The zip, byte for byte as published, is kept there as nltk keeps it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
+NLTK_DATA_TYPE = "nltk_data"
 TRIVY_DATA_TYPE = "vulnerability_db"
 TRIVY_METADATA = "metadata.json"
 MAX_METADATA = 1 << 20  # trivy's is about 150 bytes: anything larger is not it
+
+
+def keeps_zip_beside(data_type: str, fmt: str | None) -> bool:
+    return data_type == NLTK_DATA_TYPE and fmt == "zip"
+
+
+def keep_zip_beside(txn, archive: Path, dest: str, size: int, sha256: str) -> None:
+    """The verified zip that was unpacked into `dest` becomes `dest.zip` (moved, not copied)."""
+    rel = dest.rstrip("/") + ".zip"
+    os.replace(archive, txn.path_for(rel))
+    txn.add(rel, size, sha256)
 
 
 def adopt(data_type: str, txn, fetched_at: str) -> None:

@@ -19,6 +19,7 @@ from executor import consumers, interrupt, steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.intact import PLAN_KEY, plan_fingerprint, why_not_intact
+from executor.pip_uninstall import PYTHON_KEY, uninstall_wheels
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
@@ -173,7 +174,7 @@ class Engine:
         for index, step in enumerate(plan.steps):
             if source is not None and step.type in ("download", "local_copy"):
                 expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
+                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected, data_type=plan.recipe.data_type))
             elif step.type == "download":
                 outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
             elif step.type == "local_copy":
@@ -181,7 +182,7 @@ class Engine:
                     raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
                 path = Path(step_types.expand_runtime(step.source, values)).expanduser()
                 expected = step.checksum.split(":", 1)[1] if step.checksum else None
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
+                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected, data_type=plan.recipe.data_type))
             elif step.type == "tool_command":
                 outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
             else:
@@ -281,7 +282,7 @@ class Engine:
                     txn,
                     source=", ".join(o.source for o in outcomes if o.source),
                     checksum_verified=all(o.checksum_verified for o in outcomes),
-                    extra={PLAN_KEY: plan_fingerprint(plan)},
+                    extra={PLAN_KEY: plan_fingerprint(plan), **({PYTHON_KEY: self.python} if step_types.uses_python(plan.steps) else {})},
                 )
         except DataPackError as exc:
             return Outcome(plan.key, error=exc)
@@ -290,9 +291,12 @@ class Engine:
             self.listener(Notice(plan.key, "warning", note))
         return Outcome(plan.key, record=record, notes=notes)
 
-    def remove(self, record: InstallRecord) -> None:
-        """Deletes only that pack's files, then its record."""
+    def remove(self, record: InstallRecord) -> list[str]:
+        """Deletes only that pack's files, then its record; a wheel its steps pip-installed is
+        uninstalled from the interpreter they used first. Returns what it said about that."""
         data_dir = Path(record.data_dir)
+        wheels = [data_dir / f.path for f in record.files if f.path.endswith(".whl") and (data_dir / f.path).is_file()]
+        notes = uninstall_wheels(wheels, record.extra.get(PYTHON_KEY)) if wheels else []
         with self.store.locked([data_dir]):
             for f in record.files:
                 path = data_dir / f.path
@@ -302,3 +306,4 @@ class Engine:
                     path.unlink(missing_ok=True)
                 prune_empty_parents(path.parent, data_dir)
             self.store.delete_record(record.key)
+        return notes

@@ -419,7 +419,7 @@ def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > limit:
-            raise NetworkError(f"{what} is larger than the {limit} bytes expected of it")
+            raise LengthError(f"{what} is larger than the {limit} bytes expected of it", hint="the server sent something other than that file: check the URL or the mirror")
     return bytes(body)
 
 

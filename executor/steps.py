@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from executor import consumers
 from executor import extract as extractor
 from executor.config import Config, rewrite_url
 from executor.events import Listener, Meter, Notice
@@ -69,12 +70,24 @@ def step_label(step: StepSpec) -> str:
     return " ".join(step.command[:3])
 
 
-def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> httpx.Auth | None:
-    """From the config file's [credentials.NAME], else the recipe's environment variables. Never logged."""
+def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None, url: str, upstream: str) -> httpx.Auth | None:
+    """The credentials for `url` (after [mirrors]), sent only to the hosts they were configured for.
+
+    A [credentials.X] entry whose `hosts` lists the URL's host is used for it (a mirror that needs
+    its own). The recipe's NAME goes only to its entry's `hosts`, by default the host of the
+    recipe's own URL: a [mirrors] rewrite to another host never receives a license key.
+    From the config file, else the recipe's environment variables. Never logged.
+    """
+    host = urlsplit(url).hostname
+    for entry_name, entry in ctx.config.credentials.items():
+        if host in entry.get("hosts", ()):
+            return _basic_auth(entry, f"[credentials.{entry_name}]")
     if not name:
         return None
     spec = recipe.credentials[name]
     table = ctx.config.credentials.get(name, {})
+    if host not in (table.get("hosts") or [urlsplit(upstream).hostname]):
+        return None
     user = table.get("username") or os.environ.get(spec.username_env)
     password = table.get("password") or os.environ.get(spec.password_env)
     if not user or not password:
@@ -87,13 +100,23 @@ def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> http
     return httpx.BasicAuth(user, password)
 
 
-def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: str, auth) -> str | None:
+def _basic_auth(entry: dict, where: str) -> httpx.Auth:
+    if not entry.get("username") or not entry.get("password"):
+        raise ConfigError(f"{where} lists hosts but has no username and password", hint=f"add both to {where} in the config file")
+    import httpx
+
+    return httpx.BasicAuth(entry["username"], entry["password"])
+
+
+def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: str) -> str | None:
     if step.checksum:
         return step.checksum.split(":", 1)[1]
     if step.checksum_url:
         from executor.http import fetch_small, parse_sha256sum
 
-        listing = fetch_small(ctx.client, rewrite_url(step.checksum_url, ctx.config.mirrors), auth=auth)
+        listing_url = rewrite_url(step.checksum_url, ctx.config.mirrors)
+        auth = credentials_auth(ctx, recipe, step.credentials, listing_url, step.url)  # the recipe's host, not the listing's
+        listing = fetch_small(ctx.client, listing_url, auth=auth)
         return parse_sha256sum(listing.text, Path(urlsplit(url).path).name)
     return None
 
@@ -108,8 +131,8 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     from executor.http import Download
 
     url = rewrite_url(step.url, ctx.config.mirrors)
-    auth = credentials_auth(ctx, recipe, step.credentials)
-    expected = _expected_checksum(ctx, recipe, step, url, auth)
+    auth = credentials_auth(ctx, recipe, step.credentials, url, step.url)
+    expected = _expected_checksum(ctx, recipe, step, url)
     data_dir = txn.data_dir
     extra = step.unpacked_size_bytes or 0 if step.extract and not txn.keep_archives else 0  # room to unpack it, where it will be
     meter = Meter(ctx.listener, key, index, step_label(step), step.size_bytes)
@@ -138,7 +161,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
     try:
-        place_file(download.partial, step, txn, copy, meter)
+        place_file(download.partial, step, txn, copy, meter, data_type=recipe.data_type)
     except (NoSpaceError, FileTooLargeError, TrustError):
         download.discard()  # a full disk or a refused archive: nothing of it is kept in the data dir
         raise
@@ -146,12 +169,14 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     return outcome
 
 
-def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
+def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None, *, data_type: str = "") -> None:
     """A verified file in the staging area becomes the step's dest (or is extracted there)."""
     if step.extract and txn.keep_archives:
         txn.keep_archive(path, copy.done, copy.sha256, fmt=step.extract, dest=step.dest, strip=step.strip_components, unpacked_size=step.unpacked_size_bytes)
     elif step.extract:
         extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), meter=None)
+        if consumers.keeps_zip_beside(data_type, step.extract):
+            consumers.keep_zip_beside(txn, path, step.dest, copy.done, copy.sha256)
     else:
         os.replace(path, txn.path_for(step.dest))
         txn.add(step.dest, copy.done, copy.sha256)
@@ -159,7 +184,7 @@ def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, met
         meter.done(copy.done)
 
 
-def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction, source: Path, expected: str | None) -> StepOutcome:
+def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction, source: Path, expected: str | None, *, data_type: str = "") -> StepOutcome:
     """The seed's air-gapped single-file workflow: `install PACK --source FILE`."""
     if not source.is_file():
         raise UsageError(f"{source} is not a file", hint="pass the path of the downloaded data file with --source")
@@ -179,7 +204,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: 
         with open(source, "rb") as f:
             copy = copy_file(f, staged, what=str(source), meter=meter, writeback=ctx.will_sync)
         copy.check(expected)
-        place_file(staged, step, txn, copy, meter)
+        place_file(staged, step, txn, copy, meter, data_type=data_type)
     outcome = StepOutcome(source=f"file:{source}", checksum_verified=expected is not None)
     if expected is None:
         outcome.notes.append(f"{source} was not checked against a checksum (pass --checksum or --checksum-file): recorded sha256:{copy.sha256}")

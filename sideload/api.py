@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from executor import durable, extract
+from executor import consumers, durable, extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
+from executor.pip_uninstall import PYTHON_KEY
 from executor.store import BUNDLE_MANIFEST_KEY, parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, closing_output, copy_file, file_chunks
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
@@ -258,6 +259,7 @@ def _remove_empty_staging(data_dir: Path) -> None:
 
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
+    data_types = {p.key: p.data_type for p in manifest.packs}
     done = 0
     try:
         with durable.BackgroundSync({t.root for t in txns.values()}), SmallFileWriter() as small_files:
@@ -266,7 +268,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                 if txn is None:  # a pack not chosen: still verified, written nowhere
                     _check_member(entry, file_chunks(source, entry.size))
                 elif entry.unpack is not None:
-                    _unpack(entry, source, txn, _Progress(meter, done))
+                    _unpack(entry, source, txn, _Progress(meter, done), keep_zip=consumers.keeps_zip_beside(data_types[entry.pack_key], entry.unpack.format))
                 elif entry.size <= SMALL_FILE:  # read whole, checked, then created by the small-file writer
                     data = source.read(entry.size)
                     _check_member(entry, (data,))
@@ -298,7 +300,7 @@ class _Progress:
         self.meter.update(self.before + done, force)
 
 
-def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress) -> None:
+def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress, *, keep_zip: bool = False) -> None:
     """An archive carried whole, unpacked below `entry.path` by a direct install's own extraction.
 
     A tar is unpacked as it streams, hashed on the way; the hash is checked before the pack can be
@@ -311,7 +313,10 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
         copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress).check(entry.sha256, entry.size)
         extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
-        staged.unlink()
+        if keep_zip:  # nltk: the zip beside its folder, as nltk.download() leaves it
+            consumers.keep_zip_beside(txn, staged, entry.path, entry.size, entry.sha256)
+        else:
+            staged.unlink()
         return
     _read_archive(entry, source, progress, lambda hashed: extract.extract_tar_stream(hashed, unpack.format, txn, entry.path, strip=unpack.strip_components, max_total=bound, name=entry.member))
 
@@ -344,7 +349,7 @@ def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry
         checksum_verified=pack.checksum_verified,
         fetched_at=pack.fetched_at,
         bundle_created=bundle_created,
-        extra={BUNDLE_MANIFEST_KEY: bundle_id},
+        extra={BUNDLE_MANIFEST_KEY: bundle_id, **({PYTHON_KEY: engine.python} if step_types.uses_python(step_from_json(s) for s in pack.offline_steps) else {})},
     )
     notes = [w for w in request.warnings if w.startswith(pack.key)]
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import pytest
 from conftest import files_under, gets, payload
+from conftest import sha256 as sha256_hex
 
 from devops_cp.cli import main
 from manifests.errors import UsageError
@@ -310,3 +311,121 @@ def test_check_updates_on_the_air_gapped_host_lists_what_it_has(cli, sideloaded_
     assert [row["key"] for row in document["packs"]] == ["site-db"] and document["packs"][0]["bundle_created"]
     everything = cli("check-updates", "--all", "--json").json()
     assert any(row["reason"] == "never downloaded" for row in everything["packs"])
+
+
+# --- 14. credentials go only to the hosts they were configured for ----------------------------------
+
+
+def _authorization(server, path: str) -> list[str | None]:
+    return [r.headers.get("authorization") for r in gets(server, path)]
+
+
+@pytest.fixture
+def licensed_pack(cli, local_server, write_recipe, isolated_env):
+    """A recipe on `localhost` that needs a license key, and a [mirrors] rewrite to 127.0.0.1: another host."""
+    data = payload(5000, seed=9)
+    local_server.add("/mirror/geo/db.mmdb", data)
+    port = local_server.url("/").split(":")[2].split("/")[0]
+    upstream = f"http://localhost:{port}/geo/db.mmdb"
+    write_recipe("geo-licensed", [{"type": "download", "url": upstream, "dest": "db.mmdb", "size_bytes": len(data), "checksum": "sha256:" + sha256_hex(data), "credentials": "maxmind"}],
+                 credentials={"maxmind": {"username_env": "MM_ACCOUNT", "password_env": "MM_KEY"}})
+    mirrors = f'[mirrors]\n"http://localhost:{port}/" = "{local_server.url("/mirror/")}"\n'
+    return data, mirrors
+
+
+def test_a_mirror_on_another_host_never_receives_the_license_key(cli, local_server, licensed_pack, isolated_env, monkeypatch):
+    data, mirrors = licensed_pack
+    monkeypatch.setenv("MM_ACCOUNT", "42")
+    monkeypatch.setenv("MM_KEY", "license-key")
+    isolated_env.write_config(mirrors)
+    result = cli("install", "geo-licensed", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert _authorization(local_server, "/mirror/geo/db.mmdb") == [None]
+    assert (isolated_env.sample_dir() / "db.mmdb").read_bytes() == data
+
+
+def test_a_mirror_that_needs_credentials_gets_its_own_entry(cli, local_server, licensed_pack, isolated_env, monkeypatch):
+    import base64
+
+    _, mirrors = licensed_pack
+    monkeypatch.setenv("MM_ACCOUNT", "42")
+    monkeypatch.setenv("MM_KEY", "license-key")
+    isolated_env.write_config(mirrors + '[credentials.mirror]\nusername = "site"\npassword = "mirror-pass"\nhosts = ["127.0.0.1"]\n')
+    assert cli("install", "geo-licensed", "--progress", "none").exit_code == 0
+    [sent] = _authorization(local_server, "/mirror/geo/db.mmdb")
+    assert base64.b64decode(sent.split()[1]) == b"site:mirror-pass"
+
+
+def test_credentials_hosts_must_be_host_names(cli, isolated_env):
+    isolated_env.write_config('[credentials.maxmind]\nusername = "1"\npassword = "k"\nhosts = "download.maxmind.com"\n')
+    result = cli("list")
+    assert result.exit_code == 2 and "credentials.maxmind.hosts" in result.stderr
+
+
+def test_a_checksum_file_over_its_size_limit_is_bad_data_exit_3(cli, local_server, write_recipe):
+    data = payload(5000, seed=3)
+    url = local_server.add("/d/db.bin", data)
+    local_server.add("/d/SHA256SUMS", b"0" * (2 << 20))  # two MiB of "checksums": not a checksum file
+    write_recipe("listed", [{"type": "download", "url": url, "dest": "db.bin", "size_bytes": len(data), "checksum_url": local_server.url("/d/SHA256SUMS")}])
+    result = cli("install", "listed", "--progress", "none")
+    assert result.exit_code == 3, result.stderr
+    assert "larger than" in result.stderr
+
+
+# --- 12. NLTK: the zip beside the unzipped folder, as nltk.download() leaves it -----------------------
+
+NLTK_COMMIT_URL = "https://raw.githubusercontent.com/nltk/nltk_data/550b6625bcef1f2abff2ff770a5a0d272c9c6b2a/packages/"
+
+
+def _punkt_tab_zip() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("punkt_tab/english/abbrev_types.txt", "e.g\ni.e\n")
+        zf.writestr("punkt_tab/english/collocations.tab", "##number##\tfoo\n")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def nltk_pack(local_server, isolated_env):
+    """The built-in nltk-data recipe, its punkt_tab checksum and size those of a test zip, served through [mirrors]."""
+    from manifests.catalog import builtin_dir
+
+    data = _punkt_tab_zip()
+    text = (builtin_dir() / "nltk-data.toml").read_text()
+    assert text.count(f'url = "{NLTK_COMMIT_URL}') == 4 and "gh-pages/packages" not in text  # every package pinned to a commit
+    text = text.replace('id = "nltk-data"', 'id = "nltk-test"')
+    text = text.replace("e57f64187974277726a3417ca6f181ec5403676c717672eef6a748a7b20e0106", sha256_hex(data)).replace("size_bytes = 4319076", f"size_bytes = {len(data)}")
+    (isolated_env.catalog / "nltk-test.toml").write_text(text)
+    local_server.add("/nltk/tokenizers/punkt_tab.zip", data)
+    isolated_env.write_config(f'[mirrors]\n"{NLTK_COMMIT_URL}" = "{local_server.url("/nltk/")}"\n')
+    return data
+
+
+def _nltk_layout(home: Path) -> list[str]:
+    return files_under(home / "nltk_data")
+
+
+def test_install_keeps_the_nltk_zip_beside_the_unzipped_folder(cli, nltk_pack, isolated_env):
+    result = cli("install", "nltk-test", "--json", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert _nltk_layout(isolated_env.home) == ["tokenizers/punkt_tab.zip", "tokenizers/punkt_tab/english/abbrev_types.txt", "tokenizers/punkt_tab/english/collocations.tab"]
+    assert (isolated_env.home / "nltk_data" / "tokenizers" / "punkt_tab.zip").read_bytes() == nltk_pack  # byte for byte: nltk checks its size and MD5
+    recorded = {f["path"]: f["sha256"] for f in result.json()["results"][0]["record"]["files"]}
+    assert recorded["tokenizers/punkt_tab.zip"] == sha256_hex(nltk_pack)
+
+    assert cli("remove", "nltk-test").exit_code == 0
+    assert _nltk_layout(isolated_env.home) == []
+
+
+def test_sideload_keeps_the_nltk_zip_beside_the_unzipped_folder(cli, nltk_pack, keypair, tmp_path, monkeypatch):
+    from conftest import fresh_host
+
+    out = tmp_path / "nltk.tar.zst"
+    assert cli("bundle", "nltk-test", "-o", str(out), "--key", str(keypair[0]), "--progress", "none").exit_code == 0
+    fresh_host(monkeypatch, tmp_path / "offline")
+    assert cli("sideload", str(out), "--trust", str(keypair[1]), "--progress", "none").exit_code == 0
+    home = tmp_path / "offline" / "home"
+    assert _nltk_layout(home) == ["tokenizers/punkt_tab.zip", "tokenizers/punkt_tab/english/abbrev_types.txt", "tokenizers/punkt_tab/english/collocations.tab"]
+    assert (home / "nltk_data" / "tokenizers" / "punkt_tab.zip").read_bytes() == nltk_pack

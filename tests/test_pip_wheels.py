@@ -209,3 +209,41 @@ def test_python_packages_must_be_package_names(bad):
     doc["packs"][0]["python_packages"] = bad
     with pytest.raises(BundleStructureError, match="python_packages"):
         parse_manifest(json.dumps(doc).encode())
+
+
+# --- remove: the wheel is uninstalled from the interpreter it went into ----------------------------
+
+
+def test_remove_uninstalls_the_wheel_from_the_same_interpreter(cli, spacy_pack, venv_python, isolated_env, tmp_path):
+    add_fake_spacy(venv_python, tmp_path)
+    assert cli("install", "spacy-en-test", "--python", str(venv_python), "--progress", "none").exit_code == 0
+    assert run_in(venv_python, "import en_core_web_sm").returncode == 0
+
+    removed = cli("remove", "spacy-en-test")
+    assert removed.exit_code == 0, removed.stderr
+    assert f"uninstalled en_core_web_sm from {venv_python}" in removed.stdout
+    assert run_in(venv_python, "import en_core_web_sm").returncode != 0  # no longer importable
+    assert run_in(venv_python, "import spacy").returncode == 0  # only the pack's own distribution went
+    assert not (isolated_env.cache / "spacy" / "wheels" / WHEEL).exists()
+
+
+def test_after_sideload_remove_uninstalls_from_the_interpreter_sideload_used(cli, spacy_pack, venv_python, tmp_path, monkeypatch):
+    out, pub = make_bundle(cli, tmp_path)
+    fresh_host(monkeypatch, tmp_path / "offline")
+    add_fake_spacy(venv_python, tmp_path)
+    assert cli("sideload", str(out), "--trust", str(pub), "--python", str(venv_python), "--progress", "none").exit_code == 0
+    removed = cli("remove", "spacy-en-test", "--json")
+    assert removed.exit_code == 0
+    [notes] = removed.json()["notes"].values()
+    assert notes == [f"uninstalled en_core_web_sm from {venv_python}"]
+    assert run_in(venv_python, "import en_core_web_sm").returncode != 0
+
+
+def test_the_name_comes_from_the_wheels_own_metadata_not_its_file_name(tmp_path):
+    from executor.pip_uninstall import wheel_name
+
+    wheel = build_wheel(tmp_path, "en_core_web_sm", "3.8.0", {"en_core_web_sm/__init__.py": PIPELINE})
+    disguised = wheel.rename(tmp_path / "requests-2.0-py3-none-any.whl")
+    assert wheel_name(disguised) == "en_core_web_sm"
+    (tmp_path / "not-a-wheel.whl").write_bytes(b"not a zip")
+    assert wheel_name(tmp_path / "not-a-wheel.whl") is None
