@@ -113,6 +113,15 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
+@pytest.fixture(params=["fast", "plain"])
+def http_path(request, monkeypatch) -> str:
+    """Run a download test through executor/http_fastpath.py's socket reads, then through plain httpx."""
+    from executor import http_fastpath
+
+    monkeypatch.setattr(http_fastpath, "ENABLED", request.param == "fast")
+    return request.param
+
+
 @pytest.fixture
 def local_server():
     with LocalServer() as server:

@@ -11,6 +11,8 @@ from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 
 from conftest import fast_settings, gets, payload, sha256
 
+pytestmark = pytest.mark.usefixtures("http_path")  # each test through the socket fast path and through plain httpx
+
 PATH = "/packs/stream.bin"
 DATA = payload(1_000_000)
 
