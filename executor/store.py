@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
@@ -215,13 +216,18 @@ class Store:
     @contextmanager
     def staging(self, data_dir: Path) -> Iterator[None]:
         """Shared by every run that stages files in `data_dir` (see `staging_idle`)."""
-        with _Flock(self._lock_file("staging-", str(Path(data_dir).resolve())), fcntl_flags=fcntl.LOCK_SH):
+        name = str(Path(data_dir).resolve())
+        with _Flock(self._lock_file("staging-", name), fcntl_flags=fcntl.LOCK_SH), _staging_here.holding(name):
             yield
 
     @contextmanager
     def staging_idle(self, data_dir: Path) -> Iterator[bool]:
         """True (held until the block ends) when no run is staging in `data_dir`: what staging holds is left over."""
-        flock = _Flock(self._lock_file("staging-", str(Path(data_dir).resolve())), fcntl_flags=fcntl.LOCK_EX | fcntl.LOCK_NB)
+        name = str(Path(data_dir).resolve())
+        if _staging_here.busy(name):  # this process's own threads (flock would say so too, but not on every filesystem)
+            yield False
+            return
+        flock = _Flock(self._lock_file("staging-", name), fcntl_flags=fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             flock.__enter__()
         except BlockingIOError:
@@ -304,3 +310,28 @@ class _Flock:
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
+
+
+class _StagingHere:
+    """How many of this process's threads stage in each data dir."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    @contextmanager
+    def holding(self, name: str) -> Iterator[None]:
+        with self._lock:
+            self._count[name] = self._count.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count[name] -= 1
+
+    def busy(self, name: str) -> bool:
+        with self._lock:
+            return self._count.get(name, 0) > 0
+
+
+_staging_here = _StagingHere()
