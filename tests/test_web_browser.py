@@ -3,7 +3,8 @@
 An install from a deliberately slow local server: the size warning first, then the
 step modal's bar moves through intermediate values to 100% and a success message.
 Screenshots go to tests/artifacts/; one is kept as docs/screenshot-progress.png (written when
-missing, or refreshed with DEVOPS_CP_UPDATE_SCREENSHOT=1).
+missing, or refreshed with DEVOPS_CP_UPDATE_SCREENSHOT=1; DEVOPS_CP_SCREENSHOT_HOME=/home/alice
+then installs into that home with the default XDG folders, so the page shows paths a reader knows).
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ pytestmark = [
 @pytest.fixture
 def panel(tmp_path, monkeypatch):
     """A catalog with one large-ish pack served slowly (about 4 s) and one GPU-only option."""
+    shown_home = os.environ.get("DEVOPS_CP_SCREENSHOT_HOME")
     for name in ("HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
         (tmp_path / name.lower()).mkdir()
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
+        if shown_home:  # only when a person retakes the docs screenshot: a fresh home there
+            monkeypatch.delenv(name)
+    if shown_home:
+        shutil.rmtree(shown_home, ignore_errors=True)
+        Path(shown_home).mkdir(parents=True)
+        monkeypatch.setenv("HOME", shown_home)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     catalog = tmp_path / "catalog"
