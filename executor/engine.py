@@ -21,7 +21,7 @@ from executor.events import Listener, LockedListener, Notice, ignore
 from executor.intact import PLAN_KEY, plan_fingerprint, why_not_intact
 from executor.pip_uninstall import PYTHON_KEY, uninstall_wheels
 from executor.preflight import check_space_for, check_tools
-from executor.store import InstallRecord, Store, now_iso
+from executor.store import BUNDLE_MANIFEST_KEY, InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
@@ -324,6 +324,7 @@ class Engine:
                     path.unlink(missing_ok=True)
                 prune_empty_parents(path.parent, data_dir)
             self.store.delete_record(record.key)
+            self.store.drop_unused_bundle_manifest(record.extra.get(BUNDLE_MANIFEST_KEY))
         return notes
 
 

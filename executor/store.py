@@ -188,6 +188,14 @@ class Store:
         if signature is not None:
             durable.write_atomic(path.with_name(path.name + ".sig"), signature)
 
+    def drop_unused_bundle_manifest(self, bundle_id: object) -> None:
+        """After a remove: a kept manifest that no installed pack came from goes too."""
+        if not isinstance(bundle_id, str) or any(r.extra.get(BUNDLE_MANIFEST_KEY) == bundle_id for r in self.records()):
+            return
+        path = self.bundle_manifest_path(bundle_id)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".sig").unlink(missing_ok=True)
+
     def read_bundle_manifest(self, record: InstallRecord) -> bytes | None:
         """The kept manifest of the bundle a record came from; None when there is none."""
         bundle_id = record.extra.get(BUNDLE_MANIFEST_KEY)

@@ -300,6 +300,9 @@ def test_info_describes_a_sideloaded_pack_from_its_kept_signed_manifest(cli, sid
     public.verify(signature, kept.read_bytes())  # raises if not the bytes that were signed
     assert variant["signer_key_id"] == signing.key_id(public)
 
+    assert cli("remove", "site-db").exit_code == 0  # nothing of it left behind
+    assert not kept.exists() and not kept.with_name(kept.name + ".sig").exists()
+
 
 def test_check_updates_on_the_air_gapped_host_lists_what_it_has(cli, sideloaded_site_pack):
     shown = cli("check-updates")
