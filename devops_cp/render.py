@@ -137,7 +137,7 @@ class NoticesOnly:
 
 
 class _Silent:
-    """`--progress none`: no progress, but notices (a warning, a run waiting for a lock) still print."""
+    """-q/--quiet: no progress and no notices (--progress none still shows notices: NoticesOnly)."""
 
     def __enter__(self):
         return self
@@ -146,5 +146,4 @@ class _Silent:
         pass
 
     def __call__(self, event):
-        if isinstance(event, events.Notice):
-            print(f"{event.pack + ': ' if event.pack else ''}{event.message}", file=sys.stderr, flush=True)
+        pass
