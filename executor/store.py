@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import filelock
 
-from executor import durable
+from executor import durable, interrupt
 from executor.config import Config, state_dir
 from manifests.datatypes import default_dir
 from manifests.errors import ConfigError, LockTimeout, NotWritableError
@@ -318,11 +318,25 @@ def _acquire(lock: filelock.FileLock, on_wait: Callable[[str], None] | None, wai
     except filelock.Timeout:
         if on_wait is not None:
             on_wait(waiting)
-        lock.acquire()
+        _wait_for(lock)
     try:
         yield
     finally:
         lock.release()
+
+
+def _wait_for(lock: filelock.FileLock) -> None:
+    """lock.acquire() with its timeout, in short slices: Ctrl-C (interrupt.STOP) ends the wait."""
+    deadline = None if lock.timeout < 0 else time.monotonic() + lock.timeout
+    while True:
+        interrupt.check()
+        left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+        try:
+            lock.acquire(timeout=max(left, 0))
+            return
+        except filelock.Timeout:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 class _Flock:

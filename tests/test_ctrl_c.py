@@ -42,6 +42,7 @@ class Running:
         )
         self.lines: list[str] = []
         self._moving = threading.Event()
+        self._waiting = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -54,9 +55,14 @@ class Running:
                 continue
             if event.get("type") == "progress" and event["downloaded"] >= 256 * 1024:
                 self._moving.set()
+            if event.get("type") == "notice" and "waiting for another devops-cp run" in event["message"]:
+                self._waiting.set()
 
     def wait_until_bytes_move(self) -> None:
         assert self._moving.wait(60), "".join(self.lines)
+
+    def wait_until_waiting_for_a_lock(self) -> None:
+        assert self._waiting.wait(60), "".join(self.lines)
 
     def ctrl_c(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal sends to the foreground job
@@ -109,6 +115,23 @@ def test_a_second_ctrl_c_while_stopping_is_not_a_traceback(serve_pack, local_ser
     assert code == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert not (isolated_env.records_dir / "big.json").exists()
+
+
+def test_ctrl_c_while_waiting_for_another_runs_lock_stops_at_once(serve_pack, local_server, isolated_env):
+    serve_pack("big", payload(SIZE))
+    local_server.set_fault("/packs/big.bin", SLOW)
+    first = Running("install", "big", "--yes")
+    first.wait_until_bytes_move()
+    second = Running("install", "big", "--yes")  # waits for the first one's lock on this pack
+    second.wait_until_waiting_for_a_lock()
+    second.ctrl_c()
+    code, _, stderr = second.finish()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert first.proc.poll() is None  # the other run goes on, untouched
+    first.ctrl_c()
+    assert first.finish()[0] == 130
+    assert local_server.bytes_sent("/packs/big.bin") < SIZE / 2  # neither waited for the download to end
 
 
 def test_ctrl_c_stops_a_bundle_and_leaves_no_bundle_behind(serve_pack, local_server, tmp_path):
