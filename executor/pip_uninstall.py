@@ -41,7 +41,7 @@ def uninstall_wheels(files: list[Path], python: str | None) -> list[str]:
             lines.append(f"{name} was pip-installed from {wheel.name} into an interpreter this record does not name; uninstall it there: python -m pip uninstall {name}")
             continue
         try:
-            result = subprocess.run([python, "-m", "pip", "uninstall", "-y", name], capture_output=True, text=True, timeout=300)
+            result = subprocess.run([python, "-m", "pip", "uninstall", "-y", name], capture_output=True, text=True, timeout=300, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             lines.append(f"could not uninstall {name} from {python} ({exc}); run: {python} -m pip uninstall {name}")
             continue

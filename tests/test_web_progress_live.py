@@ -9,20 +9,15 @@ data) has lost events: a lost wake-up or coalescing between the executor thread 
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
-from test_web import (  # noqa: F401  (fixtures)
-    AUTH,
-    add_pack,
-    client,
-    env,
-    files,
-    read_events,
-    sample,
-    start_install,
-    web,
-)
+import test_web
+from test_web import AUTH, add_pack, read_events, sample, start_install
+
+# test_web's fixtures, used here as they are: an isolated env, the paced file server, the panel
+env, files, web, client = test_web.env, test_web.files, test_web.web, test_web.client
 
 CHUNK = 64 * 1024  # the paced server's chunk
 PAUSE = 0.25  # seconds between chunks: 256 KiB a second
@@ -54,5 +49,5 @@ def test_every_client_sees_progress_at_least_once_a_second_of_data(env, files, c
         assert seen == sorted(seen) and seen[-1] == len(data)
         moving = [d for d in seen if 0 < d < len(data)]
         assert len(set(moving)) >= CHUNKS // 2, f"only {len(set(moving))} progress events for {CHUNKS} chunks: {seen}"
-        gaps = [b - a for a, b in zip(seen, seen[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(seen)]
         assert max(gaps) <= CHUNKS_PER_SECOND * CHUNK, f"no progress for {max(gaps)} bytes (more than a second of data): {seen}"
