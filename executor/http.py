@@ -29,7 +29,7 @@ from executor.events import Meter
 from executor.http_fastpath import body_chunks
 from executor.transfer import Copy, closing_output, hash_file
 from manifests.version import VERSION
-from manifests.errors import ChecksumMismatch, ConfigError, LengthError, NetworkError
+from manifests.errors import ChecksumMismatch, ConfigError, DataPackError, LengthError, NetworkError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -413,23 +413,26 @@ class Fetched:
         return self.content.decode("utf-8", errors="replace")
 
 
-def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """A response's body, refused once it grows past `limit` bytes."""
+def read_limited(response: httpx.Response, limit: int, what: str, *, too_long: type[DataPackError] = NetworkError) -> bytes:
+    """A response's body, refused once it grows past `limit` bytes (a `too_long` error)."""
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > limit:
-            raise LengthError(f"{what} is larger than the {limit} bytes expected of it", hint="the server sent something other than that file: check the URL or the mirror")
+            raise too_long(f"{what} is larger than the {limit} bytes expected of it", hint="the server sent something other than that file: check the URL or the mirror")
     return bytes(body)
 
 
-def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> Fetched:
-    """A small document (a checksum file, a JSON index): bounded, read into memory."""
+def fetch_small(
+    client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None, too_long: type[DataPackError] = NetworkError
+) -> Fetched:
+    """A small document (a checksum file, a JSON index): bounded, read into memory. Longer than
+    `limit`: `too_long` (a checksum file passes LengthError: bad data, exit 3, not the network)."""
     try:
         with client.stream("GET", url, auth=auth, headers=headers or {}) as response:
             if response.status_code >= 400:
                 raise _status_error(response)
-            return Fetched(str(response.url), response.headers, read_limited(response, limit, url))
+            return Fetched(str(response.url), response.headers, read_limited(response, limit, url, too_long=too_long))
     except httpx.HTTPError as exc:
         raise NetworkError(f"fetching {url} failed: {exc}") from exc
 

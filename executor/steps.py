@@ -24,7 +24,7 @@ from executor.events import Listener, Meter, Notice
 from executor.preflight import check_space, check_tools
 from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
-from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, NoSpaceError, ToolError, TrustError, UsageError
+from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, LengthError, NoSpaceError, ToolError, TrustError, UsageError
 from manifests.recipe import Recipe, StepSpec
 
 if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that download (a sideload has none)
@@ -116,7 +116,7 @@ def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: st
 
         listing_url = rewrite_url(step.checksum_url, ctx.config.mirrors)
         auth = credentials_auth(ctx, recipe, step.credentials, listing_url, step.url)  # the recipe's host, not the listing's
-        listing = fetch_small(ctx.client, listing_url, auth=auth)
+        listing = fetch_small(ctx.client, listing_url, auth=auth, too_long=LengthError)
         return parse_sha256sum(listing.text, Path(urlsplit(url).path).name)
     return None
 
