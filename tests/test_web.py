@@ -360,7 +360,11 @@ def fake_sideload_api(calls: list):
 
 def test_sideload_route_runs_sideload_bundle_as_a_job(env, client, monkeypatch):
     calls: list = []
-    monkeypatch.setitem(sys.modules, "sideload.api", fake_sideload_api(calls))
+    fake = fake_sideload_api(calls)
+    monkeypatch.setitem(sys.modules, "sideload.api", fake)
+    import sideload
+
+    monkeypatch.setattr(sideload, "api", fake, raising=False)  # `from sideload import api` reads the package's attribute once it was imported
     (env.bundles / "site.tar.zst").write_bytes(b"bundle")
 
     started = client.post("/api/jobs/sideload", json={"bundle": "site.tar.zst"}, headers=AUTH)
