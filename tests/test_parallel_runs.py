@@ -11,7 +11,7 @@ import pytest
 
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from conftest import download_step, files_under, gets, payload, sha256
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from test_concurrency import finish, spawn
 
 SLOW = Fault(delay_per_chunk=0.1)  # 64 KiB every 0.1 s: a 1 MiB pack takes 1.6 s
