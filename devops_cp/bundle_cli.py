@@ -23,7 +23,7 @@ from manifests.errors import UsageError
 from manifests.units import fmt_size, parse_duration
 
 if TYPE_CHECKING:
-    from manifests.signing import TrustStore
+    from executor.keys import TrustStore
 
 PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
 MIN_PART = 2**20  # smaller parts only multiply files on the stick
@@ -39,9 +39,9 @@ def _passphrase(confirm: bool) -> bytes:
 
 
 def _trust_store() -> TrustStore:
-    from manifests.signing import TRUSTED_KEYS_DIRNAME, TrustStore
+    from executor.keys import TrustStore
 
-    return TrustStore(config_dir() / TRUSTED_KEYS_DIRNAME)
+    return TrustStore.in_config_dir(config_dir())
 
 
 @click.command()
@@ -54,7 +54,7 @@ def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
 
     The passphrase is asked on the terminal, or read from $DEVOPS_CP_KEY_PASSPHRASE.
     """
-    from manifests.signing import write_keypair
+    from executor.keys import write_keypair
 
     passphrase = None if no_passphrase else _passphrase(confirm=True)
     key_id = write_keypair(prefix, passphrase)
@@ -125,7 +125,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     """
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
-    from manifests.signing import read_private_key_file
+    from executor.keys import read_private_key_file
 
     if (target_python or target_platform) and not include_tool:
         raise UsageError("--target-python and --target-platform go with --include-tool")

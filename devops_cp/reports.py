@@ -82,23 +82,19 @@ def recipe_summary(app: App, recipe: Recipe) -> dict:
 
 def option_availability(option: Option, hardware: Hardware) -> dict:
     """Whether an option can be installed on this host, and why not (as `install` would refuse)."""
-    usable = not (option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
-    note = None
-    vram = hardware.max_vram_mb(option.gpu_vendor)
-    if option.min_vram_mb and (vram or 0) < option.min_vram_mb:
-        have = f"{vram} MiB detected" if vram else "no GPU memory detected"
-        note = f"needs about {option.min_vram_mb} MiB of GPU memory ({have})"
+    from manifests.hardware import gpu_fit
+
+    fit = gpu_fit(hardware, option.gpu_vendor, option.min_vram_mb)
     return {
-        "available": usable,
-        "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
-        "note": note,
+        "available": fit.missing_gpu is None,
+        "why_not": fit.missing_gpu,
+        "note": fit.low_vram,
     }
 
 
 def sideloaded_info(app: App, pack_id: str) -> dict:
     """`info` for a pack installed from bundles: its records and the kept, signed manifests."""
     from manifests.bundle import parse_manifest
-    from manifests.recipe import step_from_json
 
     records = app.store.records_for_pack(pack_id)
     installed = []
@@ -106,7 +102,7 @@ def sideloaded_info(app: App, pack_id: str) -> dict:
         raw = app.store.read_bundle_manifest(record)
         manifest = parse_manifest(raw) if raw is not None else None
         entry = next((p for p in manifest.packs if p.key == record.key), None) if manifest else None
-        steps = [step_from_json(s) for s in entry.offline_steps] if entry else []
+        steps = list(entry.offline_steps) if entry else []
         installed.append(
             {
                 "key": record.key,
@@ -122,7 +118,7 @@ def sideloaded_info(app: App, pack_id: str) -> dict:
                 "signer_key_id": manifest.signer_key_id if manifest else None,
                 "upstream": entry.source if entry else None,
                 "tool_hint": entry.tool_hint if entry else "",
-                "offline_install": ["place the bundled files, verified by sha256"] + ["run " + " ".join(s.command) for s in steps if s.type == "tool_command"],
+                "offline_install": ["place the bundled files, verified by sha256"] + ["run " + " ".join(s.command) for s in steps],
             }
         )
     first = records[0]

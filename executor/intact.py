@@ -17,6 +17,7 @@ from pathlib import Path
 from executor.config import rewrite_url
 from executor.store import InstallRecord, Store, parse_iso
 from manifests.plan import Plan
+from manifests.steps import Download
 
 MTIME_SLACK = 2.0  # installed_at has whole seconds; the files were written just before it
 
@@ -28,7 +29,7 @@ def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: b
     recorded = record.extra.get(PLAN_KEY)
     if recorded is not None and recorded != plan_fingerprint(plan):
         return "its recipe has changed since"
-    urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if s.type == "download"]
+    urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if isinstance(s, Download)]
     if recorded is None and urls and len(urls) == len(plan.steps) and record.source != ", ".join(urls):
         return "its recipe fetches a different version now"
     return changed_file(record, verify=verify)
@@ -39,7 +40,7 @@ PLAN_KEY = "plan_sha256"  # in the install record's `extra`: which steps install
 
 def plan_fingerprint(plan: Plan) -> str:
     """The resolved steps (URLs, checksums, destinations): a recipe that pins a new version differs."""
-    steps = [dataclasses.asdict(s) for s in plan.steps]
+    steps = [{"type": s.type, **dataclasses.asdict(s)} for s in plan.steps]
     return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
 
 
