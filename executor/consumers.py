@@ -22,7 +22,8 @@ from pathlib import Path
 NLTK_DATA_TYPE = "nltk_data"
 TRIVY_DATA_TYPE = "vulnerability_db"
 TRIVY_METADATA = "metadata.json"
-MAX_METADATA = 1 << 20  # trivy's is about 150 bytes: anything larger is not it
+MAX_METADATA = 1 << 20
+UNSET = ("", None, "0001-01-01T00:00:00Z")  # Go's zero time.Time, as the published artifact has it  # trivy's is about 150 bytes: anything larger is not it
 
 
 def keeps_zip_beside(data_type: str, fmt: str | None) -> bool:
@@ -51,8 +52,8 @@ def _set_downloaded_at(txn, rel: str, fetched_at: str) -> None:
             meta = json.loads(f.read())
         except ValueError:
             return  # not trivy's metadata: left as it came
-    if not isinstance(meta, dict) or "DownloadedAt" not in meta:
-        return
+    if not isinstance(meta, dict) or meta.get("DownloadedAt", "set") not in UNSET:
+        return  # not trivy's, or trivy itself downloaded it (a tool step) and said when
     meta["DownloadedAt"] = fetched_at  # RFC 3339, as Go's time.Time reads it
     data = json.dumps(meta, separators=(",", ":")).encode()
     tmp = path + ".tmp"

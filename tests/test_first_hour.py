@@ -432,3 +432,25 @@ def test_sideload_keeps_the_nltk_zip_beside_the_unzipped_folder(cli, nltk_pack, 
     home = tmp_path / "offline" / "home"
     assert _nltk_layout(home) == ["tokenizers/punkt_tab.zip", "tokenizers/punkt_tab/english/abbrev_types.txt", "tokenizers/punkt_tab/english/collocations.tab"]
     assert (home / "nltk_data" / "tokenizers" / "punkt_tab.zip").read_bytes() == nltk_pack
+
+
+# --- 11. trivy's DownloadedAt ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [("0001-01-01T00:00:00Z", "2026-12-01T10:00:00Z"), ("", "2026-12-01T10:00:00Z"), ("2026-11-30T08:00:00.5Z", "2026-11-30T08:00:00.5Z")])
+def test_downloaded_at_is_set_only_where_trivy_has_not(tmp_path, isolated_env, given, expected):
+    from executor.config import load_config
+    from executor.consumers import adopt
+    from executor.store import Store
+    from executor.txn import PackTransaction
+
+    meta = {"Version": 2, "NextUpdate": "2026-12-01T16:00:00Z", "UpdatedAt": "2026-12-01T10:00:00Z", "DownloadedAt": given}
+    with PackTransaction(Store(load_config()), tmp_path / "trivy", "trivy-db") as txn:
+        data = json.dumps(meta).encode()
+        with open(txn.path_for("db/metadata.json"), "wb") as f:
+            f.write(data)
+        txn.add("db/metadata.json", len(data), sha256_hex(data))
+        adopt("vulnerability_db", txn, "2026-12-01T10:00:00Z")
+        written = open(txn.path_for("db/metadata.json"), "rb").read()
+        assert json.loads(written) == {**meta, "DownloadedAt": expected}
+        assert txn.files["db/metadata.json"].sha256 == sha256_hex(written) and txn.files["db/metadata.json"].size == len(written)
