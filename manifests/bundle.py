@@ -26,10 +26,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from manifests.errors import BundleStructureError, PolicyError, SignatureError
+from manifests.fromhost import FOR_HOST_VERSION, KEPT, REBUILT, ForHost, FromHost, for_host_doc, for_host_from_doc, from_host_doc, from_host_from_doc
 from manifests.signing import is_key_id, verify_signature
 
 __all__ = [
+    "FOR_HOST_VERSION",
     "FORMAT_VERSION",
+    "KEPT",
+    "REBUILT",
+    "ForHost",
+    "FromHost",
     "MANIFEST_NAME",
     "PARTS_INDEX_SUFFIX",
     "SIGNATURE_NAME",
@@ -98,6 +104,24 @@ class FileEntry:
     sha256: str
     member: str  # the archive member that holds the bytes; never decides where they go
     unpack: Unpack | None = None  # an archive: its files go below `path`, a folder the pack owns
+    from_host: FromHost | None = None  # a bundle made for one host: kept from its copy, or rebuilt from it ("" member when kept)
+
+    @property
+    def delivery(self) -> str:
+        return self.from_host.kind if self.from_host is not None else "whole"
+
+    @property
+    def in_archive(self) -> bool:
+        return self.from_host is None or self.from_host.kind == REBUILT
+
+    @property
+    def member_size(self) -> int:
+        """The bytes its member holds: the file, a rebuilt file's recipe and carried chunks, or none."""
+        return self.size if self.from_host is None else self.from_host.carried_size
+
+    @property
+    def member_sha256(self) -> str:
+        return self.sha256 if self.from_host is None else self.from_host.carried_sha256
 
 
 @dataclass(frozen=True)
@@ -131,10 +155,17 @@ class BundleManifest:
     signer_key_id: str | None
     packs: tuple[PackEntry, ...]
     files: tuple[FileEntry, ...]
+    for_host: ForHost | None = None  # made for one host: useless to any other (see manifests/fromhost.py)
 
     @property
     def total_size(self) -> int:
+        """The files' bytes: what a full bundle carries."""
         return sum(f.size for f in self.files)
+
+    @property
+    def carried_size(self) -> int:
+        """The payload's bytes: less than total_size when made for one host."""
+        return sum(f.member_size for f in self.files)
 
     def files_for(self, pack_key: str) -> tuple[FileEntry, ...]:
         return tuple(f for f in self.files if f.pack_key == pack_key)
@@ -253,9 +284,11 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
             for p in m.packs
         ],
         "files": [
-            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member, **unpack_doc(f.unpack)}
+            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member or None, **unpack_doc(f.unpack),
+             **({"from_host": from_host_doc(f.from_host)} if f.from_host is not None else {})}
             for f in m.files
         ],
+        **({"for_host": for_host_doc(m.for_host)} if m.for_host is not None else {}),
     }
 
 
@@ -422,9 +455,9 @@ def _check_format_version(top: _Obj) -> int:
     if "format_version" not in top.value:
         raise top.fail("format_version", "missing")
     version = top.get("format_version", int, what="an integer")
-    if not 1 <= version <= FORMAT_VERSION:
-        newer = " (made by a newer devops-cp: upgrade this one)" if version > FORMAT_VERSION else ""
-        raise top.fail("format_version", f"version {version} is not supported, this tool reads versions 1 to {FORMAT_VERSION}{newer}")
+    if not 1 <= version <= FOR_HOST_VERSION:
+        newer = " (made by a newer devops-cp: upgrade this one)" if version > FOR_HOST_VERSION else ""
+        raise top.fail("format_version", f"version {version} is not supported, this tool reads versions 1 to {FOR_HOST_VERSION}{newer}")
     return version
 
 
@@ -449,7 +482,7 @@ def _check_file_name(obj: _Obj, key: str, name: str) -> None:
 def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManifest:
     top = _Obj(MANIFEST_NAME, "", doc)
     version = _check_format_version(top)
-    top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files")
+    top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files", *(["for_host"] if "for_host" in top.value else []))
     created = top.timestamp("created")
     if top.value["expires"] is not None and top.timestamp("expires") <= created:
         raise top.fail("expires", "must be later than 'created'")
@@ -458,6 +491,11 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
     _check_packs_and_files(top, packs, files)
     if version < 2 and any(f.unpack for f in files):
         raise top.fail("format_version", "version 1 manifests carry no archives to unpack")
+    for_host = for_host_from_doc(top.child("for_host")) if "for_host" in top.value else None
+    if for_host is not None and version < FOR_HOST_VERSION:
+        raise top.fail("for_host", f"only version {FOR_HOST_VERSION} manifests are made for one host")
+    if for_host is None and any(f.from_host for f in files):
+        raise top.fail("files", "a file kept or rebuilt from the host's copy needs 'for_host': the host the bundle was made for")
     return BundleManifest(
         format_version=version,
         bundle_id=top.text("bundle_id"),
@@ -467,6 +505,7 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
         signer_key_id=top.key_id("signer_key_id"),
         packs=packs,
         files=files,
+        for_host=for_host,
     )
 
 
@@ -540,15 +579,25 @@ def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
 
 
 def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
-    f.only("pack_key", "path", "size", "sha256", "member", *(["unpack"] if "unpack" in f.value else []))
-    path, member = f.text("path"), f.text("member")
+    optional = [k for k in ("unpack", "from_host") if k in f.value]
+    f.only("pack_key", "path", "size", "sha256", "member", *optional)
+    path, size, sha256 = f.text("path"), f.integer("size"), f.sha256("sha256")
+    from_host = from_host_from_doc(f.child("from_host"), size, sha256) if "from_host" in f.value else None
     _check_rel_path(f, "path", path)
-    _check_rel_path(f, "member", member)
+    if from_host is not None and from_host.kind == KEPT:  # carried by nobody: the host has it
+        if f.value["member"] is not None:
+            raise f.fail("member", "must be null for a file kept from the host")
+        member = ""
+    else:
+        member = f.text("member")
+        _check_rel_path(f, "member", member)
     if member in _RESERVED_MEMBERS:
         raise f.fail("member", f"{member!r} is reserved for the manifest and its signature")
     pack_key = f.text("pack_key")
     unpack = _unpack_from_doc(f.child("unpack")) if "unpack" in f.value else None
-    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member, unpack=unpack)
+    if unpack is not None and from_host is not None:
+        raise f.fail("from_host", "an archive to unpack is carried whole")
+    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=size, sha256=sha256, member=member, unpack=unpack, from_host=from_host)
 
 
 def _unpack_from_doc(u: _Obj) -> Unpack:
@@ -580,7 +629,8 @@ def _check_packs_and_files(top: _Obj, packs: tuple[PackEntry, ...], files: tuple
             folders_to_unpack[entry.pack_key].add(entry.path)
         if entry.member in members:
             raise top.fail(f"files[{i}].member", f"duplicate archive member {entry.member!r}")
-        members.add(entry.member)
+        if entry.member:  # a kept file has none
+            members.add(entry.member)
         _check_tool_member(top, i, entry, tool_keys)
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once (unless 'a' is an archive's folder).
     for pack_key, in_pack in paths.items():
