@@ -19,14 +19,20 @@ from manifests.errors import BundleStructureError, PolicyError
 FULL_BUNDLE_HINT = "this bundle was made for this host as it was when exported; make a full bundle (without --for) or export again and make a new one"
 
 
-def check_host_file(path: Path, size: int, sha256: str, what: str, meter=None) -> None:
-    """Before anything is written: the host's file the bundle builds on is there and unchanged."""
+def check_host_file(path: Path, what: str, meter, *versions: tuple[int, str]) -> int:
+    """Before anything is written: the host's file the bundle builds on is there and is one of
+    `versions` (size, sha256): the one exported or, after an update already applied, the new one.
+    Returns the index of the version found."""
     try:
         actual_size = path.stat().st_size
     except FileNotFoundError:
         raise PolicyError(f"{what}: this host has no {path}, which the bundle builds on", hint=FULL_BUNDLE_HINT) from None
-    if actual_size != size or hash_file(path, meter).sha256 != sha256:
-        raise PolicyError(f"{what}: {path} is not the file the bundle was made for (changed since the export, or another host)", hint=FULL_BUNDLE_HINT)
+    if any(size == actual_size for size, _ in versions):
+        digest = hash_file(path, meter).sha256
+        for index, (size, sha256) in enumerate(versions):
+            if (size, sha256) == (actual_size, digest):
+                return index
+    raise PolicyError(f"{what}: {path} is not the file the bundle was made for (changed since the export, or another host)", hint=FULL_BUNDLE_HINT)
 
 
 def rebuild(out_path: str, base: Path, member: BinaryIO, *, size: int, sha256: str, base_size: int, carried_size: int, what: str) -> Copy:

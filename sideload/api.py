@@ -198,7 +198,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         for pack in selected:
             _check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
-        _check_host_files(engine, manifest, selected, data_dirs)  # a bundle made for this host: what it builds on is here, unchanged
+        current = _check_host_files(engine, manifest, selected, data_dirs)  # a bundle made for this host: what it builds on is here, unchanged
         needs = {d: 0 for d in data_dirs.values()}
         for pack in selected:
             needs[data_dirs[pack.key]] += sum(_space_needed(f) for f in manifest.files_for(pack.key))
@@ -213,7 +213,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                     for directory in set(data_dirs.values()):
                         recover(engine.store, directory)
                     txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
-                    _stream_payload(engine, reader, manifest, txns)
+                    _stream_payload(engine, reader, manifest, txns, current)
                     reader.finish()  # trailing data and every part's hash, before anything becomes visible
                     bundle_id, created = manifest.bundle_id, manifest.created
                     del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
@@ -228,18 +228,23 @@ def _check_member(entry: FileEntry, chunks) -> None:
     Copy(None, what=entry.member, limit=entry.member_size).feed(chunks).check(entry.member_sha256, entry.member_size)
 
 
-def _check_host_files(engine: Engine, manifest: BundleManifest, selected: list[PackEntry], data_dirs: dict[str, Path]) -> None:
+def _check_host_files(engine: Engine, manifest: BundleManifest, selected: list[PackEntry], data_dirs: dict[str, Path]) -> set[str]:
     """Before anything is written: every file a bundle made for this host keeps or rebuilds from is
-    here and is the file the host exported (its size and sha256); exit 4 naming the pack and file otherwise."""
+    here and is the file the host exported (its size and sha256); exit 4 naming the pack and file otherwise.
+    Returns the members of rebuilt files that are the new version already (the update was applied before)."""
     needed = [(pack, f) for pack in selected for f in manifest.files_for(pack.key) if f.from_host is not None]
+    current: set[str] = set()
     if not needed:
-        return
+        return current
     meter = Meter(engine.listener, "sideload", 0, "files this update builds on", sum(f.from_host.base_size for _, f in needed))
     done = 0
     for pack, f in needed:
-        check_host_file(data_dirs[pack.key] / f.path, f.from_host.base_size, f.from_host.base_sha256, f"{pack.key}: {f.path}", _Progress(meter, done))
+        found = check_host_file(data_dirs[pack.key] / f.path, f"{pack.key}: {f.path}", _Progress(meter, done), (f.from_host.base_size, f.from_host.base_sha256), (f.size, f.sha256))
+        if found == 1 and f.delivery == "rebuilt":
+            current.add(f.member)
         done += f.from_host.base_size
     meter.done(done)
+    return current
 
 
 def _space_needed(entry: FileEntry) -> int:
@@ -278,7 +283,8 @@ def _remove_empty_staging(data_dir: Path) -> None:
             pass  # missing, or holding a partial download kept to resume from
 
 
-def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
+def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction], current: set[str] = frozenset()) -> None:
+    """`current`: members of rebuilt files the host has in their new version already: checked, then kept."""
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     done = 0
     try:
@@ -291,6 +297,9 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere
                     _check_member(entry, file_chunks(source, entry.member_size))
+                elif entry.member in current:
+                    _check_member(entry, file_chunks(source, entry.member_size))
+                    _keep(txn, entry)
                 elif entry.from_host is not None:  # rebuilt from the host's old file and the carried chunks
                     hashed = HashingReader(source, what=entry.member)
                     h = entry.from_host

@@ -158,6 +158,10 @@ def test_export_bundle_for_sideload_updates_kept_changed_and_new_packs(trip):
     assert record["files"][0]["sha256"] == week2_files()["model/model.bin"]
     assert not list(trip.host.sample_dir().glob(".devops-cp-staging*"))
 
+    again = trip.sideload(trip.host, bundle)  # the same update twice: the host has the new files already
+    assert again.exit_code == 0, again.stderr
+    assert installed(trip.host) == week2_files()
+
 
 def test_named_packs_only_and_a_host_already_current_carries_nothing(trip):
     bundle, made = trip.bundle(trip.export(), "font")
