@@ -21,9 +21,9 @@ from manifests.errors import BundleStructureError
 # The chunker's settings (FastCDC 2020): the host that indexes and the builder that matches
 # must cut alike, so the export names them and the builder refuses others.
 CHUNKER = "fastcdc2020"
-MIN_CHUNK = 2048
-AVG_CHUNK = 8192
-MAX_CHUNK = 65536
+MIN_CHUNK = 1024
+AVG_CHUNK = 4096
+MAX_CHUNK = 32768
 HASH_SIZE = 16  # the first 16 bytes of the chunk's sha256
 INDEX_THRESHOLD = 1 << 20  # smaller files are compared on their sha256 only: kept or carried whole
 

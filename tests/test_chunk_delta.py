@@ -215,7 +215,7 @@ def test_an_export_with_an_unsafe_path_or_other_chunker_is_refused():
     with pytest.raises(ExportError, match="not a relative path"):
         parse_export(json.dumps(doc).encode())
     doc = json.loads(_doc_with_file({"count": 0, "index": ""}, size=0))
-    doc["chunker"] = {**CHUNKER_DOC, "avg": 4096}
+    doc["chunker"] = {**CHUNKER_DOC, "avg": 8192}
     with pytest.raises(ExportError, match="other settings"):
         parse_export(json.dumps(doc).encode())
 
