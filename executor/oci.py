@@ -29,7 +29,7 @@ import httpx
 
 from executor.config import rewrite_url
 from executor.events import Meter, Notice
-from executor.http import Download, fetch_small
+from executor.http import Download, fetch_small, read_limited
 from executor.preflight import check_space
 from executor.steps import StepContext, StepOutcome, partial_path, place_file, step_label
 from executor.txn import PackTransaction
@@ -188,11 +188,12 @@ class RegistryAuth(httpx.Auth):
     bounded manifest fetch and the resumable blob Download use it unchanged.
 
     A cached token goes out first; a 401 with a Bearer challenge fetches a fresh one from the
-    realm (no credentials) and retries once. httpx drops Authorization on a redirect to
-    another host, so the token never reaches a blob storage host."""
+    realm (no credentials, a request of its own on the same client) and retries once. httpx
+    drops Authorization on a redirect to another host, so the token never reaches a blob
+    storage host."""
 
-    def __init__(self, cache: dict, key: tuple[str, str], repository: str):
-        self.cache, self.key, self.repository = cache, key, repository
+    def __init__(self, client: httpx.Client, key: tuple[str, str], repository: str):
+        self.client, self.cache, self.key, self.repository = client, _token_cache(client), key, repository
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         token = self.cache.get(self.key)
@@ -210,33 +211,27 @@ class RegistryAuth(httpx.Auth):
         params = {"scope": challenge.get("scope") or f"repository:{self.repository}:pull"}
         if challenge.get("service"):
             params["service"] = challenge["service"]
-        token_response = yield httpx.Request("GET", realm.copy_merge_params(params))
-        token = _read_token(token_response, realm)
+        token = self._fetch_token(realm.copy_merge_params(params))
         self.cache[self.key] = token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
-
-def _read_token(response: httpx.Response, realm: httpx.URL) -> str:
-    if response.status_code != 200:
-        raise NetworkError(
-            f"the registry's token endpoint {realm} answered HTTP {response.status_code}",
-            hint="anonymous pulls were refused: the artifact may be private, or the registry rate-limits anonymous pulls",
-        )
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > TOKEN_LIMIT:
-            raise NetworkError(f"the token from {realm} is larger than {TOKEN_LIMIT} bytes")
-    response._content = bytes(body)  # httpx reads an auth flow's intermediate responses once more
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token:
-        raise NetworkError(f"the token endpoint {realm} answered without a token", hint="it should answer JSON with `token` or `access_token`")
-    return token
+    def _fetch_token(self, url: httpx.URL) -> str:
+        with self.client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise NetworkError(
+                    f"the registry's token endpoint {url} answered HTTP {response.status_code}",
+                    hint="anonymous pulls were refused: the artifact may be private, or the registry rate-limits anonymous pulls",
+                )
+            body = read_limited(response, TOKEN_LIMIT, f"the token from {url}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise NetworkError(f"the token endpoint {url} answered without a token", hint="it should answer JSON with `token` or `access_token`")
+        return token
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -272,7 +267,7 @@ class _Registry:
     def __init__(self, client: httpx.Client, ref: OciRef, mirrors: dict[str, str]):
         self.client, self.ref, self.mirrors = client, ref, mirrors
         self.base = registry_base(ref.registry, mirrors)
-        self.auth = RegistryAuth(_token_cache(client), (self.base, ref.repository), ref.repository)
+        self.auth = RegistryAuth(client, (self.base, ref.repository), ref.repository)
 
     def url(self, kind: str, reference: str) -> str:
         return rewrite_url(f"{self.base}/v2/{self.ref.repository}/{kind}/{reference}", self.mirrors)
