@@ -264,7 +264,8 @@ def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progre
         manifest, signer = verify_bundle(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), listener)
     deliveries = {kind: sum(1 for f in manifest.files if f.delivery == kind) for kind in ("kept", "rebuilt", "whole")}
     if as_json:
-        emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size, "carried_bytes": manifest.carried_size, "for_host": manifest.for_host.name if manifest.for_host else None, **deliveries})
+        for_host = {"carried_bytes": manifest.carried_size, "for_host": manifest.for_host.name, **deliveries} if manifest.for_host is not None else {}
+        emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size, **for_host})
     else:
         click.echo(f"OK: bundle {manifest.bundle_id}, {len(manifest.files)} file(s), {fmt_size(manifest.total_size)}, signed by {signer or '(unsigned)'}")
         if manifest.for_host is not None:
