@@ -15,7 +15,7 @@ sideload is a hard-linked copy of the installed one (sideload only renames over 
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import random
 import shutil
 import subprocess
@@ -134,7 +134,7 @@ def measure_pair(pair: Pair, work: Path, log) -> dict:
             env = {**sides.env("hostcopy"), "DEVOPS_CP_CATALOG": str(work / "hostcopy" / "catalog")}
             result[f"{kind}_sideload"] = run(cli_path() + ["data", "sideload", str(out), "--trust", f"{sides.key}.pub", "--progress", "none"], env=env)
             installed = work / "hostcopy" / "home" / ".cache" / "whisper" / "rt" / "rt.bin"
-            if subprocess.run(["cmp", "-s", str(installed), str(new)]).returncode != 0:
+            if subprocess.run(["cmp", "-s", str(installed), str(new)], check=False).returncode != 0:
                 raise RuntimeError(f"{kind}: the sideloaded file is not the new version")
             log(f"  {kind}: bundle {result[f'{kind}_bytes']:,} bytes, build {result[f'{kind}_build'].wall:.1f} s, sideload {result[f'{kind}_sideload'].wall:.1f} s")
             out.unlink()
@@ -150,13 +150,17 @@ def measure_pair(pair: Pair, work: Path, log) -> dict:
     return result
 
 
+def _percent(n: int, size: int) -> str:
+    return f"{n:,} B ({100 * n / size:.2f}%)"
+
+
 def table(results: list[dict]) -> str:
     rows = [
         "| pair | export (% of data) | update bundle (% of file) | full bundle | rsync batch | zstd --patch-from | zstd peak RSS |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        pct = lambda n: f"{n:,} B ({100 * n / r['size']:.2f}%)"  # noqa: E731
+        pct = functools.partial(_percent, size=r["size"])
         rows.append(f"| {r['pair']} | {pct(r['export_bytes'])} | {pct(r['update_bytes'])} | {pct(r['full_bytes'])} | {pct(r['rsync_bytes'])} | {pct(r['zstd_bytes'])} | {r['zstd'].maxrss_kib // 1024} MiB |")
     rows += ["", "| pair | full: build + sideload | update: build + sideload | ratio (target <= 1.5) | update build peak RSS | update sideload peak RSS | export | rsync batch |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -170,7 +174,7 @@ def table(results: list[dict]) -> str:
 
 
 def _first_line(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.splitlines()[0]
 
 
 def main(argv: list[str] | None = None) -> None:

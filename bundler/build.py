@@ -58,6 +58,7 @@ from manifests.bundle import (
 )
 from manifests.errors import UnsafeArchiveError, UsageError
 from manifests.hoststate import HostState
+from manifests.fmt import fmt_size
 from manifests.plan import Plan
 from manifests.version import VERSION
 from manifests.recipe import StepSpec
@@ -327,7 +328,8 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
         host_files = {hf.path: hf for hf in host_pack.files} if host_pack is not None else {}
         for f in content.files:
             if f.unpack is None and f.path is not None and host_files:
-                entry, member = _from_host(key, f, delta.decide(f.path, f.size, f.sha256, host_files.get(f.rel)))
+                meter = functools.partial(Meter, engine.listener, key, 0, f"chunks of {f.rel}", f.size)
+                entry, member = _from_host(key, f, delta.decide(f.path, f.size, f.sha256, host_files.get(f.rel), meter))
                 files.append(entry)
                 members += [member] if member is not None else []
                 continue
@@ -368,7 +370,22 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
         listed.append((script.name, digest))
         paths.append(script)
     paths += _write_side_files(out, parts, private_key, signer, split_size is not None, listed)
-    return BundleResult(manifest, paths, parts, [n for c in contents for n in c.notes])
+    return BundleResult(manifest, paths, parts, [n for c in contents for n in c.notes] + _host_space_notes(for_host, contents, manifest))
+
+
+def _host_space_notes(for_host: HostState | None, contents: list[_PackContent], manifest: BundleManifest) -> list[str]:
+    """The free space the host reported against what sideload will write there (rebuilt and whole files)."""
+    if for_host is None:
+        return []
+    needs: dict[str, int] = {}
+    for content in contents:
+        written = sum(f.size for f in manifest.files_for(content.plan.key) if f.delivery != "kept")
+        needs[content.entry.data_type] = needs.get(content.entry.data_type, 0) + written
+    return [
+        f"{for_host.host_name} reported {fmt_size(for_host.free_space[kind])} free for {kind}; this update writes about {fmt_size(need)} there"
+        for kind, need in sorted(needs.items())
+        if kind in for_host.free_space and need > for_host.free_space[kind]
+    ]
 
 
 def _from_host(key: str, f: _File, found: delta.Delivery) -> tuple[FileEntry, Member | None]:

@@ -13,12 +13,21 @@ manifest that signs it is written.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from executor.chunking import cut
+from executor.events import Meter
 from executor.transfer import file_chunks
-from manifests.chunk_format import CARRIED, HOST, INDEX_THRESHOLD, Step, chunk_hash, encode_recipe
+from manifests.chunk_format import (
+    CARRIED,
+    HOST,
+    INDEX_THRESHOLD,
+    RecipeWriter,
+    chunk_hash,
+    iter_index,
+)
 from manifests.hoststate import HostFile
 
 WORTH_IT = 0.5  # a rebuild that carries more than this share of the file is carried whole instead
@@ -41,36 +50,41 @@ KEPT = Delivery("kept")
 WHOLE = Delivery("whole")
 
 
-def decide(staged: Path, size: int, sha256: str, host: HostFile | None) -> Delivery:
+def decide(staged: Path, size: int, sha256: str, host: HostFile | None, meter: Callable[[], Meter] | None = None) -> Delivery:
+    """`meter`: makes the progress meter of the read, for the files that are read."""
     if host is None:
         return WHOLE
     if host.sha256 == sha256 and host.size == size:
         return KEPT
     if host.chunks is None or size < INDEX_THRESHOLD:
         return WHOLE
-    return _rebuild(staged, size, host) or WHOLE
+    return _rebuild(staged, size, host, meter) or WHOLE
 
 
-def _rebuild(staged: Path, size: int, host: HostFile) -> Delivery | None:
-    have: dict[bytes, tuple[int, int]] = {}
+def _rebuild(staged: Path, size: int, host: HostFile, meter: Callable[[], Meter] | None) -> Delivery | None:
+    have: dict[bytes, int] = {}  # a chunk's hash -> (its offset in the host's file << 16) | its length
     offset = 0
-    for length, digest in host.chunks:
-        have.setdefault(digest, (offset, length))
+    for length, digest in iter_index(host.chunks):
+        have.setdefault(digest, offset << 16 | length)
         offset += length
     spill = staged.with_name(f".{staged.name}.carried")
-    steps: list[Step] = []
+    recipe = RecipeWriter()
     carried = 0
+    progress = meter() if meter is not None else None
     with open(staged, "rb") as new, open(spill, "wb") as out:
-        for data in cut(new):
+        for data in cut(new, progress):
             digest = chunk_hash(data)
             found = have.get(digest)
-            if found is not None and found[1] == len(data):
-                steps.append(Step(HOST, found[0], len(data), digest))
+            if found is not None and found & 0xFFFF == len(data):
+                recipe.add(HOST, found >> 16, len(data), digest)
                 continue
-            steps.append(Step(CARRIED, 0, len(data), digest))
+            recipe.add(CARRIED, 0, len(data), digest)
             out.write(data)
             carried += len(data)
-    recipe = encode_recipe(steps)
+    if progress is not None:
+        progress.done(size)
+    del have
+    chunks, carried_chunks, recipe = recipe.count, recipe.carried, recipe.encode()
     if len(recipe) + carried > size * WORTH_IT:
         spill.unlink()
         return None
@@ -80,5 +94,5 @@ def _rebuild(staged: Path, size: int, host: HostFile) -> Delivery | None:
             member_hash.update(chunk)
     return Delivery(
         "rebuilt", recipe, spill, len(recipe) + carried, member_hash.hexdigest(), host.size, host.sha256,
-        chunks=len(steps), carried_chunks=sum(1 for s in steps if s.kind == CARRIED),
+        chunks=chunks, carried_chunks=carried_chunks,
     )  # fmt: skip

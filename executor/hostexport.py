@@ -45,7 +45,7 @@ def export_state(store: Store, hardware: Hardware, wants: list[Want], listener: 
             except FileNotFoundError:
                 raise PolicyError(f"{record.key}: {path} is missing", hint=f"repair it (`devops-cp data install {record.pack_id} --reinstall`) or remove the pack, then export again") from None
             done += f.size
-            files.append(HostFile(f.path, found.size, found.sha256, found.chunks))  # what is on disk now
+            files.append(HostFile(f.path, found.size, found.sha256, found.index))  # what is on disk now
         packs.append(HostPack(record.key, record.pack_id, dict(record.choices), record.data_type, record.source, record.fetched_at, tuple(files)))
     meter.done(done)
     return HostState(

@@ -9,11 +9,12 @@ the signed manifest before the pack can be committed (Copy: the one chunk loop).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from executor.transfer import Copy, closing_output, hash_file
-from manifests.chunk_format import HOST, Step, chunk_hash, read_recipe
+from manifests.chunk_format import HOST, chunk_hash, iter_recipe, read_recipe
 from manifests.errors import BundleStructureError, PolicyError
 
 FULL_BUNDLE_HINT = "this bundle was made for this host as it was when exported; make a full bundle (without --for) or export again and make a new one"
@@ -37,24 +38,24 @@ def check_host_file(path: Path, what: str, meter, *versions: tuple[int, str]) ->
 
 def rebuild(out_path: str, base: Path, member: BinaryIO, *, size: int, sha256: str, base_size: int, carried_size: int, what: str) -> Copy:
     """Write the new file at `out_path` (staging); exit 3 on any recipe or chunk that lies."""
-    steps = read_recipe(member.read, size=size, base_size=base_size, carried_size=carried_size, what=what)
+    recipe = read_recipe(member.read, size=size, base_size=base_size, carried_size=carried_size, what=what)
     with open(base, "rb") as old, closing_output(open(out_path, "wb"), reserve=size) as out:
-        copy = Copy(out, what=what, limit=size, writeback=True).feed(_chunks(steps, old.fileno(), member, what))
+        copy = Copy(out, what=what, limit=size, writeback=True).feed(_chunks(recipe, old.fileno(), member, what))
     copy.check(sha256, size)
     return copy
 
 
-def _chunks(steps: list[Step], old_fd: int, member: BinaryIO, what: str) -> Iterator[bytes]:
-    for index, step in enumerate(steps):
-        if step.kind == HOST:
-            data = os.pread(old_fd, step.length, step.offset)
+def _chunks(recipe: bytes, old_fd: int, member: BinaryIO, what: str) -> Iterator[bytes]:
+    for index, (kind, offset, length, digest) in enumerate(iter_recipe(recipe)):
+        if kind == HOST:
+            data = os.pread(old_fd, length, offset)
             source = "the host's file"
         else:
-            data = _read_exact(member, step.length, what)
+            data = _read_exact(member, length, what)
             source = "the bundle"
-        if len(data) != step.length:
+        if len(data) != length:
             raise PolicyError(f"{what}: the host's file ended before chunk {index}: it changed while being read", hint=FULL_BUNDLE_HINT)
-        if chunk_hash(data) != step.hash:
+        if chunk_hash(data) != digest:
             raise BundleStructureError(f"{what}: chunk {index} from {source} does not match its hash in the recipe", hint="the bundle is damaged or hostile; nothing was installed")
         yield data
 

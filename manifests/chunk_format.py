@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 
 from manifests.errors import BundleStructureError
 
@@ -44,10 +43,21 @@ def max_chunks(size: int) -> int:
 
 
 # --- the host's chunk index -------------------------------------------------------------
+# Kept as its encoded bytes (20 per chunk) everywhere, never as a list of objects: a 1 GiB file
+# has a quarter of a million chunks.
 
 
-def encode_index(chunks: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(_INDEX_RECORD.pack(length, digest) for length, digest in chunks)
+def index_record(length: int, digest: bytes) -> bytes:
+    return _INDEX_RECORD.pack(length, digest)
+
+
+def iter_index(data: bytes):
+    """(length, hash) of each chunk, in file order."""
+    return _INDEX_RECORD.iter_unpack(data)
+
+
+def index_count(data: bytes) -> int:
+    return len(data) // _INDEX_RECORD.size
 
 
 def check_count(count: int, size: int, what: str) -> None:
@@ -55,43 +65,51 @@ def check_count(count: int, size: int, what: str) -> None:
         raise BundleStructureError(f"{what}: claims {count} chunks, but a file of {size} bytes has at most {max_chunks(size)}", hint="the export is damaged or hostile; export again on the host")
 
 
-def decode_index(data: bytes, count: int, size: int, what: str) -> list[tuple[int, bytes]]:
+def check_index(data: bytes, count: int, size: int, what: str) -> bytes:
     """Refuses (exit 3) an index that claims more chunks than `size` bytes can hold, whose bytes
     do not match its count, or whose chunks do not add up to the file."""
     check_count(count, size, what)
     if len(data) != count * _INDEX_RECORD.size:
         raise BundleStructureError(f"{what}: its index holds {len(data)} bytes, {count} chunks need {count * _INDEX_RECORD.size}", hint="the export is damaged; export again on the host")
-    chunks = list(_INDEX_RECORD.iter_unpack(data))
-    if sum(length for length, _ in chunks) != size or any(not 0 < length <= MAX_CHUNK for length, _ in chunks):
+    total = 0
+    for length, _ in iter_index(data):
+        if not 0 < length <= MAX_CHUNK:
+            total = -1
+            break
+        total += length
+    if total != size:
         raise BundleStructureError(f"{what}: its chunks do not add up to the file's {size} bytes", hint="the export is damaged or hostile; export again on the host")
-    return chunks
+    return data
 
 
 # --- the recipe ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    kind: int  # HOST: bytes [offset, offset + length) of the host's old file; CARRIED: the next bytes of the member
-    offset: int
-    length: int
-    hash: bytes
+class RecipeWriter:
+    """The recipe as it is decided, chunk by chunk, straight into its encoded bytes."""
 
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.count = self.carried = 0
 
-def encode_recipe(steps: list[Step]) -> bytes:
-    head = _RECIPE_HEAD.pack(MAGIC, len(steps))
-    return head + b"".join(_RECIPE_RECORD.pack(s.kind, s.offset, s.length, s.hash) for s in steps)
+    def add(self, kind: int, offset: int, length: int, digest: bytes) -> None:
+        self.body += _RECIPE_RECORD.pack(kind, offset, length, digest)
+        self.count += 1
+        self.carried += kind == CARRIED
+
+    def encode(self) -> bytes:
+        return _RECIPE_HEAD.pack(MAGIC, self.count) + self.body
 
 
 def recipe_size(count: int) -> int:
     return _RECIPE_HEAD.size + count * _RECIPE_RECORD.size
 
 
-def read_recipe(read, *, size: int, base_size: int, carried_size: int, what: str) -> list[Step]:
-    """The recipe from `read(n)` (a bundle member), checked against what the signed manifest says:
-    the new file's `size`, the host file's `base_size`, the member's `carried_size`. Exit 3 on a
+def read_recipe(read, *, size: int, base_size: int, carried_size: int, what: str) -> bytes:
+    """The recipe's records from `read(n)` (a bundle member), checked against what the signed manifest
+    says: the new file's `size`, the host file's `base_size`, the member's `carried_size`. Exit 3 on a
     recipe that reads past the host's file, claims more chunks than the file can have, or builds
-    a file of another size."""
+    a file of another size. `iter_recipe` then reads the records."""
     hint = "the bundle is damaged or hostile; nothing was installed"
     head = read(_RECIPE_HEAD.size)
     if len(head) != _RECIPE_HEAD.size or head[:8] != MAGIC:
@@ -102,17 +120,21 @@ def read_recipe(read, *, size: int, base_size: int, carried_size: int, what: str
     body = read(count * _RECIPE_RECORD.size)
     if len(body) != count * _RECIPE_RECORD.size:
         raise BundleStructureError(f"{what}: its chunk recipe is truncated", hint=hint)
-    steps, total, carried = [], 0, 0
-    for index, (kind, offset, length, digest) in enumerate(_RECIPE_RECORD.iter_unpack(body)):
+    total = carried = 0
+    for index, (kind, offset, length, _) in enumerate(iter_recipe(body)):
         if kind not in (HOST, CARRIED) or not 0 < length <= MAX_CHUNK:
             raise BundleStructureError(f"{what}: chunk {index} of its recipe is malformed", hint=hint)
         if kind == HOST and offset + length > base_size:
             raise BundleStructureError(f"{what}: chunk {index} of its recipe reads past the end of the host's file ({offset + length} > {base_size} bytes)", hint=hint)
         total += length
         carried += length if kind == CARRIED else 0
-        steps.append(Step(kind, offset if kind == HOST else 0, length, digest))
     if total != size:
         raise BundleStructureError(f"{what}: its chunk recipe builds {total} bytes, the manifest says {size}", hint=hint)
     if recipe_size(count) + carried != carried_size:
         raise BundleStructureError(f"{what}: its recipe needs {carried} carried bytes, the member holds {carried_size - recipe_size(count)}", hint=hint)
-    return steps
+    return body
+
+
+def iter_recipe(body: bytes):
+    """(kind, offset, length, hash) of each chunk of the new file, in order."""
+    return _RECIPE_RECORD.iter_unpack(body)

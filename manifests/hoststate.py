@@ -14,7 +14,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from manifests.chunk_format import AVG_CHUNK, CHUNKER, HASH_SIZE, MAX_CHUNK, MIN_CHUNK, check_count, decode_index, encode_index
+from manifests.chunk_format import (
+    AVG_CHUNK,
+    CHUNKER,
+    HASH_SIZE,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    check_count,
+    check_index,
+    index_count,
+)
 from manifests.errors import UsageError
 
 EXPORT_FORMAT = 1
@@ -36,7 +45,7 @@ class HostFile:
     path: str
     size: int
     sha256: str
-    chunks: list[tuple[int, bytes]] | None = None  # (length, hash); None: below the index threshold
+    chunks: bytes | None = None  # the encoded chunk index (manifests/chunk_format.py); None: below the index threshold
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,7 @@ def to_json(state: HostState) -> bytes:
             {
                 "key": p.key, "id": p.id, "choices": p.choices, "data_type": p.data_type, "source": p.source, "fetched_at": p.fetched_at,
                 "files": [_file_doc(f) for f in p.files],
-            }  # fmt: skip
+            }
             for p in state.packs
         ],
         "free_space": [{"data_type": t, "free_bytes": n} for t, n in sorted(state.free_space.items())],
@@ -103,7 +112,7 @@ def to_json(state: HostState) -> bytes:
 def _file_doc(f: HostFile) -> dict:
     doc: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256}
     if f.chunks is not None:
-        doc["chunks"] = {"count": len(f.chunks), "index": base64.b64encode(encode_index(f.chunks)).decode("ascii")}
+        doc["chunks"] = {"count": index_count(f.chunks), "index": base64.b64encode(f.chunks).decode("ascii")}
     return doc
 
 
@@ -148,7 +157,7 @@ def parse_export(data: bytes, name: str = "export") -> HostState:
     )  # fmt: skip
 
 
-def _pack(p: "_Reader") -> HostPack:
+def _pack(p: _Reader) -> HostPack:
     p.only("key", "id", "choices", "data_type", "source", "fetched_at", "files")
     files = []
     for i in range(len(p.items("files"))):
@@ -166,7 +175,7 @@ def _pack(p: "_Reader") -> HostPack:
                 raw = base64.b64decode(c.get("index", str), validate=True)
             except binascii.Error:
                 raise c.fail("index", "is not base64") from None
-            chunks = decode_index(raw, count, size, what)
+            chunks = check_index(raw, count, size, what)
         files.append(HostFile(path, size, f.sha256("sha256"), chunks))
     if len({f.path for f in files}) != len(files):
         raise p.fail("files", "lists a path twice")
@@ -241,7 +250,7 @@ class _Reader:
             raise self.fail(key, f"has {len(value)} entries, more than the {MAX_ITEMS} allowed")
         return value
 
-    def child(self, key: str, index: int | None = None) -> "_Reader":
+    def child(self, key: str, index: int | None = None) -> _Reader:
         value = self.value[key] if index is None else self.value[key][index]
         return _Reader(self.doc, f"{self.where + '.' if self.where else ''}{key}{'' if index is None else f'[{index}]'}", value)
 

@@ -15,9 +15,29 @@ import pytest
 from bundler.delta import KEPT, WHOLE, decide
 from executor.chunking import index_file
 from executor.rebuild import rebuild
-from manifests.chunk_format import CARRIED, HOST, MAGIC, Step, decode_index, encode_recipe, read_recipe, recipe_size
-from manifests.errors import BundleStructureError, ChecksumMismatch, LengthError, PolicyError
-from manifests.hoststate import CHUNKER_DOC, ExportError, HostFile, HostState, parse_export, to_json
+from manifests.chunk_format import (
+    CARRIED,
+    HOST,
+    MAGIC,
+    RecipeWriter,
+    check_index,
+    iter_index,
+    read_recipe,
+    recipe_size,
+)
+from manifests.errors import (
+    BundleStructureError,
+    ChecksumMismatch,
+    PolicyError,
+)
+from manifests.hoststate import (
+    CHUNKER_DOC,
+    ExportError,
+    HostFile,
+    HostState,
+    parse_export,
+    to_json,
+)
 
 
 def noise(size: int, seed: int) -> bytes:
@@ -26,7 +46,18 @@ def noise(size: int, seed: int) -> bytes:
 
 def host_file(path) -> HostFile:
     found = index_file(path)
-    return HostFile(path.name, found.size, found.sha256, found.chunks)
+    return HostFile(path.name, found.size, found.sha256, found.index)
+
+
+def Step(kind, offset, length, digest):
+    return (kind, offset, length, digest)
+
+
+def encode_recipe(steps) -> bytes:
+    writer = RecipeWriter()
+    for step in steps:
+        writer.add(*step)
+    return writer.encode()
 
 
 def member_bytes(delivery) -> bytes:
@@ -50,8 +81,9 @@ def test_index_file_gives_sha256_and_chunks_that_add_up(pair):
     old, _, _ = pair
     found = index_file(old)
     assert found.sha256 == hashlib.sha256(old.read_bytes()).hexdigest()
-    assert sum(length for length, _ in found.chunks) == found.size == 8 << 20
-    assert len(found.chunks) > 100  # content-defined, not one chunk per file
+    chunks = list(iter_index(found.index))
+    assert sum(length for length, _ in chunks) == found.size == 8 << 20
+    assert len(chunks) > 100  # content-defined, not one chunk per file
 
 
 def test_same_file_is_kept_and_no_host_means_whole(pair):
@@ -96,7 +128,7 @@ def test_a_file_mostly_new_is_carried_whole(pair):
 
 def _rebuild(tmp_path, old, steps, carried=b"", *, size=None, sha256="0" * 64):
     member = encode_recipe(steps) + carried
-    size = sum(s.length for s in steps) if size is None else size
+    size = sum(s[2] for s in steps) if size is None else size
     return rebuild(str(tmp_path / "out"), old, io.BytesIO(member), size=size, sha256=sha256, base_size=old.stat().st_size, carried_size=len(member), what="p/f.bin")
 
 
@@ -165,11 +197,6 @@ def test_truncated_carried_bytes_are_refused(pair, tmp_path):
 # --- the export: strict, bounded -----------------------------------------------------------------
 
 
-def _state(tmp_path, pair_files) -> bytes:
-    old = pair_files[0]
-    return to_json(HostState("1", (1, 2, 3), "host-a", "e" * 32, "2026-01-01T00:00:00Z", (), {}, (), ()))
-
-
 def _doc_with_file(chunks: dict, size=1 << 20) -> bytes:
     return json.dumps({
         "export_format": 1, "tool_version": "1", "reads_manifest_formats": [1, 2, 3], "host": {"name": "h", "export_id": "x"},
@@ -225,5 +252,5 @@ def test_an_export_round_trips(pair):
     f = host_file(old)
     state = HostState("1", (1, 2, 3), "host-a", "e" * 32, "2026-01-01T00:00:00Z", (), {"sample": 10}, (), ())
     assert parse_export(to_json(state)) == state
-    assert decode_index(b"", 0, 0, "f") == []
+    assert check_index(b"", 0, 0, "f") == b""
     assert f.chunks and os.path.getsize(old) == f.size

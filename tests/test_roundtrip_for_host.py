@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from bundle_helpers import Home, Raw, tree_snapshot, write_tar_zst
 from conftest import make_tar_gz
+
 from manifests.bundle import parse_manifest, to_json
 from manifests.chunk_format import CARRIED, MAGIC, recipe_size
 from manifests.signing import read_private_key_file, sign
@@ -295,3 +295,12 @@ def test_a_host_too_old_for_update_bundles_gets_a_clear_refusal(trip):
     export.write_text(json.dumps(doc))
     result = trip.cli("bundle", "--for", str(export), "-o", str(trip.tmp / "x.tar.zst"), "--key", str(trip.key))
     assert result.exit_code == 2 and "cannot read an update bundle" in result.stderr and "without --for" in result.stderr
+
+
+def test_the_builder_notes_when_the_host_reported_too_little_space(trip):
+    export = trip.export("extra")
+    doc = json.loads(export.read_text())
+    doc["free_space"] = [{"data_type": "sample", "free_bytes": 1000}]
+    export.write_text(json.dumps(doc))
+    _, made = trip.bundle(export)
+    assert any("reported 1000 B free for sample" in note for note in made["notes"]), made["notes"]
