@@ -17,13 +17,13 @@ import click
 from devops_cp.app import App
 from devops_cp.cli_common import PROGRESS_MODES, confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
 from devops_cp.render import progress_renderer
-from manifests.fromhost import FOR_HOST_VERSION
+from manifests.bundle import FOR_HOST_VERSION
 from executor.config import config_dir
 from manifests.errors import UsageError
 from manifests.units import fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
-    from manifests.signing import TrustStore
+    from executor.keys import TrustStore
 
 PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
 
@@ -38,9 +38,9 @@ def _passphrase(confirm: bool) -> bytes:
 
 
 def _trust_store() -> TrustStore:
-    from manifests.signing import TRUSTED_KEYS_DIRNAME, TrustStore
+    from executor.keys import TrustStore
 
-    return TrustStore(config_dir() / TRUSTED_KEYS_DIRNAME)
+    return TrustStore.in_config_dir(config_dir())
 
 
 @click.command()
@@ -50,7 +50,7 @@ def _trust_store() -> TrustStore:
 @reports_errors
 def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
     """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub)."""
-    from manifests.signing import write_keypair
+    from executor.keys import write_keypair
 
     passphrase = None if no_passphrase else _passphrase(confirm=True)
     key_id = write_keypair(prefix, passphrase)
@@ -116,7 +116,7 @@ def bundle(packs, out, for_file, key_path, unsigned, split_size, expires, yes, i
     """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
-    from manifests.signing import read_private_key_file
+    from executor.keys import read_private_key_file
 
     if (target_python or target_platform) and not include_tool:
         raise UsageError("--target-python and --target-platform go with --include-tool")

@@ -22,7 +22,7 @@ from conftest import make_tar_gz
 
 from manifests.bundle import parse_manifest, to_json
 from manifests.chunk_format import CARRIED, MAGIC, recipe_size
-from manifests.signing import read_private_key_file, sign
+from manifests.signing import load_private_key, sign
 
 PASSPHRASE = "a test passphrase"
 MIB = 1 << 20
@@ -224,7 +224,7 @@ def _resigned(trip: RoundTrip, bundle: Path, edit_member, name: str) -> Path:
     host = dataclasses.replace(target.from_host, carried_size=len(data), carried_sha256=hashlib.sha256(data).hexdigest())
     files = tuple(dataclasses.replace(f, from_host=host, size=size) if f is target else f for f in manifest.files)
     manifest_bytes = to_json(dataclasses.replace(manifest, files=files))
-    key = read_private_key_file(trip.key, PASSPHRASE.encode())
+    key = load_private_key(trip.key.read_bytes(), PASSPHRASE.encode())
     members[:2] = [Raw("manifest.json", manifest_bytes), Raw("manifest.json.sig", sign(key, manifest_bytes))]
     return write_tar_zst(trip.tmp / name, members)
 
