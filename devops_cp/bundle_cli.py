@@ -17,7 +17,6 @@ import click
 from devops_cp.app import App
 from devops_cp.cli_common import PROGRESS_MODES, confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
 from devops_cp.render import progress_renderer
-from manifests.bundle import FOR_HOST_VERSION
 from executor.config import config_dir
 from manifests.errors import UsageError
 from manifests.units import fmt_size, parse_duration, parse_size
@@ -177,6 +176,7 @@ def bundle(packs, out, for_file, key_path, unsigned, split_size, expires, yes, i
 def _read_export(path: Path):
     """The host's export, read with a size cap before it is parsed (untrusted input)."""
     from manifests.hoststate import MAX_EXPORT_BYTES, parse_export
+    from manifests.model import FOR_HOST_VERSION
 
     with open(path, "rb") as f:
         data = f.read(MAX_EXPORT_BYTES + 1)
