@@ -24,10 +24,12 @@ from typing import BinaryIO, Callable, Iterator
 
 import httpx
 
+from executor import durable
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
+from executor import segmented
 from executor.http_fastpath import body_chunks
-from executor.transfer import Copy, closing_output, hash_file
+from executor.transfer import Copy, closing_output, hash_file, translate_write_error
 from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, ConfigError, LengthError, NetworkError
 
@@ -164,6 +166,9 @@ class Download:
     auth: httpx.Auth | None = None
     space_check: Callable[[int], None] = lambda remaining: None
     writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
+    connections: int = 1  # at most this many at once for one large file (executor/segmented.py); 1: one stream
+    connections_used: int = 0  # the most the last run() or stream_into() had open at once
+    _single: bool = False  # ranges were answered inconsistently: one stream from now on
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
 
@@ -176,15 +181,35 @@ class Download:
         self.meta_path.unlink(missing_ok=True)
         self._copy = None
 
-    def _resume_state(self) -> tuple[int, str | None]:
+    def _journal(self) -> dict:
+        """The JSON beside the partial file: url, validator, and for a segmented file its size and
+        the byte ranges that arrived ({} when there is nothing to resume)."""
         try:
             meta = json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
             meta = {}
-        if meta.get("url") != self.url or not self.partial.exists():
+        if not isinstance(meta, dict) or meta.get("url") != self.url or not self.partial.exists():
             self.discard()
+            return {}
+        return meta
+
+    def _resume_state(self) -> tuple[int, str | None]:
+        """Where one stream would resume: the file's size, or a segmented file's contiguous start."""
+        meta = self._journal()
+        if not meta:
             return 0, None
-        return self.partial.stat().st_size, meta.get("validator")
+        ranges = meta.get("ranges")
+        if ranges is None:
+            return self.partial.stat().st_size, meta.get("validator")
+        return (ranges[0][1] if ranges and ranges[0][0] == 0 else 0), meta.get("validator")
+
+    def _as_one_stream(self, offset: int) -> None:
+        """A segmented partial file continued by one stream: only its contiguous start is kept."""
+        meta = self._journal()
+        if meta.get("ranges") is not None:
+            os.truncate(self.partial, offset)
+            self.meta_path.write_text(json.dumps({"url": self.url, "validator": meta.get("validator")}))
+            self._copy = None
 
     def _copy_at(self, offset: int) -> Copy:
         """The running hash of the first `offset` bytes, kept in memory between attempts."""
@@ -199,7 +224,7 @@ class Download:
         restarts = 0
         while True:
             try:
-                copy = self._attempt(attempts)
+                copy = self._attempt(attempts, expected_sha256)
                 break
             except _Restart:
                 restarts += 1
@@ -220,10 +245,65 @@ class Download:
             raise
         return copy
 
-    def _attempt(self, attempts: _Attempts) -> Copy:
+    def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
-        with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
+        several = self.connections > 1 and not self._single
+        headers = _resume_headers(offset, validator) or ({"Range": "bytes=0-"} if several else {})
+        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
+            if several:
+                meta = self._journal()
+                first = segmented.first_answer(response, offset, pinned=expected_sha256 is not None, resuming=meta.get("ranges") is not None)
+                if first is not None:
+                    return self._receive_segmented(response, first, meta, offset, attempts)
+            self._as_one_stream(offset)
             return self._receive(response, offset, attempts)
+
+    def _receive_segmented(self, response: httpx.Response, first: segmented.First, meta: dict, offset: int, attempts: _Attempts) -> Copy:
+        """The rest of the file over several connections, into the preallocated partial file."""
+        size = first.size
+        if self.size_cap is not None and size > self.size_cap:
+            raise LengthError(f"{self.what} is {size} bytes, longer than the {self.size_cap} declared for it", hint="nothing was installed")
+        same = meta.get("size") == size and meta.get("validator") == first.if_range
+        ranges = [tuple(r) for r in meta["ranges"]] if same and meta.get("ranges") is not None else ([(0, offset)] if offset else [])
+        plan = segmented.Plan(size, ranges, window=None)
+        done = plan.received
+        self.space_check(size - done)
+        if self.meter is not None:
+            self.meter.restart(done, size)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        journal = {"url": self.url, "validator": first.if_range, "size": size}
+        copy = Copy(None, what=self.what, limit=size)
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            with open(fd, "r+b", buffering=0, closefd=False) as out:
+                durable.reserve(out, size)
+            os.ftruncate(fd, size)
+            segmented.write_journal(self.meta_path, {**journal, "ranges": ranges})
+            run = segmented.Segmented(
+                self._fetch_for_segments(attempts, self.meter),
+                first, plan, segmented.FileSink(fd), copy.feed, piece=segmented.PIECE,
+                journal=lambda arrived: segmented.write_journal(self.meta_path, {**journal, "ranges": arrived}),
+                writeback_fd=fd if self.writeback else None,
+            )
+            try:
+                run.run(response)
+            finally:
+                self.connections_used = max(self.connections_used, run.used)
+        except segmented.Inconsistent:
+            self._single = True  # the server's ranges cannot be trusted: the file again, as one stream
+            raise _Restart() from None
+        except OSError as exc:
+            raise translate_write_error(exc, str(self.partial), size) from exc
+        finally:
+            os.close(fd)
+        self._copy = None
+        return copy
+
+    def _fetch_for_segments(self, attempts: _Attempts, meter: Meter | None) -> segmented.Fetch:
+        return segmented.Fetch(
+            self.client, self.url, self.auth, self.settings.stall_timeout, self.connections, attempts,
+            retryable=lambda exc: isinstance(exc, (httpx.TransportError, _Retry)), check_status=_check_status, meter=meter,
+        )
 
     def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts) -> Copy:
         code = response.status_code
@@ -287,7 +367,13 @@ class Download:
 
     def _stream_attempt(self, copy: Copy, attempts: _Attempts) -> None:
         done = copy.done
-        with self.client.stream("GET", self.url, headers=_resume_headers(done, self._validator), auth=self.auth) as response:
+        several = self.connections > 1 and not self._single and done == 0
+        headers = {"Range": "bytes=0-"} if several else _resume_headers(done, self._validator)
+        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
+            first = segmented.first_answer(response, 0, pinned=True) if several else None
+            if first is not None:
+                self._stream_segmented(response, first, copy, attempts)
+                return
             code = response.status_code
             if code == 416:
                 raise NetworkError(f"{self.url} refused to resume at byte {done} (HTTP 416): it may have changed", hint=_FORWARD_ONLY)
@@ -303,6 +389,22 @@ class Download:
             copy.feed(attempts.until_deadline(body))
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+
+
+    def _stream_segmented(self, response: httpx.Response, first: segmented.First, copy: Copy, attempts: _Attempts) -> None:
+        """Several connections into a bounded window in memory, written out in order."""
+        self._validator = first.if_range
+        self._expect(copy, first.size)
+        plan = segmented.Plan(first.size, [], window=segmented.STREAM_WINDOW)
+        piece = max(segmented.MIN_STEAL, segmented.STREAM_WINDOW // (2 * self.connections))
+        run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
+        try:
+            run.run(response)
+        except segmented.Inconsistent as exc:
+            self._single = True  # what was written stays; one stream goes on from there (If-Range)
+            raise _Retry(str(exc)) from None
+        finally:
+            self.connections_used = max(self.connections_used, run.used)
 
 
 _FORWARD_ONLY = "the bytes already streamed cannot be taken back: run the same command again to start over"
