@@ -248,8 +248,7 @@ class Download:
     def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
         several = self.connections > 1 and not self._single
-        headers = _resume_headers(offset, validator) or ({"Range": "bytes=0-"} if several else {})
-        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
+        with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
             if several:
                 meta = self._journal()
                 first = segmented.first_answer(response, offset, pinned=expected_sha256 is not None, resuming=meta.get("ranges") is not None)
@@ -368,8 +367,7 @@ class Download:
     def _stream_attempt(self, copy: Copy, attempts: _Attempts) -> None:
         done = copy.done
         several = self.connections > 1 and not self._single and done == 0
-        headers = {"Range": "bytes=0-"} if several else _resume_headers(done, self._validator)
-        with self.client.stream("GET", self.url, headers=headers, auth=self.auth) as response:
+        with self.client.stream("GET", self.url, headers=_resume_headers(done, self._validator), auth=self.auth) as response:
             first = segmented.first_answer(response, 0, pinned=True) if several else None
             if first is not None:
                 self._stream_segmented(response, first, copy, attempts)
@@ -396,7 +394,7 @@ class Download:
         self._validator = first.if_range
         self._expect(copy, first.size)
         plan = segmented.Plan(first.size, [], window=segmented.STREAM_WINDOW)
-        piece = max(segmented.MIN_STEAL, segmented.STREAM_WINDOW // (2 * self.connections))
+        piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
         run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
         try:
             run.run(response)

@@ -63,24 +63,33 @@ class First:
 
 
 def first_answer(response: httpx.Response, asked: int, pinned: bool, resuming: bool = False) -> First | None:
-    """The First of an answer to `Range: bytes=asked-` that several connections may continue; else
-    None. `resuming`: a segmented partial file's journal says what is missing, however little."""
-    if response.status_code != 206 or "transfer-encoding" in response.headers:
+    """The First of an answer that several connections may continue, else None: a 200 to a plain
+    GET that says `Accept-Ranges: bytes` and its length, or a 206 to `Range: bytes=asked-`.
+    `resuming`: a segmented partial file's journal says what is missing, however little."""
+    headers = response.headers
+    if "transfer-encoding" in headers or headers.get("content-encoding", "identity") != "identity":
         return None
-    if response.headers.get("content-encoding", "identity") != "identity":
+    if response.status_code == 200 and asked == 0:
+        length = headers.get("content-length", "")
+        if headers.get("accept-ranges", "").strip().lower() != "bytes" or not length.isdigit():
+            return None
+        size = int(length)
+    elif response.status_code == 206:
+        found = parse_content_range(headers.get("content-range", ""))
+        if found is None or found[0] != asked or found[2] is None:
+            return None
+        size = found[2]
+    else:
         return None
-    found = parse_content_range(response.headers.get("content-range", ""))
-    if found is None or found[0] != asked or found[2] is None:
-        return None
-    etag = response.headers.get("etag")
+    etag = headers.get("etag")
     if etag is not None and etag.startswith("W/"):
         etag = None  # a weak tag cannot be sent with If-Range
-    last_modified = response.headers.get("last-modified") if etag is None else None
+    last_modified = headers.get("last-modified") if etag is None else None
     if not (etag or last_modified or pinned):
         return None  # two versions could be stitched together
-    if not resuming and found[2] - asked < MIN_SIZE:
+    if not resuming and size - asked < MIN_SIZE:
         return None
-    return First(found[2], etag, last_modified, str(response.url))
+    return First(size, etag, last_modified, str(response.url))
 
 
 def parse_content_range(value: str) -> tuple[int, int, int | None] | None:
@@ -401,7 +410,7 @@ class Segmented:
     def _lead(self, response: httpx.Response, claim: Claim) -> None:
         """The first answer is read on; then the lead takes pieces like any helper."""
         try:
-            self._receive(response, claim, fast=True)
+            self._receive(response, claim, fast=True, checked=True)
         except Exception as exc:
             if not self.fetch.retryable(exc):
                 raise
@@ -456,8 +465,9 @@ class Segmented:
                 self.target = str(response.url)  # resolved again: the new signed URL
             self._receive(response, claim, fast=open_ended)
 
-    def _receive(self, response: httpx.Response, claim: Claim, *, fast: bool) -> None:
-        self._check(response, claim)
+    def _receive(self, response: httpx.Response, claim: Claim, *, fast: bool, checked: bool = False) -> None:
+        if not checked:
+            self._check(response, claim)
         put, plan = self.sink.put, self.plan
         chunks = http_fastpath.body_chunks(response, self.fetch.stall_timeout, keep_connection=not fast)
         for chunk in self.fetch.attempts.until_deadline(chunks):
