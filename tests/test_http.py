@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor.http import Download, fetch_small, make_client, parse_sha256sum
 from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import fast_settings, gets, payload, sha256
 from test_http import DATA, PATH, Fetcher
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor import http_fastpath
 from executor.http import Download, make_client
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor.http import Download, make_client
 from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 
