@@ -169,6 +169,7 @@ class Download:
     connections: int = 1  # at most this many at once for one large file (executor/segmented.py); 1: one stream
     connections_used: int = 0  # the most the last run() or stream_into() had open at once
     _single: bool = False  # ranges were answered inconsistently: one stream from now on
+    _changes: int = 0  # times the file changed under a segmented download
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
 
@@ -288,8 +289,11 @@ class Download:
                 run.run(response)
             finally:
                 self.connections_used = max(self.connections_used, run.used)
-        except segmented.Inconsistent:
-            self._single = True  # the server's ranges cannot be trusted: the file again, as one stream
+        except segmented.Inconsistent as exc:
+            # the file again: a new version may go on over several connections once; a server whose
+            # ranges cannot be trusted (or whose validator keeps changing) gets one stream
+            self._single = not isinstance(exc, segmented.Changed) or self._changes > 0
+            self._changes += 1
             raise _Restart() from None
         except OSError as exc:
             raise translate_write_error(exc, str(self.partial), size) from exc

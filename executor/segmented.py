@@ -9,8 +9,9 @@ the total rate rises by a third (a server capping each connection), else the lea
 Pieces are handed out in file order, so the contiguous prefix grows steadily and is hashed as it
 completes: read back from the staging file (FileSink) or taken from memory when streaming into a
 bundle (MemorySink, whose pieces stay inside a bounded window). Every range answer must fit the
-first one (206, the asked start, the same size and validator); anything else raises Inconsistent
-and the caller starts the file again as a single stream.
+first one (206, the asked start, the same size and validator). Another version (Changed) makes the
+caller start the file again, once more with several connections; anything else (Inconsistent), or
+a second change, as a single stream.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ WRITEBACK_KEEP = 32 << 20
 
 
 class Inconsistent(Exception):
-    """A range answer that does not fit the first answer: the file may have changed."""
+    """A range answer that does not fit the first answer (another Content-Range or size)."""
+
+
+class Changed(Inconsistent):
+    """A range answer of another version (a 200 to If-Range, another validator): the file changed."""
 
 
 class Resolve(Exception):
@@ -485,7 +490,7 @@ class Segmented:
     def _check(self, response: httpx.Response, claim: Claim) -> None:
         code = response.status_code
         if code in (200, 416):
-            raise Inconsistent(f"a range request was answered HTTP {code}: {self.fetch.url} may have changed")
+            raise Changed(f"a range request was answered HTTP {code}: {self.fetch.url} changed")
         self.fetch.check_status(response)
         found = parse_content_range(response.headers.get("content-range", ""))
         if found is None or found[0] != claim.pos or found[2] != self.plan.size or found[1] < found[0]:
@@ -495,7 +500,7 @@ class Segmented:
             )
         etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
         if (self.first.etag and etag != self.first.etag) or (self.first.last_modified and modified != self.first.last_modified):
-            raise Inconsistent(f"{self.fetch.url} changed while it was downloaded (validator {etag or modified!r})")
+            raise Changed(f"{self.fetch.url} changed while it was downloaded (validator {etag or modified!r})")
 
     def _save_journal(self) -> None:
         if self.journal is not None:
