@@ -235,3 +235,81 @@ def test_a_streamed_download_holds_at_most_its_window(capped, monkeypatch):
     assert b"".join(sink.parts) == data and copy.sha256 == sha256(data)
     assert fetch.connections_used == 8 and capped.peak_bodies_in_flight > 1
     assert 0 < held["peak"] <= window + 8 * (256 << 10)  # the window, and at most one read more per connection
+
+
+# --- kill -9 half way, then the next run --------------------------------------------------
+
+
+def _journaled(home) -> int:
+    """Bytes the journal beside the staging file says arrived (0 before there is one)."""
+    import json
+
+    for meta in home.rglob("*.part.json"):
+        try:
+            ranges = json.loads(meta.read_text()).get("ranges") or []
+        except (OSError, ValueError):
+            continue  # between two saves
+        return sum(end - start for start, end in ranges)
+    return 0
+
+
+def test_kill_9_half_way_then_a_resume_fetches_only_what_is_missing(capped, write_recipe, isolated_env):
+    """The real command, SIGKILLed once the journal says half the file arrived; the next run
+    asks only for the missing ranges: the server sends at most 1.2x the file in all."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import download_step
+
+    size = 40 << 20  # above segmented.MIN_SIZE: nothing is scaled down in the child
+    data = payload(size)
+    url = capped.add("/packs/big.bin", data, etag="v1")
+    write_recipe("big", [download_step(url, "big/big.bin", data)])
+    command = [sys.executable, "-c", "from devops_cp.cli import main; main()", "data", "install", "big", "--yes", "--progress", "none"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _journaled(isolated_env.home) >= size // 2, "the journal to hold half the file", seconds=120)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    journaled, first_run = _journaled(isolated_env.home), len(gets(capped))
+    assert size // 2 <= journaled < size
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (isolated_env.sample_dir() / "big" / "big.bin").read_bytes() == data
+    resumed = gets(capped)[first_run:]
+    assert resumed[0].range is not None and resumed[0].headers["if-range"] == '"v1"'  # not from zero
+    assert capped.bytes_sent("/packs/big.bin") <= 1.2 * size
+    assert not list(isolated_env.home.rglob("*.part*"))  # the staging file and its journal are gone
+
+
+# --- the setting ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, ok", [("1", True), ("8", True), ("0", False), ("65", False), ('"eight"', False), ("true", False)])
+def test_max_connections_per_download_is_checked(isolated_env, value, ok):
+    from executor.config import load_config
+    from manifests.errors import ConfigError
+
+    path = isolated_env.write_config(f"max_connections_per_download = {value}\n")
+    if ok:
+        assert load_config(path).max_connections_per_download == int(value)
+    else:
+        with pytest.raises(ConfigError) as exc:
+            load_config(path)
+        assert exc.value.exit_code == 2 and "max_connections_per_download" in exc.value.message
+
+
+def test_the_engine_takes_the_config_or_its_own_parameter(isolated_env):
+    """`install --from` a site mirror passes connections_per_download=1: a fleet of hosts each
+    opening eight connections would be its own denial of service."""
+    from devops_cp.app import App
+    from executor.engine import Engine
+
+    isolated_env.write_config("max_connections_per_download = 5\n")
+    store = App(settings=fast_settings()).store
+    assert Engine(store).step_context().connections == 5
+    assert Engine(store, connections_per_download=1).step_context().connections == 1
