@@ -359,8 +359,12 @@ def fake_sideload_api(calls: list):
 
 
 def test_sideload_route_runs_sideload_bundle_as_a_job(env, client, monkeypatch):
+    import sideload
+
     calls: list = []
-    monkeypatch.setitem(sys.modules, "sideload.api", fake_sideload_api(calls))
+    fake = fake_sideload_api(calls)
+    monkeypatch.setitem(sys.modules, "sideload.api", fake)
+    monkeypatch.setattr(sideload, "api", fake, raising=False)  # `from sideload import api` finds a real one imported by an earlier test
     (env.bundles / "site.tar.zst").write_bytes(b"bundle")
 
     started = client.post("/api/jobs/sideload", json={"bundle": "site.tar.zst"}, headers=AUTH)
