@@ -248,67 +248,22 @@ class Download:
 
     def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
-        several = self.connections > 1 and not self._single
         with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
-            if several:
+            first = None
+            if self.connections > 1 and not self._single:
                 meta = self._journal()
-                first = segmented.first_answer(response, offset, pinned=expected_sha256 is not None, resuming=meta.get("ranges") is not None)
-                if first is not None:
-                    return self._receive_segmented(response, first, meta, offset, attempts)
+                first = segmented.first_answer(response, offset, pinned=expected_sha256 is not None, resuming="ranges" in meta)
+                if first is not None and "ranges" in meta:  # a segmented partial file: on with its journal
+                    if meta.get("size") != first.size or meta.get("validator") != first.if_range:
+                        raise _Restart()
+                    body = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
+                    return self._segments(first, body, response.request, [tuple(r) for r in meta["ranges"]], attempts)
             self._as_one_stream(offset)
-            return self._receive(response, offset, attempts)
+            return self._receive(response, offset, attempts, first)
 
-    def _receive_segmented(self, response: httpx.Response, first: segmented.First, meta: dict, offset: int, attempts: _Attempts) -> Copy:
-        """The rest of the file over several connections, into the preallocated partial file."""
-        size = first.size
-        if self.size_cap is not None and size > self.size_cap:
-            raise LengthError(f"{self.what} is {size} bytes, longer than the {self.size_cap} declared for it", hint="nothing was installed")
-        same = meta.get("size") == size and meta.get("validator") == first.if_range
-        ranges = [tuple(r) for r in meta["ranges"]] if same and meta.get("ranges") is not None else ([(0, offset)] if offset else [])
-        plan = segmented.Plan(size, ranges, window=None)
-        done = plan.received
-        self.space_check(size - done)
-        if self.meter is not None:
-            self.meter.restart(done, size)
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        journal = {"url": self.url, "validator": first.if_range, "size": size}
-        copy = Copy(None, what=self.what, limit=size)
-        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            with open(fd, "r+b", buffering=0, closefd=False) as out:
-                durable.reserve(out, size)
-            os.ftruncate(fd, size)
-            segmented.write_journal(self.meta_path, {**journal, "ranges": ranges})
-            run = segmented.Segmented(
-                self._fetch_for_segments(attempts, self.meter),
-                first, plan, segmented.FileSink(fd), copy.feed, piece=segmented.PIECE,
-                journal=lambda arrived: segmented.write_journal(self.meta_path, {**journal, "ranges": arrived}),
-                writeback_fd=fd if self.writeback else None,
-            )
-            try:
-                run.run(response)
-            finally:
-                self.connections_used = max(self.connections_used, run.used)
-        except segmented.Inconsistent as exc:
-            # the file again: a new version may go on over several connections once; a server whose
-            # ranges cannot be trusted (or whose validator keeps changing) gets one stream
-            self._single = not isinstance(exc, segmented.Changed) or self._changes > 0
-            self._changes += 1
-            raise _Restart() from None
-        except OSError as exc:
-            raise translate_write_error(exc, str(self.partial), size) from exc
-        finally:
-            os.close(fd)
-        self._copy = None
-        return copy
-
-    def _fetch_for_segments(self, attempts: _Attempts, meter: Meter | None) -> segmented.Fetch:
-        return segmented.Fetch(
-            self.client, self.url, self.auth, self.settings.stall_timeout, self.connections, attempts,
-            retryable=lambda exc: isinstance(exc, (httpx.TransportError, _Retry)), check_status=_check_status, meter=meter,
-        )
-
-    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts) -> Copy:
+    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts, first: segmented.First | None = None) -> Copy:
+        """One stream into the partial file. `first`: ranges would let several connections help;
+        after segmented.PROBE seconds, they take over if the stream is slow enough to need them."""
         code = response.status_code
         if code == 416:
             match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("content-range", ""))
@@ -325,15 +280,76 @@ class Download:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps({"url": self.url, "validator": _validator(response)}))
         reserve = copy.limit - copy.done if copy.limit is not None else 0
+        chunks = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
+        probe = segmented.Probe(first.size, offset) if first is not None else None
         with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
-                copy.feed(attempts.until_deadline(body_chunks(response, self.settings.stall_timeout)))
+                copy.feed(probe.watch(chunks) if probe else chunks)
             finally:
                 copy.out = None
+        if probe is not None and probe.switch:
+            return self._segments(first, chunks, response.request, [(0, copy.done)], attempts, copy, probe.rate)
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
         return copy
+
+    def _segments(
+        self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, ranges: list, attempts: _Attempts,
+        copy: Copy | None = None, lead_rate: float | None = None,
+    ) -> Copy:
+        """The rest of the file over several connections, into the preallocated partial file; `body`
+        goes on as the first of them. `copy` has hashed the bytes before them already (a stream that
+        was slow for one connection), else the partial file's arrived ranges are read back to hash."""
+        size = first.size
+        if self.size_cap is not None and size > self.size_cap:
+            raise LengthError(f"{self.what} is {size} bytes, longer than the {self.size_cap} declared for it", hint="nothing was installed")
+        plan = segmented.Plan(size, ranges, window=None)
+        if copy is None:
+            copy = Copy(None, what=self.what, limit=size)
+            self.space_check(size - plan.received)
+            if self.meter is not None:
+                self.meter.restart(plan.received, size)
+        copy.meter, plan.consumed = None, copy.done  # progress counts arrived bytes, not hashed ones
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        journal = {"url": self.url, "validator": first.if_range, "size": size}
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            with open(fd, "r+b", buffering=0, closefd=False) as out:
+                durable.reserve(out, size)
+            os.ftruncate(fd, size)
+            segmented.write_journal(self.meta_path, {**journal, "ranges": ranges})
+            run = segmented.Segmented(
+                self._fetch_for_segments(attempts, self.meter),
+                first, plan, segmented.FileSink(fd), copy.feed, piece=segmented.PIECE,
+                journal=lambda arrived: segmented.write_journal(self.meta_path, {**journal, "ranges": arrived}),
+                writeback_fd=fd if self.writeback else None,
+            )
+            try:
+                run.run(body, request, lead_rate)
+            finally:
+                self.connections_used = max(self.connections_used, run.used)
+        except segmented.Inconsistent as exc:
+            self._after_inconsistent(exc)
+            raise _Restart() from None
+        except OSError as exc:
+            raise translate_write_error(exc, str(self.partial), size) from exc
+        finally:
+            os.close(fd)
+        self._copy = None
+        return copy
+
+    def _after_inconsistent(self, exc: segmented.Inconsistent) -> None:
+        """A new version may go on over several connections once; a server whose ranges cannot be
+        trusted (or whose validator keeps changing) gets one stream from now on."""
+        self._single = not isinstance(exc, segmented.Changed) or self._changes > 0
+        self._changes += 1
+
+    def _fetch_for_segments(self, attempts: _Attempts, meter: Meter | None) -> segmented.Fetch:
+        return segmented.Fetch(
+            self.client, self.url, self.auth, self.settings.stall_timeout, self.connections, attempts,
+            retryable=lambda exc: isinstance(exc, (httpx.TransportError, _Retry)), check_status=_check_status, meter=meter,
+        )
 
     def _expect(self, copy: Copy, total: int | None) -> None:
         """Before a body's first byte: its length cap, the space it needs, the meter's new start."""
@@ -370,12 +386,7 @@ class Download:
 
     def _stream_attempt(self, copy: Copy, attempts: _Attempts) -> None:
         done = copy.done
-        several = self.connections > 1 and not self._single and done == 0
         with self.client.stream("GET", self.url, headers=_resume_headers(done, self._validator), auth=self.auth) as response:
-            first = segmented.first_answer(response, 0, pinned=True) if several else None
-            if first is not None:
-                self._stream_segmented(response, first, copy, attempts)
-                return
             code = response.status_code
             if code == 416:
                 raise NetworkError(f"{self.url} refused to resume at byte {done} (HTTP 416): it may have changed", hint=_FORWARD_ONLY)
@@ -387,23 +398,26 @@ class Download:
                 raise NetworkError(f"{self.url} is now {total} bytes, fewer than the {done} already written: it changed", hint=_FORWARD_ONLY)
             self._validator = self._validator or _validator(response)
             self._expect(copy, total)
-            body = _skip(body_chunks(response, self.settings.stall_timeout), done - start)  # after a 200: what was written already
-            copy.feed(attempts.until_deadline(body))
+            first = segmented.first_answer(response, 0, pinned=True) if self.connections > 1 and not self._single and not done else None
+            body = attempts.until_deadline(_skip(body_chunks(response, self.settings.stall_timeout), done - start))  # after a 200: what was written already
+            probe = segmented.Probe(first.size, 0) if first is not None else None
+            copy.feed(probe.watch(body) if probe else body)
+            if probe is not None and probe.switch:
+                self._stream_segments(first, body, response.request, copy, attempts, probe.rate)
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
 
-
-    def _stream_segmented(self, response: httpx.Response, first: segmented.First, copy: Copy, attempts: _Attempts) -> None:
-        """Several connections into a bounded window in memory, written out in order."""
+    def _stream_segments(self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, copy: Copy, attempts: _Attempts, lead_rate: float) -> None:
+        """The rest over several connections into a bounded window in memory, written out in order."""
         self._validator = first.if_range
-        self._expect(copy, first.size)
-        plan = segmented.Plan(first.size, [], window=segmented.STREAM_WINDOW)
+        plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
+        plan.consumed = copy.done
         piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
         run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
         try:
-            run.run(response)
+            run.run(body, request, lead_rate)
         except segmented.Inconsistent as exc:
-            self._single = True  # what was written stays; one stream goes on from there (If-Range)
+            self._after_inconsistent(exc)  # what was written stays; one stream goes on from there (If-Range)
             raise _Retry(str(exc)) from None
         finally:
             self.connections_used = max(self.connections_used, run.used)

@@ -106,6 +106,31 @@ def parse_content_range(value: str) -> tuple[int, int, int | None] | None:
     return int(first), int(last), int(total) if total.isdigit() else None
 
 
+class Probe:
+    """The first stream alone for PROBE seconds: whether helpers are worth starting. It watches
+    the stream's chunks and stops them (leaving the stream open to go on) when they are."""
+
+    def __init__(self, size: int, offset: int):
+        self.size, self.offset = size, offset
+        self.rate: float | None = None
+        self.switch = False
+
+    def watch(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        started, got = None, 0  # from the first chunk on: the wait for it is not the link's rate
+        for chunk in chunks:
+            yield chunk
+            now = time.monotonic()
+            if started is None:
+                started, self.offset = now, self.offset + len(chunk)
+                continue
+            got += len(chunk)
+            if self.rate is None and now - started >= PROBE:
+                self.rate = got / (now - started)
+                if (self.size - self.offset - got) / self.rate > WORTH_IT:
+                    self.switch = True
+                    return
+
+
 # --- what is done, what is claimed, what is free ------------------------------------------
 
 
@@ -322,13 +347,17 @@ class Segmented:
         self.used = 1  # the most that ran at once: what tests and the benchmark look at
         self.resolves = 0
 
-    def run(self, lead: httpx.Response) -> None:
-        """Fetch every free byte, feeding the contiguous prefix to `consume` in order. On any
-        failure the workers are told to stop and the sink is closed before this returns."""
+    def run(self, lead: Iterator[bytes], request: httpx.Request, lead_rate: float | None) -> None:
+        """Fetch every free byte, feeding the contiguous prefix to `consume` in order. `lead`: the
+        first answer's body, going on from the first free byte; `lead_rate`: its measured rate,
+        when helpers start at once. On any failure the workers are told to stop and the sink is
+        closed before this returns."""
         first_claim = self.plan.claim(None)
-        self._start(lambda: self._lead(lead, first_claim))
+        self._start(lambda: self._lead(lead, request, first_claim))
+        if lead_rate is not None:
+            self._grow(self.fetch.connections)
         try:
-            self._coordinate()
+            self._coordinate(lead_rate)
         except BaseException:
             self.stop.set()
             self.plan.stop()
@@ -342,9 +371,9 @@ class Segmented:
         for worker in self.workers:
             worker.join()
 
-    def _coordinate(self) -> None:
+    def _coordinate(self, lead_rate: float | None) -> None:
         plan, consumed = self.plan, self.plan.consumed
-        probe_at, probe_bytes, lead_rate = time.monotonic() + PROBE, plan.received, None
+        probe_at, probe_bytes = time.monotonic() + PROBE, plan.received
         journal_at = time.monotonic() + JOURNAL_EVERY
         writeback_at = consumed + WRITEBACK_STEP
         while True:
@@ -412,10 +441,10 @@ class Segmented:
         self.workers.append(thread)
         thread.start()
 
-    def _lead(self, response: httpx.Response, claim: Claim) -> None:
+    def _lead(self, body: Iterator[bytes], request: httpx.Request, claim: Claim) -> None:
         """The first answer is read on; then the lead takes pieces like any helper."""
         try:
-            self._receive(response, claim, fast=True, checked=True)
+            self._take(body, claim, request)
         except Exception as exc:
             if not self.fetch.retryable(exc):
                 raise
@@ -470,12 +499,15 @@ class Segmented:
                 self.target = str(response.url)  # resolved again: the new signed URL
             self._receive(response, claim, fast=open_ended)
 
-    def _receive(self, response: httpx.Response, claim: Claim, *, fast: bool, checked: bool = False) -> None:
-        if not checked:
-            self._check(response, claim)
-        put, plan = self.sink.put, self.plan
+    def _receive(self, response: httpx.Response, claim: Claim, *, fast: bool) -> None:
+        self._check(response, claim)
         chunks = http_fastpath.body_chunks(response, self.fetch.stall_timeout, keep_connection=not fast)
-        for chunk in self.fetch.attempts.until_deadline(chunks):
+        self._take(self.fetch.attempts.until_deadline(chunks), claim, response.request)
+
+    def _take(self, chunks: Iterator[bytes], claim: Claim, request: httpx.Request) -> None:
+        """A body's bytes into the sink at the claim's position, until the claim ends."""
+        put, plan = self.sink.put, self.plan
+        for chunk in chunks:
             if self.stop.is_set():
                 return
             size = plan.room(claim, len(chunk))
@@ -485,7 +517,7 @@ class Segmented:
             if claim.pos >= claim.end:
                 return  # the rest is another worker's now: this connection closes
         if claim.pos < claim.end:
-            raise httpx.ReadError(f"connection closed at byte {claim.pos}, before {claim.end}", request=response.request)
+            raise httpx.ReadError(f"connection closed at byte {claim.pos}, before {claim.end}", request=request)
 
     def _check(self, response: httpx.Response, claim: Claim) -> None:
         code = response.status_code
