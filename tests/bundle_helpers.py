@@ -362,6 +362,35 @@ def tree_snapshot(*roots: Path) -> dict[str, str]:
     return snap
 
 
+def is_state_lock(path: str) -> bool:
+    """Lock files in the state directory may appear on any run (a pack's lock is made on first use): no data."""
+    return "/devops-cp/locks/" in path and path.endswith(".lock")
+
+
+def changed_paths(before: dict[str, str], after: dict[str, str], *, ignore=is_state_lock) -> list[str]:
+    """What differs between two tree_snapshot()s, as 'PATH (before -> after)', lock files aside
+    (and the folders made to hold them)."""
+    kept = [k for k in after if ignore(k)]
+    holders = {str(parent) for k in kept for parent in Path(k).parents}
+    keys = sorted(
+        k for k in set(before) | set(after)
+        if before.get(k) != after.get(k) and not ignore(k) and not (k not in before and after.get(k) == "dir" and k in holders)
+    )  # fmt: skip
+    return [f"{k} ({before.get(k, 'absent')} -> {after.get(k, 'absent')})" for k in keys]
+
+
+class Untouched:
+    """The roots (a HOME and the places around it a hostile bundle aims at), snapshotted now;
+    `changes()` says what is different since, byte for byte, lock files in the state dir aside."""
+
+    def __init__(self, *roots: Path):
+        self.roots = roots
+        self.before = tree_snapshot(*roots)
+
+    def changes(self, ignore=is_state_lock) -> list[str]:
+        return changed_paths(self.before, tree_snapshot(*self.roots), ignore=ignore)
+
+
 # --- another host: a fresh HOME --------------------------------------------------------------
 
 
