@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from manifests.errors import ConfigError, PolicyError, UsageError
 from manifests.signing import TRUSTED_KEYS_DIRNAME, generate_keypair, is_key_id, key_id, load_private_key, load_public_key, private_key_pem, public_key_pem
 
-__all__ = ["TrustStore", "check_strict_modes", "read_private_key_file", "read_public_key_file", "write_keypair"]
+__all__ = ["TrustStore", "check_strict_modes", "read_private_key_file", "read_public_key_file", "write_keypair", "write_private_file"]
 
 _MAX_KEY_FILE = 64 * 1024  # a PEM public key is a few hundred bytes
 
@@ -158,6 +158,16 @@ def read_private_key_file(path: Path, passphrase: bytes | None) -> Ed25519Privat
     except PermissionError as exc:
         raise UsageError(f"cannot read key file {path}: permission denied") from exc
     return load_private_key(data, passphrase, source=f"private key {path}")
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """A secret (the web panel's token) readable by this user only, replaced whole: mode 0600 from its first byte."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    _create_exclusive(tmp, data, 0o600)
+    os.replace(tmp, path)
 
 
 # --- the trust store ---------------------------------------------------------------------------

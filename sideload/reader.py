@@ -45,12 +45,17 @@ class BundleLocation:
         return self.index_path is not None
 
 
+def bundle_name(path: Path) -> str:
+    """OUT.tar.zst for OUT.tar.zst itself or any of its parts' names (OUT.tar.zst.001, ...)."""
+    match = _PART_NAME.match(path.name)
+    return match.group(1) if match and not path.name.endswith(".tar.zst") else path.name
+
+
 def locate(path: Path) -> BundleLocation:
     """OUT.tar.zst, or any of its parts' names, -> where its bytes are."""
     path = Path(path)
     directory = path.parent
-    match = _PART_NAME.match(path.name)
-    name = match.group(1) if match and not path.name.endswith(".tar.zst") else path.name
+    name = bundle_name(path)
     index = directory / parts_index_name(name)
     if index.is_file():
         return BundleLocation(name, directory, (), index)
