@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import tarfile
 import uuid
@@ -298,6 +299,17 @@ def bundle_members(built_or_manifest: Built | bytes, signature: bytes | None = N
         b = built_or_manifest
         return header_members(b.manifest_bytes, b.signature) + [Raw(n, d) for n, d in b.payload]
     return header_members(built_or_manifest, signature) + [Raw(n, d) for n, d in payload or []]
+
+
+def hostile_bundle(path: Path, packs: list[PackSpec], *, key: Ed25519PrivateKey | None, edit: Callable[[dict], None] | None = None) -> Path:
+    """A bundle whose manifest JSON `edit` changed after the writer's own checks, then signed by
+    `key` (None: unsigned): what a compromised or careless signer can put on a stick."""
+    manifest, payload = build_manifest(packs, key=key)
+    doc = json.loads(to_json(manifest))
+    if edit is not None:
+        edit(doc)
+    data = (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return write_tar_zst(path, bundle_members(data, signing.sign(key, data) if key is not None else None, payload))
 
 
 def resign(manifest: BundleManifest, key: Ed25519PrivateKey | None, *, change: Callable[[BundleManifest], BundleManifest] | None = None) -> tuple[bytes, bytes | None]:
