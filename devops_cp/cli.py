@@ -258,11 +258,12 @@ def _is_bundle(source: Path) -> bool:
 @click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="With --source BUNDLE: also trust this public key (SIGNER.pub); repeatable.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
+@click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="With a bundle: run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @progress_options
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, reinstall, verify, source, trust_files, checksum, checksum_file, python, progress, quiet, as_json) -> None:
+def install(packs, choices, yes, force, reinstall, verify, source, trust_files, checksum, checksum_file, allow_commands, python, progress, quiet, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     from devops_cp.render import progress_renderer
     from executor.engine import LocalSource
@@ -271,7 +272,10 @@ def install(packs, choices, yes, force, reinstall, verify, source, trust_files, 
     if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(run_sideload(app, source, trust_files=trust_files, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, quiet=quiet, as_json=as_json, python=python))
+        expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
+        sys.exit(run_sideload(app, source, trust_files=trust_files, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, quiet=quiet, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+    if allow_commands:
+        raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     if (checksum or checksum_file) and source is None:
         raise UsageError("--checksum and --checksum-file go with --source FILE", hint="a download from the network is checked against its recipe's checksum")
     if trust_files:
