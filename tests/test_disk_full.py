@@ -306,6 +306,7 @@ def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env, update_kin
     from manifests.errors import NoSpaceError
 
     fs.set_disk_usage(50 * 2**20)
+    fs.create_dir(isolated_env.catalog)  # DEVOPS_CP_CATALOG names it, and a folder named there must exist
     key = new_key()
     os.chmod("/", 0o755)  # pyfakefs makes its root world-writable: no real host's is, and keys under it are refused
     Path("/keys").mkdir()
