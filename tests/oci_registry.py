@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RegistryAddress(str):
+    """HOST:PORT, and where the registry keeps its files (a test may alter a blob there)."""
+
+    def __new__(cls, address: str, storage: Path):
+        self = super().__new__(cls, address)
+        self.storage = storage
+        return self
+
+    def blob_file(self, digest: str) -> Path:
+        hex_digest = digest.split(":", 1)[1]
+        return self.storage / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +69,7 @@ def registry(tmp_path_factory):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.skip(f"docker-registry did not start on 127.0.0.1:{port}: {(root / 'registry.log').read_text(errors='replace')[-2000:]}")
             time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield RegistryAddress(f"127.0.0.1:{port}", root / "storage")
     finally:
         process.terminate()
         try:

@@ -101,3 +101,120 @@ def test_mirror_to_registry_then_install_from_it(cli, tmp_path, registry, signer
     result = cli("mirror", str(built.path), "--to", site, "--trust", str(pub), "--json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["uploaded_bytes"] == 0
+
+
+# --- many hosts at once, as real processes ----------------------------------------------------
+
+
+def host_env(root: Path) -> dict[str, str]:
+    """Another machine: its own HOME and XDG dirs, nothing shared with the others."""
+    home = root / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "DEVOPS_CP_"))}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_DATA_HOME=str(home / ".local/share"), XDG_STATE_HOME=str(home / ".local/state"), XDG_CONFIG_HOME=str(home / ".config"), DEVOPS_CP_NO_GPU="1", DEVOPS_CP_CATALOG=str(root / "catalog"))
+    (root / "catalog").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def start_host(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "devops_cp", "data", *args], env=host_env(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def host_data(root: Path) -> Path:
+    return root / "home" / ".local/share" / "devops-cp" / "samples"
+
+
+def install_on_hosts(tmp_path: Path, count: int, *args: str) -> list[Path]:
+    """`count` hosts installing at once; each must succeed with exactly the signed files."""
+    roots = [tmp_path / f"host{i}" for i in range(count)]
+    processes = [start_host(root, "install", *args, "--progress", "none") for root in roots]
+    for root, process in zip(roots, processes):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{root.name}: {err}"
+        assert installed_files(host_data(root)) == {"weights.bin": BIG, **SMALL}, root.name
+    return roots
+
+
+def assert_refused_and_nothing_installed(root: Path, *args: str) -> str:
+    process = start_host(root, "install", *args, "--progress", "none")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 3, err
+    assert installed_files(host_data(root)) == {}
+    assert not (root / "home" / ".local/state" / "devops-cp" / "records" / "model@size=base.json").exists()
+    return err
+
+
+def test_eight_hosts_install_from_the_registry_at_once_then_a_swapped_layer_is_refused(cli, tmp_path, registry, signer):
+    key, pub = signer
+    built = make_bundle(tmp_path, key, [model_pack()])
+    site = f"oci://{registry}/fleet/eight"
+    result = cli("mirror", str(built.path), "--to", site, "--trust", str(pub))
+    assert result.exit_code == 0, result.stderr
+
+    install_on_hosts(tmp_path, 8, "model:size=base", "--from", site, "--trust", str(pub))
+
+    # the registry now serves other bytes for the large file's layer (same length)
+    blob = registry.blob_file("sha256:" + hashlib.sha256(BIG).hexdigest())
+    swapped = bytearray(blob.read_bytes())
+    swapped[len(swapped) // 2] ^= 0x01
+    blob.write_bytes(bytes(swapped))
+    err = assert_refused_and_nothing_installed(tmp_path / "fresh", "model", "--from", site, "--trust", str(pub))
+    assert "weights.bin" in err and "sha256" in err
+
+
+@pytest.fixture
+def http_server():
+    """`python -m http.server` on 127.0.0.1 serving a directory, as a site's web server would."""
+    started = []
+
+    def serve(directory: Path) -> str:
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):  # until it answers (it binds within a second or so)
+            try:
+                httpx.get(url + "/oci-layout", timeout=2, trust_env=False)
+                return url
+            except httpx.TransportError:
+                if process.poll() is not None:
+                    raise RuntimeError("python -m http.server did not start")
+                time.sleep(0.1)
+        raise RuntimeError("python -m http.server did not answer")
+
+    yield serve
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def test_eight_hosts_install_from_a_served_layout_then_a_changed_byte_is_refused(cli, tmp_path, signer, http_server):
+    key, pub = signer
+    built = make_bundle(tmp_path, key, [model_pack()])
+    tree = tmp_path / "www" / "packs"
+    result = cli("mirror", str(built.path), "--to", str(tree), "--trust", str(pub))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tree / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    url = http_server(tree.parent) + "/packs"
+
+    install_on_hosts(tmp_path, 8, "model", "--from", url, "--trust", str(pub))
+
+    # one byte of one small file changed inside the tar layer, and the mirror's own digests
+    # rewritten to match: only the signed manifest can tell
+    index = json.loads((tree / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    manifest = json.loads((tree / "blobs" / digest.replace(":", "/")).read_text())
+    layer = next(layer for layer in manifest["layers"] if layer["mediaType"] == artifact.FILES_TAR)
+    data = bytearray((tree / "blobs" / layer["digest"].replace(":", "/")).read_bytes())
+    data[data.index(b"page 7\n")] ^= 0x20
+    new_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (tree / "blobs" / new_digest.replace(":", "/")).write_bytes(bytes(data))
+    layer["digest"] = new_digest
+    new_manifest = json.dumps(manifest).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(new_manifest).hexdigest()
+    (tree / "blobs" / manifest_digest.replace(":", "/")).write_bytes(new_manifest)
+    for entry in index["manifests"]:
+        entry.update(digest=manifest_digest, size=len(new_manifest))
+    (tree / "index.json").write_text(json.dumps(index))
+
+    err = assert_refused_and_nothing_installed(tmp_path / "fresh", "model", "--from", url, "--trust", str(pub))
+    assert "docs/page-007.txt" in err
