@@ -26,7 +26,7 @@ from manifests.units import fmt_size
 def mirror(bundle_path: Path, target: str, trust_files, plain_http: bool, allow_expired: bool, progress: str, as_json: bool) -> None:
     """Verify BUNDLE, then publish each pack as an OCI artifact at the site (nothing, if it fails)."""
     from fleet.mirror import mirror_bundle, open_target
-    from fleet.site import Endpoint, parse_address, push_credentials
+    from fleet.site import Endpoint, parse_address, site_credentials
     from sideload.api import TrustOptions
 
     app = App()
@@ -38,7 +38,7 @@ def mirror(bundle_path: Path, target: str, trust_files, plain_http: bool, allow_
             if address.kind == "web":
                 raise UsageError(f"mirror cannot publish to {target}: a web server's tree is written as a directory", hint="mirror --to DIR, then serve DIR (nginx, python -m http.server)")
             if address.kind == "registry":
-                endpoint = Endpoint(engine.client(), engine.settings, address, plain_http=plain_http, credentials=push_credentials(address.host, app.config), actions="pull,push")
+                endpoint = Endpoint(engine.client(), engine.settings, address, plain_http=plain_http, credentials=site_credentials(address.host, app.config), actions="pull,push")
             report = mirror_bundle(bundle_path, open_target(address, endpoint), TrustOptions(tuple(trust_files), False, allow_expired), listener)
         finally:
             engine.close()

@@ -28,7 +28,7 @@ from executor.transfer import Copy, closing_output, file_chunks
 from executor.txn import PackTransaction, recover, remove_empty_staging
 from fleet import artifact
 from fleet.artifact import BUNDLE_MANIFEST, BUNDLE_SIGNATURE, FILES_TAR, LATEST, ONE_FILE, PATH_ANNOTATION, Blob
-from fleet.site import Endpoint, SiteReader, parse_address
+from fleet.site import Endpoint, SiteReader, parse_address, site_credentials
 from manifests.bundle import BundleManifest, FileEntry, PackEntry, verify_manifest
 from manifests.errors import BundleStructureError, ChecksumMismatch, DataPackError, PolicyError, TrustError, UsageError
 from manifests.hardware import Hardware
@@ -68,7 +68,9 @@ class Signed:
 
 def open_site(engine: Engine, text: str, plain_http: bool) -> SiteReader:
     settings = replace(engine.settings, jitter=max(engine.settings.jitter, FLEET_JITTER))
-    return SiteReader(Endpoint(engine.client(), settings, parse_address(text, allow_dir=False), plain_http=plain_http))
+    address = parse_address(text, allow_dir=False)
+    credentials = site_credentials(address.host, engine.config) if address.kind == "registry" else None
+    return SiteReader(Endpoint(engine.client(), settings, address, plain_http=plain_http, credentials=credentials))
 
 
 def site_packs(site: SiteReader) -> dict[str, set[str]]:

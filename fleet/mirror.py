@@ -58,8 +58,13 @@ class _TarLayer:
         self.tar = tarfile.open(fileobj=self, mode="w|", format=tarfile.PAX_FORMAT)
 
     def write(self, data) -> int:  # tarfile writes through here: hashed on the way to disk
+        if self.file.closed:
+            return len(data)  # abandoned: tarfile's stream flushes its last block when collected
         self.hasher.update(data)
         return self.file.write(data)
+
+    def abandon(self) -> None:
+        self.file.close()
 
     def add(self, entry: FileEntry, source) -> None:
         info = tarfile.TarInfo(entry.path)
@@ -101,18 +106,23 @@ def mirror_bundle(path: Path, target, trust: TrustOptions = TrustOptions(), list
         layouts = artifact.layout_packs(manifest)
         header = _put_small(target, report, [manifest_bytes, signature, artifact.EMPTY_CONFIG])
         with tempfile.TemporaryDirectory(prefix="devops-cp-mirror-") as scratch:
-            tars = _stream_members(reader, manifest, layouts, target, report, Path(scratch), listener)
-            reader.finish()  # nothing after the end, every part's hash: before anything is published
-            manifests = []
-            for layout in layouts:
-                layers = artifact.header_blobs(header[0], len(manifest_bytes), header[1], len(signature))
-                layers += [artifact.file_blob(entry) for entry in layout.own]
-                if layout.in_tar:
-                    digest, size = tars[layout.pack.key].close()
-                    _put_file(target, report, tars[layout.pack.key].path, digest)
-                    layers.append(artifact.tar_blob(layout, digest, size))
-                manifests.append(_pack_manifest(target, report, layout, manifest.created, layers, header[2]))
-        target.put_manifests([(data, tags) for data, tags in manifests])
+            tars = {layout.pack.key: _TarLayer(Path(scratch), layout) for layout in layouts if layout.in_tar}
+            try:
+                _send_members(reader, manifest, layouts, tars, target, report, listener)
+                reader.finish()  # nothing after the end, every part's hash: before anything is published
+                manifests = []
+                for layout in layouts:
+                    layers = artifact.header_blobs(header[0], len(manifest_bytes), header[1], len(signature))
+                    layers += [artifact.file_blob(entry) for entry in layout.own]
+                    if layout.in_tar:
+                        digest, size = tars[layout.pack.key].close()
+                        _put_file(target, report, tars[layout.pack.key].path, digest)
+                        layers.append(artifact.tar_blob(layout, digest, size))
+                    manifests.append(_pack_manifest(target, report, layout, manifest.created, layers, header[2]))
+            finally:
+                for tar in tars.values():
+                    tar.abandon()
+        target.put_manifests(manifests)
     return report
 
 
@@ -142,10 +152,9 @@ def _put_file(target, report: MirrorReport, path: Path, digest: str) -> None:
     report.uploaded_bytes += copy.done
 
 
-def _stream_members(reader: BundleReader, manifest: BundleManifest, layouts: list[PackLayout], target, report: MirrorReport, scratch: Path, listener: Listener) -> dict[str, _TarLayer]:
+def _send_members(reader: BundleReader, manifest: BundleManifest, layouts: list[PackLayout], tars: dict[str, _TarLayer], target, report: MirrorReport, listener: Listener) -> None:
     """Every payload member checked against the manifest; a pack's large files uploaded, its small ones put in its tar."""
     alone = {(e.pack_key, e.path) for layout in layouts for e in layout.own}
-    tars = {layout.pack.key: _TarLayer(scratch, layout) for layout in layouts if layout.in_tar}
     meter = Meter(listener, "mirror", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     done = 0
     for entry, source in reader.payload(manifest):
@@ -163,7 +172,6 @@ def _stream_members(reader: BundleReader, manifest: BundleManifest, layouts: lis
         done += entry.size
         meter.update(done)
     meter.done(done)
-    return tars
 
 
 def _pack_manifest(target, report: MirrorReport, layout: PackLayout, created: str, layers, config_digest: str) -> tuple[bytes, list[str]]:

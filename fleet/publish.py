@@ -138,20 +138,29 @@ class RegistryUpload:
             raise NetworkError(f"uploading to {self.where} failed after {failures} attempts: {exc}", hint="run the same command again: blobs already uploaded are not sent twice")
         self.endpoint.settings.sleep(min(self.endpoint.settings.max_backoff, self.endpoint.settings.backoff * 2 ** (failures - 1)))
         response = self.endpoint.send("GET", self.location)
+        if response.status_code in (400, 404):  # docker-registry: the Location went stale with an answer that was lost
+            raise NetworkError(
+                f"uploading to {self.where} failed ({exc}) and the registry no longer knows the upload (HTTP {response.status_code})",
+                hint="run the same command again: blobs already uploaded are not sent twice",
+            )
         if response.status_code != 204:
             raise refused(response, f"resuming an upload to {self.where}")
         self.location = self._location(response)
         match = _RANGE.match(response.headers.get("range", ""))
         held = int(match.group(1)) + 1 if match else 0
+        if held == 1 and self.sent == 0:
+            held = 0  # docker-registry says 0-0 for an empty upload too: send the chunk whole (it refuses an overlap)
         if not self.sent <= held <= self.sent + len(self.buffer):
             raise NetworkError(f"the upload to {self.where} holds {held} bytes, not what was sent", hint="run the same command again")
         return held - self.sent
 
     def commit(self, digest: str) -> None:
+        """The last bytes and the digest; a blob smaller than a chunk goes up whole with it."""
+        body, self.buffer = bytes(self.buffer) if self.sent == 0 else b"", self.buffer if self.sent else bytearray()
         if self.buffer:
             self._send_chunk()
         url = httpx.URL(self.location).copy_merge_params({"digest": digest})
-        response = self.endpoint.send("PUT", url, headers={"Content-Length": "0"})
+        response = self.endpoint.send("PUT", url, content=body, headers={"Content-Type": "application/octet-stream"})
         if response.status_code != 201:
             raise refused(response, f"finishing the upload of {digest} to {self.where}")
         self.location = None

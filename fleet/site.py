@@ -64,8 +64,9 @@ def parse_address(text: str, *, allow_dir: bool) -> Address:
 # --- credentials ----------------------------------------------------------------------------
 
 
-def push_credentials(host: str, config: Config) -> tuple[str, str] | None:
-    """[credentials."HOST[:PORT]"] username/password in the config, else ~/.docker/config.json `auths`."""
+def site_credentials(host: str, config: Config) -> tuple[str, str] | None:
+    """A registry's credentials (push, and pull where it asks): [credentials."HOST[:PORT]"] username
+    and password in the config, else ~/.docker/config.json `auths` (`docker login` writes them)."""
     table = config.credentials.get(host)
     if table is not None:
         if not isinstance(table.get("username"), str) or not isinstance(table.get("password"), str):
@@ -173,7 +174,7 @@ class SiteReader:
             if response.status_code == 404:
                 return []  # a repository nothing was pushed into
             if response.status_code != 200:
-                raise NetworkError(f"{url}: HTTP {response.status_code}", hint="check the site address and the registry")
+                raise refused(response, f"listing the tags of {self.name}")
             listed = response.json().get("tags") or []
             tags += [t for t in listed if isinstance(t, str)]
             link = response.links.get("next", {}).get("url")  # distribution pages with Link: <...>; rel="next"

@@ -5,12 +5,14 @@ tests/test_oci.py and tests/test_trivy_bundle.py (`from oci_registry import regi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -41,20 +43,25 @@ class RegistryAddress(str):
         return self.storage / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A real docker-registry on 127.0.0.1:<free port>, no auth, storage in a temp dir."""
+@contextlib.contextmanager
+def run_registry(root: Path, users: dict[str, str] | None = None) -> Iterator[RegistryAddress]:
+    """docker-registry on 127.0.0.1:<free port>, storage under `root`; with `users`, htpasswd (Basic) auth."""
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("docker-registry is not installed (apt-get install -y docker-registry; .ci/run does it)")
-    root = tmp_path_factory.mktemp("registry")
     port = free_port()
+    auth = ""
+    if users:
+        import bcrypt  # the only password format the registry reads
+
+        (root / "htpasswd").write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n" for u, p in users.items()))
+        auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n"
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
     )
     log = open(root / "registry.log", "wb")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -62,7 +69,7 @@ def registry(tmp_path_factory):
     try:
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2, trust_env=False).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2, trust_env=False).status_code in (200, 401):
                     break
             except httpx.TransportError:
                 pass
@@ -78,6 +85,13 @@ def registry(tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A real docker-registry on 127.0.0.1:<free port>, no auth, storage in a temp dir."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
 
 
 def push(registry: str, name: str, tag: str, manifest: bytes, blobs: dict[str, bytes], media_type: str = OCI_MANIFEST) -> str:
