@@ -1,4 +1,4 @@
-"""The local HTTP server as its own process (`python -m devops_cp.localserver DIR`), so its
+"""The tests' local HTTP server (tests/support/localserver.py) as its own process, so its
 CPU never counts against a contender, and a check that it is much faster than the client."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 
 from bench.measure import run
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # support.localserver lives there
+
 
 class Server:
     def __init__(self, root: Path):
@@ -19,8 +21,8 @@ class Server:
 
     def __enter__(self) -> "Server":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devops_cp.localserver", str(self.root)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env(),
+            [sys.executable, "-m", "support.localserver", str(self.root)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env(PYTHONPATH=str(TESTS)),
         )
         self.base_url = self.process.stdout.readline().strip().rstrip("/")
         if not self.base_url.startswith("http://"):

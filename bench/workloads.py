@@ -217,7 +217,7 @@ class Bench:
         walls = sorted(curl_to_null(self.server.url("big.bin"), max(3, self.runs)))
         median = walls[len(walls) // 2]
         section = (
-            "### The local server\n\n`curl -o /dev/null` against `python -m devops_cp.localserver` (sendfile from the page cache), "
+            "### The local server\n\n`curl -o /dev/null` against `python -m support.localserver` (tests/support) (sendfile from the page cache), "
             f"{self.sizes.big / MIB:.0f} MiB: median {median:.2f} s, {self.sizes.big / median / 1e6:,.0f} MB/s "
             f"(runs: {', '.join(f'{w:.2f}' for w in walls)} s). Every client below is slower than this, so the server is not what is measured.\n"
         )

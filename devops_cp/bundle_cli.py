@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from devops_cp.app import App
-from devops_cp.cli import PROGRESS_MODES, _confirm_on_terminal, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.cli_common import PROGRESS_MODES, confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
 from devops_cp.render import progress_renderer
 from executor.config import config_dir
 from manifests.errors import UsageError
@@ -144,7 +144,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
                 private_key=private_key,
                 expires_in=timedelta(seconds=parse_duration(expires)) if expires else None,
                 split_size=parse_size(split_size) if split_size else None,
-                confirm=_confirm_on_terminal(yes),
+                confirm=confirm_on_terminal(yes),
                 include_tool=tool_target,
             )
         finally:
@@ -222,7 +222,7 @@ def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_r
         for o in outcomes:
             click.echo(f"{o.key}: {'; '.join(o.notes)}")
         return 0
-    return _print_outcomes(outcomes, as_json)
+    return print_outcomes(outcomes, as_json)
 
 
 @click.command()

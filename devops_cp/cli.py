@@ -1,54 +1,22 @@
 """`devops-cp data ...`: parsing and rendering only; the work is in executor/, bundler/, sideload/.
 
-Every command starts by importing this file (and bundle_cli, web_cli, demo): modules only some
+Every command starts by importing this file (and bundle_cli, web_cli, fleet_cli, demo): modules only some
 commands need (the engine and httpx, sideload, signing, rich, the web app) are imported inside
 those commands, so `--help`, `list` or `status` do not pay their start-up time.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import click
 
-from devops_cp import reports
+from devops_cp import bundle_cli, demo, fleet_cli, reports, web_cli
 from devops_cp.app import App
-from manifests.errors import DataPackError, NetworkError, UsageError
+from devops_cp.cli_common import PROGRESS_MODES, confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
+from manifests.errors import NetworkError, UsageError
 from manifests.units import fmt_size
-
-if TYPE_CHECKING:
-    from manifests.plan import Plan
-
-PROGRESS_MODES = click.Choice(["auto", "bar", "plain", "json", "none"])
-
-
-def emit_json(document) -> None:
-    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
-
-
-def reports_errors(func):
-    """Typed errors become a clear message and their exit code; --json also gets a JSON error."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except DataPackError as exc:
-            if kwargs.get("as_json"):
-                emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}})
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
-
-
-def json_option(func):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -225,22 +193,6 @@ def info(pack: str, as_json: bool) -> None:
 # --- install -----------------------------------------------------------------------------
 
 
-def _confirm_on_terminal(yes: bool):
-    from executor.engine import never_confirm
-
-    if yes:
-        return lambda plan, size, times: True
-    if not sys.stdin.isatty():
-        return never_confirm
-
-    def ask(plan: Plan, size: int, times: dict) -> bool:
-        estimate = ", ".join(f"{k}: {v}" for k, v in times.items())
-        click.echo(f"{plan.pack_id} is {fmt_size(size)} ({estimate}).", err=True)
-        return click.confirm("Download it?", default=False, err=True)
-
-    return ask
-
-
 def _read_checksum(checksum: str | None, checksum_file: Path | None, source: Path | None) -> str | None:
     if checksum:
         algo, _, digest = checksum.partition(":")
@@ -255,30 +207,6 @@ def _read_checksum(checksum: str | None, checksum_file: Path | None, source: Pat
         except NetworkError as exc:  # the parser's "no entry" error, in a local file
             raise UsageError(f"{checksum_file}: {exc.message}") from exc
     return None
-
-
-def _record_json(record) -> dict:
-    data = record.to_json()
-    data["size_bytes"] = record.size
-    return data
-
-
-def _print_outcomes(outcomes, as_json: bool) -> int:
-    exit_code = 0
-    results = []
-    for outcome in outcomes:
-        if outcome.error is not None:
-            exit_code = exit_code or outcome.error.exit_code
-            results.append({"pack": outcome.key, "ok": False, "error": outcome.error.message, "hint": outcome.error.hint, "exit_code": outcome.error.exit_code})
-            click.echo(f"error: {outcome.key}: {outcome.error}", err=True)
-        else:
-            record = outcome.record
-            results.append({"pack": record.key, "ok": True, "record": _record_json(record), "warnings": outcome.notes})
-            if not as_json:
-                click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
-    if as_json:
-        emit_json({"ok": exit_code == 0, "results": results})
-    return exit_code
 
 
 def _is_bundle(source: Path) -> bool:
@@ -321,8 +249,6 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, from_si
 
     app = App()
     if source is None:
-        from devops_cp import fleet_cli
-
         site = fleet_cli.site_of(app, from_site)
         if site is not None:
             if choices:
@@ -341,10 +267,10 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, from_si
     with progress_renderer(progress) as listener:
         engine = app.engine(listener, python=python)
         try:
-            outcomes = engine.install(plans, confirm=_confirm_on_terminal(yes), source=local)
+            outcomes = engine.install(plans, confirm=confirm_on_terminal(yes), source=local)
         finally:
             engine.close()
-    sys.exit(_print_outcomes(outcomes, as_json))
+    sys.exit(print_outcomes(outcomes, as_json))
 
 
 # --- status / check-updates / remove --------------------------------------------------------
@@ -375,8 +301,6 @@ def check_updates(from_site, trust_files, plain_http, as_json: bool) -> None:
     """Which packs are stale, never downloaded, or due when; with --from, which have a newer signed version at the site."""
     app = App()
     if from_site:
-        from devops_cp import fleet_cli
-
         fleet_cli.check_updates_from(app, fleet_cli.site_of(app, from_site), trust_files, plain_http, as_json)
         return
     document = reports.check_updates_document(app)
@@ -417,19 +341,9 @@ def remove(pack: str, as_json: bool) -> None:
             click.echo(f"removed {r.key} ({fmt_size(r.size)})")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live beside this file, kept out of it so it stays short."""
-    from devops_cp import demo
+# --- the commands in the modules beside this one -------------------------------------------
 
-    data.add_command(demo.demo)
-    for module in ("devops_cp.bundle_cli", "devops_cp.web_cli", "devops_cp.fleet_cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(main, data)
-
-
-_register_optional_commands()
+data.add_command(demo.demo)
+bundle_cli.register(main, data)
+web_cli.register(main, data)
+fleet_cli.register(main, data)

@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from devops_cp.localserver import LocalServer
+    from devops_cp.demo_server import DemoServer
+
+
+DEMO_PACE = 40_000_000  # bytes a second
 
 
 def sample_model(size: int, seed: int = 7) -> bytes:
@@ -50,7 +53,7 @@ def _recipe(pack_id: str, label: str, body: str) -> str:
     return f'id = "{pack_id}"\nlabel = "{label}"\ncategory = "data"\ndata_type = "sample"\nupdate_schedule = "weekly"\nsize_warning_mb = 500\n{body}'
 
 
-def write_sample_catalog(server: LocalServer, catalog: Path, model_size: int) -> list[str]:
+def write_sample_catalog(server: DemoServer, catalog: Path, model_size: int) -> list[str]:
     model = sample_model(model_size)
     db = sample_db_tar_gz()
     model_url = server.add("/packs/sample-model.bin", model)
@@ -83,7 +86,7 @@ def demo(size: str, keep: bool, progress: str) -> None:
     """Install built-in sample packs from an embedded server on 127.0.0.1 into a temporary HOME."""
     # Imported here, not at the top: every command's start-up would pay for the embedded server.
     from devops_cp.app import App
-    from devops_cp.localserver import Fault, LocalServer
+    from devops_cp.demo_server import DemoServer
     from devops_cp.render import progress_renderer
     from manifests.units import fmt_size, parse_size
 
@@ -93,10 +96,9 @@ def demo(size: str, keep: bool, progress: str) -> None:
     for key in ("XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "DEVOPS_CP_CONFIG"):
         os.environ.pop(key, None)
     try:
-        with LocalServer() as server:
+        # Paced so the bars move where a person can see them.
+        with DemoServer(bytes_per_second=DEMO_PACE) as server:
             packs = write_sample_catalog(server, home / "catalog", parse_size(size))
-            # Pace the body (about 40 MB/s) so the bars move where a person can see them.
-            server.set_fault("/packs/sample-model.bin", Fault(delay_per_chunk=0.0015))
             click.echo(f"serving sample packs from {server.base_url}; HOME={home}", err=True)
             app = App()
             plans = [app.plan(p) for p in packs]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from devops_cp.app import App
-from devops_cp.cli import PROGRESS_MODES, _print_outcomes, emit_json, json_option, reports_errors
+from devops_cp.cli_common import PROGRESS_MODES, emit_json, json_option, print_outcomes, reports_errors
 from devops_cp.render import progress_renderer
 from manifests.errors import UsageError
 from manifests.units import fmt_size
@@ -87,7 +87,7 @@ def run_install_from(app: App, site: tuple[str, bool], packs, *, trust_files=(),
             "skipped": [{"pack": o.key, "why": "; ".join(o.notes)} for o in skipped],
         })  # fmt: skip
         return code
-    return _print_outcomes(done, False)
+    return print_outcomes(done, False)
 
 
 def check_updates_from(app: App, site: tuple[str, bool], trust_files, plain_http: bool, as_json: bool) -> None:

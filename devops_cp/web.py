@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import glob
 import hmac
-import importlib
 import ipaddress
 import json
 import logging
@@ -28,7 +27,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -381,18 +379,6 @@ def sse_frame(seq: int, kind: str, data: dict) -> str:
 # --- the application -----------------------------------------------------------------------------
 
 
-def _import_sideload_api():
-    """sideload.api is written by another part of the project; until it exists the route says so."""
-    try:
-        module = importlib.import_module("sideload.api")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("sideload", "sideload.api"):
-            raise
-        return None
-    wanted = ("sideload_bundle", "SideloadRequest", "TrustOptions", "inspect_bundle")
-    return module if all(hasattr(module, name) for name in wanted) else None
-
-
 @dataclass
 class ControlPanel:
     settings: WebSettings
@@ -575,9 +561,8 @@ class ControlPanel:
         if not isinstance(packs, list) or not all(isinstance(p, str) for p in packs):
             raise ApiError(400, "'packs' must be a list of pack ids")
         flags = {name: _flag(body, name) for name in ("allow_unsigned", "allow_expired", "allow_downgrade", "force")}
-        api = _import_sideload_api()
-        if api is None:
-            raise ApiError(501, "sideload is not available in this build", "use `devops-cp data sideload BUNDLE` on the command line")
+        from sideload import api  # the bundle reader loads only when a sideload is asked for
+
         # One job per pack: the bundle's manifest names its packs (read only the header, no payload).
         contents = api.inspect_bundle(path)
         keys = sorted({p["id"] for p in contents["packs"] if not packs or p["id"] in packs or p["key"] in packs}) or [f"bundle:{path}"]
@@ -663,29 +648,4 @@ def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool 
     return uvicorn.Server(config)
 
 
-class ServerThread:
-    """uvicorn in a background thread on 127.0.0.1 (tests, embedding): `with ServerThread(web) as url:`."""
-
-    def __init__(self, web: Starlette, host: str = "127.0.0.1", port: int = 0):
-        self.sock = bind(host, port)
-        self.server = uvicorn_server(web, log_level="warning", access_log=False)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        host_part = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host_part}:{self.sock.getsockname()[1]}"
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self.server.started:
-            raise RuntimeError("the web server did not start")
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-__all__ = ["ApiError", "ControlPanel", "Guard", "ServerThread", "WebSettings", "create_app", "packs_document", "web_settings"]
+__all__ = ["ApiError", "ControlPanel", "Guard", "WebSettings", "create_app", "packs_document", "web_settings"]

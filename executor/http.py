@@ -23,22 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-import httpcore
 import httpx
 
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
+from executor.http_fastpath import body_chunks
 from executor.transfer import Copy, closing_output, hash_file
 from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, ConfigError, LengthError, NetworkError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-SOCKET_READ = 256 << 10
-
-# httpcore reads an HTTP/1.1 body 64 KiB at a time and hands each read to h11, in Python;
-# for a body of gigabytes that per-read work was a fifth of the client's CPU. A larger read
-# returns whatever the socket holds (up to this), so a slow link is unaffected.
-httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, SOCKET_READ)
 
 
 def _refuse_odd_redirects(response: httpx.Response) -> None:
@@ -407,74 +401,36 @@ def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
         yield chunk
 
 
-def body_chunks(response: httpx.Response, stall_timeout: float) -> Iterator[bytes]:
-    """The raw bytes of a response's body, read straight from the socket where that is safe.
+@dataclass(frozen=True)
+class Fetched:
+    """A small document read whole: what fetch_small returns."""
 
-    h11 parses an HTTP/1.1 body in Python and copies every byte three times on the way
-    (its receive buffer, the slice it extracts, httpcore's bytes()); for a body of
-    gigabytes that was a fifth of the client's CPU. When the body's length is known from
-    its headers, the first chunk still comes through h11 (the bytes it buffered along with
-    the headers) and the rest is read from the connection's socket, up to that length.
-    h11 then never sees the end of the body, so httpcore closes that connection when the
-    response is closed instead of reusing it. Anything else (no Content-Length, chunked,
-    HTTP/2, a transport without a socket such as a test's mock) goes through h11.
-    """
-    chunks = response.iter_raw()
-    stream, length = _raw_stream(response)
-    if stream is None:
-        yield from chunks
-        return
-    try:
-        first = next(chunks, b"")  # what h11 already buffered, or one socket read
-        yield first
-        left = length - len(first)
-        if left <= 0:
-            yield from chunks  # h11 saw all of it: the connection may go back to the pool
-            return
-        while left > 0:
-            data = _read_socket(stream, min(SOCKET_READ, left), stall_timeout)
-            if not data:
-                return  # closed early: the caller sees the short count and resumes
-            left -= len(data)
-            yield data
-    finally:
-        chunks.close()  # closes the response's stream; httpcore then closes the connection
+    url: str
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
 
 
-def _raw_stream(response: httpx.Response) -> tuple[httpcore.NetworkStream | None, int]:
-    """The connection's socket stream and the body's length, or (None, 0) where h11 must frame it."""
-    stream = response.extensions.get("network_stream")
-    if stream is None or response.http_version not in ("HTTP/1.1", "HTTP/1.0") or "transfer-encoding" in response.headers:
-        return None, 0
-    length = response.headers.get("content-length", "")
-    if not length.isdigit() or int(length) == 0:
-        return None, 0  # close-delimited or empty: h11 knows where it ends
-    return stream, int(length)
+def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """A response's body, refused once it grows past `limit` bytes."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise NetworkError(f"{what} is larger than the {limit} bytes expected of it")
+    return bytes(body)
 
 
-def _read_socket(stream: httpcore.NetworkStream, size: int, stall_timeout: float) -> bytes:
-    """One read; httpcore's errors become the retry that httpx's TransportError would be."""
-    try:
-        return stream.read(size, timeout=stall_timeout)
-    except httpcore.ReadTimeout as exc:
-        raise _Retry(f"no data for {stall_timeout:g} s") from exc
-    except httpcore.ReadError as exc:
-        raise _Retry(f"connection failed: {exc or type(exc).__name__}") from exc
-
-
-def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> httpx.Response:
+def fetch_small(client: httpx.Client, url: str, *, limit: int = 1 << 20, auth: httpx.Auth | None = None, headers: dict | None = None) -> Fetched:
     """A small document (a checksum file, a JSON index): bounded, read into memory."""
     try:
         with client.stream("GET", url, auth=auth, headers=headers or {}) as response:
             if response.status_code >= 400:
                 raise _status_error(response)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise NetworkError(f"{url} is larger than the {limit} bytes expected of it")
-            response._content = bytes(body)
-            return response
+            return Fetched(str(response.url), response.headers, read_limited(response, limit, url))
     except httpx.HTTPError as exc:
         raise NetworkError(f"fetching {url} failed: {exc}") from exc
 

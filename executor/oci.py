@@ -30,7 +30,7 @@ import httpx
 
 from executor.config import rewrite_url
 from executor.events import Meter, Notice
-from executor.http import Download, fetch_small
+from executor.http import Download, fetch_small, read_limited
 from executor.preflight import check_space
 from executor.steps import StepContext, StepOutcome, partial_path, place_file, step_label
 from executor.txn import PackTransaction
@@ -185,17 +185,17 @@ def parse_bearer_challenge(header: str) -> dict[str, str] | None:
 
 
 class RegistryAuth(httpx.Auth):
-    """The distribution spec's token flow (anonymous, or with credentials for a push) as an httpx auth flow, so both the
-    bounded manifest fetch and the resumable blob Download use it unchanged.
+    """The distribution spec's token flow (anonymous, or with credentials for a push) as an httpx
+    auth flow, so both the bounded manifest fetch and the resumable blob Download use it unchanged.
 
     A cached token goes out first; a 401 with a Bearer challenge fetches a fresh one from the
-    realm (no credentials) and retries once. httpx drops Authorization on a redirect to
-    another host, so the token never reaches a blob storage host."""
+    realm (a request of its own on the same client) and retries once. httpx drops
+    Authorization on a redirect to another host, so the token never reaches a blob storage host."""
 
-    def __init__(self, cache: dict, key: tuple[str, str], repository: str, *, actions: str = "pull", credentials: tuple[str, str] | None = None):
+    def __init__(self, client: httpx.Client, key: tuple[str, str], repository: str, *, actions: str = "pull", credentials: tuple[str, str] | None = None):
         """`credentials` (username, password): sent to the token endpoint, or to a registry that
         asks for Basic auth; None: anonymous. `actions`: the scope asked for when the challenge names none."""
-        self.cache, self.key, self.repository = cache, key, repository
+        self.client, self.cache, self.key, self.repository = client, _token_cache(client), key, repository
         self.actions = actions
         self.basic = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode() if credentials else None
 
@@ -219,38 +219,30 @@ class RegistryAuth(httpx.Auth):
         params = {"scope": challenge.get("scope") or f"repository:{self.repository}:{self.actions}"}
         if challenge.get("service"):
             params["service"] = challenge["service"]
-        token_request = httpx.Request("GET", realm.copy_merge_params(params))
-        if self.basic:
-            token_request.headers["Authorization"] = self.basic
-        token_response = yield token_request
-        token = _read_token(token_response, realm, self.basic is not None)
+        token = self._fetch_token(realm.copy_merge_params(params))
         self.cache[self.key] = token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
-
-def _read_token(response: httpx.Response, realm: httpx.URL, with_credentials: bool = False) -> str:
-    if response.status_code != 200:
-        if with_credentials and response.status_code in (401, 403):
-            raise NotWritableError(str(realm), f"the registry's token endpoint refused the credentials (HTTP {response.status_code})")
-        raise NetworkError(
-            f"the registry's token endpoint {realm} answered HTTP {response.status_code}",
-            hint="anonymous pulls were refused: the artifact may be private, or the registry rate-limits anonymous pulls",
-        )
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > TOKEN_LIMIT:
-            raise NetworkError(f"the token from {realm} is larger than {TOKEN_LIMIT} bytes")
-    response._content = bytes(body)  # httpx reads an auth flow's intermediate responses once more
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token:
-        raise NetworkError(f"the token endpoint {realm} answered without a token", hint="it should answer JSON with `token` or `access_token`")
-    return token
+    def _fetch_token(self, url: httpx.URL) -> str:
+        headers = {"Authorization": self.basic} if self.basic else {}
+        with self.client.stream("GET", url, headers=headers) as response:
+            if response.status_code != 200:
+                if self.basic and response.status_code in (401, 403):
+                    raise NotWritableError(str(url), f"the registry's token endpoint refused the credentials (HTTP {response.status_code})")
+                raise NetworkError(
+                    f"the registry's token endpoint {url} answered HTTP {response.status_code}",
+                    hint="anonymous pulls were refused: the artifact may be private, or the registry rate-limits anonymous pulls",
+                )
+            body = read_limited(response, TOKEN_LIMIT, f"the token from {url}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise NetworkError(f"the token endpoint {url} answered without a token", hint="it should answer JSON with `token` or `access_token`")
+        return token
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -286,7 +278,7 @@ class _Registry:
     def __init__(self, client: httpx.Client, ref: OciRef, mirrors: dict[str, str]):
         self.client, self.ref, self.mirrors = client, ref, mirrors
         self.base = registry_base(ref.registry, mirrors)
-        self.auth = RegistryAuth(_token_cache(client), (self.base, ref.repository), ref.repository)
+        self.auth = RegistryAuth(client, (self.base, ref.repository), ref.repository)
 
     def url(self, kind: str, reference: str) -> str:
         return rewrite_url(f"{self.base}/v2/{self.ref.repository}/{kind}/{reference}", self.mirrors)

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from executor.config import Config, HttpSettings
-from executor.http import RETRYABLE_STATUS, _Attempts, _Retry, _retry_after  # one retry budget for every request
-from executor.oci import RegistryAuth, _token_cache, is_local_registry
+from executor.http import RETRYABLE_STATUS, _Attempts, _Retry, _retry_after, read_limited  # one retry budget for every request
+from executor.oci import RegistryAuth, is_local_registry
 from fleet.artifact import OCI_MANIFEST
 from manifests.errors import BundleStructureError, ChecksumMismatch, ConfigError, NetworkError, NotWritableError, UsageError
 
@@ -101,7 +101,7 @@ class Endpoint:
         if address.kind == "registry":
             scheme = "http" if plain_http or is_local_registry(address.host) else "https"
             self.base = f"{scheme}://{address.host}/v2/{address.repository}"
-            self.auth: httpx.Auth | None = RegistryAuth(_token_cache(client), (self.base, actions), address.repository, actions=actions, credentials=credentials)
+            self.auth: httpx.Auth | None = RegistryAuth(client, (self.base, actions), address.repository, actions=actions, credentials=credentials)
         else:
             self.base, self.auth = address.url, None
 
@@ -113,13 +113,8 @@ class Endpoint:
                 with self.client.stream(method, url, auth=self.auth, **kwargs) as response:
                     if response.status_code in RETRYABLE_STATUS:
                         raise _Retry(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")))
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > limit:
-                            raise NetworkError(f"{url} sent more than the {limit} bytes expected of it", hint="the site's copy is damaged or this is not a site address")
-                    response._content = bytes(body)
-                return response
+                    body = read_limited(response, limit, str(url))
+                return httpx.Response(response.status_code, headers=response.headers, content=body, request=response.request)  # read whole, bounded
             except (httpx.TransportError, _Retry) as exc:
                 attempts.failed(exc)
             except httpx.HTTPError as exc:

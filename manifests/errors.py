@@ -9,6 +9,8 @@ Each class carries its exit code; the CLI maps nothing by hand.
 
 from __future__ import annotations
 
+from manifests.fmt import fmt_size
+
 
 class DataPackError(Exception):
     """Base of every error this tool raises on purpose."""
@@ -112,8 +114,6 @@ class NoSpaceError(FetchError):
     exit_code = 5
 
     def __init__(self, where: str, needed: int, free: int | None = None):
-        from manifests.units import fmt_size
-
         have = f", {fmt_size(free)} free" if free is not None else ""
         super().__init__(
             f"not enough space in {where}: needs {fmt_size(needed)}{have}",
@@ -131,8 +131,6 @@ class FileTooLargeError(FetchError):
     DATA_DIR_HINT = "FAT32 holds at most 4 GiB - 1 byte per file: point this data type at another filesystem in the config file's [data_dirs]"
 
     def __init__(self, where: str, size: int, hint: str = DATA_DIR_HINT):
-        from manifests.units import fmt_size
-
         super().__init__(f"the filesystem of {where} cannot hold a file of {fmt_size(size)}", hint=hint)
         self.where = where
         self.size = size

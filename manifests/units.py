@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 from manifests.errors import UsageError
+from manifests.fmt import fmt_duration, fmt_size
+
+__all__ = ["FAT32_MAX", "estimated_times", "fmt_duration", "fmt_size", "parse_duration", "parse_size"]
 
 _SIZE_UNITS = {
     "": 1,
@@ -53,24 +56,6 @@ def parse_duration(text: str) -> int:
     if not match:
         raise UsageError(f"invalid duration {text!r}", hint="write a number and a unit: 12h, 30d, 2w, 1y")
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def fmt_size(n: float) -> str:
-    """Binary units, one decimal: 1.2 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def estimated_times(size_bytes: int) -> dict[str, str]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +20,8 @@ from typing import Callable
 import pytest
 from click.testing import CliRunner
 
-from devops_cp.localserver import LocalServer
+from support.localserver import LocalServer
+from support.tarballs import make_tar_gz  # noqa: F401  (tests import it from here too)
 from executor.http import HttpSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +110,15 @@ def tmpfs(tmp_path):
     yield mount
     for directory in reversed(mounted):
         subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+@pytest.fixture(params=["fast", "plain"])
+def http_path(request, monkeypatch) -> str:
+    """Run a download test through executor/http_fastpath.py's socket reads, then through plain httpx."""
+    from executor import http_fastpath
+
+    monkeypatch.setattr(http_fastpath, "ENABLED", request.param == "fast")
+    return request.param
 
 
 @pytest.fixture
@@ -257,27 +265,6 @@ def files_under(directory: Path) -> list[str]:
 
 def gets(server: LocalServer, path: str | None = None) -> list:
     return [r for r in server.requests if r.method == "GET" and (path is None or r.path == path)]
-
-
-def make_tar_gz(members: list[tuple], *, fmt: str = "w:gz") -> bytes:
-    """members: (name, bytes) for a file, or (name, "symlink"|"hardlink"|"dir", target)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=fmt) as tar:
-        for member in members:
-            name, content = member[0], member[1]
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if isinstance(content, bytes):
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            elif content == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.type = tarfile.SYMTYPE if content == "symlink" else tarfile.LNKTYPE
-                info.linkname = member[2]
-                tar.addfile(info)
-    return buffer.getvalue()
 
 
 def fresh_host(monkeypatch, root: Path) -> Path:

@@ -38,7 +38,6 @@ staging directory at all.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -46,12 +45,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from support.tarballs import folder_tar_gz
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -237,13 +237,7 @@ def sha(data: bytes) -> str:
 
 
 def tar_gz(files: dict[str, bytes], top: str = "db-2024") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
-        for rel, data in sorted(files.items()):
-            info = tarfile.TarInfo(f"{top}/{rel}")
-            info.size, info.mtime = len(data), 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return folder_tar_gz(files, top)
 
 
 # v1 and v2 of the pack `crashdb`: one file unchanged, two changed, one dropped, one added.

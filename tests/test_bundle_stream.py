@@ -16,7 +16,7 @@ import zstandard
 
 from bundler import build
 from conftest import download_step, files_under, fresh_host, gets, payload, read_manifest, sha256
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor.http import Download
 
 

@@ -328,7 +328,7 @@ def test_an_archive_carried_whole_needs_room_for_itself_only_in_the_staging_cach
 
 
 def test_a_streamed_archive_resumed_after_a_drop_is_walked_whole(cli, key, local_server, write_recipe, tmp_path, monkeypatch, streamed):
-    from devops_cp.localserver import Fault
+    from support.localserver import Fault
 
     archive = make_tar_gz([("top/a", random_bytes(300_000, 1)), ("top/b", random_bytes(300_000, 2))], fmt="w")
     serve_archive(local_server, write_recipe, "tar", archive)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 
 from conftest import download_step, fast_settings, files_under, gets, make_tar_gz, payload, sha256
 

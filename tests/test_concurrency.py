@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from crash_driver import TESTS
 from conftest import REPO, download_step, files_under, gets, payload, sha256
-from devops_cp.localserver import Fault
+from support.localserver import Fault
+from support.waiting import wait_for
 
 STAGING = ".devops-cp-staging"
 
@@ -44,15 +44,6 @@ def finish(*children: subprocess.Popen, timeout: float = 90) -> list[tuple[int, 
                 child.kill()
                 child.wait(10)
     return results
-
-
-def wait_for(condition, what: str, seconds: float = 30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def installed(env, key: str, data_dir: Path, files: dict[str, bytes]) -> None:

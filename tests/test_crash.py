@@ -13,7 +13,7 @@ import time
 import pytest
 
 from crash_driver import REPO, STAGING, InstallScenario, SideloadScenario
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 
 
 def _failures(results) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devops_cp.app import App
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor.config import load_config
 from executor.engine import Engine
 from executor.events import Notice, Progress, StepDone, StepStarted

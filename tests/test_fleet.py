@@ -20,7 +20,7 @@ import pytest
 
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from conftest import REPO, fresh_host, gets, payload
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from fleet import artifact
 from oci_registry import free_port, registry  # noqa: F401  (the fixture)
 
@@ -348,7 +348,7 @@ def test_offline_steps_need_allow_commands(cli, tmp_path, signer, isolated_env):
 
 
 def test_rollback_is_skipped_or_refused_and_check_updates_reports_the_site(cli, tmp_path, signer, isolated_env):
-    from devops_cp.localserver import LocalServer
+    from support.localserver import LocalServer
 
     key, pub = signer
     old = make_bundle(tmp_path, key, [PackSpec("geo", {"geo.mmdb": b"old"})], name="old.tar.zst", created=CREATED)
@@ -403,7 +403,7 @@ import contextlib  # noqa: E402
 @contextlib.contextmanager
 def serve_tree(tree: Path, server=None):
     """The layout's files from the suite's LocalServer (faults can be set per path)."""
-    from devops_cp.localserver import LocalServer
+    from support.localserver import LocalServer
 
     with contextlib.ExitStack() as stack:
         server = server or stack.enter_context(LocalServer())

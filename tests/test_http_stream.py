@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 from executor.http import Download, make_client
 from manifests.errors import ChecksumMismatch, LengthError, NetworkError
 
 from conftest import fast_settings, gets, payload, sha256
+
+pytestmark = pytest.mark.usefixtures("http_path")  # each test through the socket fast path and through plain httpx
 
 PATH = "/packs/stream.bin"
 DATA = payload(1_000_000)

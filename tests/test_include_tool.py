@@ -36,7 +36,7 @@ import zstandard
 
 from conftest import REPO, sha256
 from devops_cp.demo import sample_model, write_sample_catalog
-from devops_cp.localserver import LocalServer
+from support.localserver import LocalServer
 
 ORIGINAL_ENV = dict(os.environ)  # taken at import, before any fixture edits os.environ
 MODEL_SIZE = 150_000

@@ -1,4 +1,4 @@
-"""The loopback HTTP server that tests, the demo and benchmarks use.
+"""The loopback HTTP server that tests, tools/ and bench/ use (tests/support/localserver.py).
 
 Every test talks to a real server on 127.0.0.1 through httpx (or a raw socket
 where httpx would hide what is on the wire).
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devops_cp.localserver import Fault, LocalServer, RequestContext
+from support.localserver import Fault, LocalServer, RequestContext
 
 DATA = bytes(range(256)) * 1024  # 256 KiB, every offset distinguishable enough
 PATH = "/packs/data.bin"
@@ -534,8 +534,8 @@ def test_cli_serves_a_directory(tmp_path: Path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "pack one.bin").write_bytes(DATA)
     (tmp_path / "top.json").write_text('{"a": 1}')
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    with subprocess.Popen([sys.executable, "-m", "devops_cp.localserver", str(tmp_path), "--port", "0"],
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    with subprocess.Popen([sys.executable, "-m", "support.localserver", str(tmp_path), "--port", "0"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as proc:
         try:
             base = proc.stdout.readline().strip()  # type: ignore[union-attr]

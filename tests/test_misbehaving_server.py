@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import REPO, download_step, fast_settings, files_under, gets, payload, sha256
-from devops_cp.localserver import Fault
+from support.localserver import Fault
 
 STAGING = ".devops-cp-staging"
 SIZE = 1_000_000

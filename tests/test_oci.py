@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from oci_registry import digest, free_port, push, registry  # noqa: F401  (registry: the fixture)
-from devops_cp.localserver import Fault, LocalServer, RequestContext
+from support.localserver import Fault, LocalServer, RequestContext
+from support.tarballs import trivy_db_tarball
 from executor.config import Config
 from executor.engine import Engine
 from executor.http import HttpSettings
@@ -44,24 +43,13 @@ REPO = "aquasecurity/trivy-db"
 # --- the artifact -------------------------------------------------------------------------
 
 
-def db_tarball(trivy_db: bytes, metadata: bytes) -> bytes:
-    """db.tar.gz as Trivy publishes it: trivy.db and metadata.json at the top."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-        for name, data in (("trivy.db", trivy_db), ("metadata.json", metadata)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 class Pack:
     """Random trivy.db bytes, a metadata.json, and the layer (db.tar.gz) that carries them."""
 
     def __init__(self, size: int = 300_000):
         self.trivy_db = os.urandom(size)
         self.metadata = json.dumps({"Version": 2, "NextUpdate": "2030-01-01T06:00:00Z", "UpdatedAt": "2030-01-01T00:00:00Z", "DownloadedAt": ""}).encode()
-        self.layer = db_tarball(self.trivy_db, self.metadata)
+        self.layer = trivy_db_tarball(self.trivy_db, self.metadata)
 
     def manifest(self, form: str, layer_media_type: str = DB_LAYER, layer: bytes | None = None) -> tuple[bytes, dict[str, bytes]]:
         """(manifest bytes, blobs it needs). form: 'config' (oras 1.0) or 'artifactType' (oras >= 1.1)."""

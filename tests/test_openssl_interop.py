@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO
 from devops_cp.demo import write_sample_catalog
-from devops_cp.localserver import LocalServer
+from support.localserver import LocalServer
 
 CLI = [sys.executable, "-c", "from devops_cp.cli import main; main()"]
 TOOLS = ("openssl", "sha256sum", "tar", "zstd")

@@ -28,7 +28,7 @@ HEAVY = (
     "uvicorn",
     "zstandard",
     "importlib.metadata",
-    "devops_cp.localserver",
+    "devops_cp.demo_server",
     "devops_cp.web",
     "devops_cp.jobs",
     "executor.engine",

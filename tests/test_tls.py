@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devops_cp.localserver import LocalServer
+from support.localserver import LocalServer
 from executor.http import Download, TLSContext, make_client
 from manifests.errors import ConfigError, NetworkError
 

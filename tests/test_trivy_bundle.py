@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
-import tarfile
 
 import pytest
 
@@ -25,6 +23,7 @@ from conftest import fresh_host
 from oci_registry import digest, push, registry  # noqa: F401  (registry: the fixture)
 from executor.oci import OCI_EMPTY, OCI_MANIFEST
 from sideload.reader import BundleReader, locate
+from support.tarballs import trivy_db_tarball
 
 DB_LAYER = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
 TRIVY_CONFIG = "application/vnd.aquasec.trivy.config.v1+json"
@@ -33,13 +32,7 @@ TRIVY_CONFIG = "application/vnd.aquasec.trivy.config.v1+json"
 def trivy_artifact(trivy_db: bytes, metadata: bytes, form: str) -> tuple[bytes, dict[str, bytes]]:
     """db.tar.gz (trivy.db + metadata.json) as the layer of an OCI manifest, in the oras 1.0
     form (artifact type in config.mediaType) or the oras 1.1 form (artifactType, empty config)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in (("trivy.db", trivy_db), ("metadata.json", metadata)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    layer, config = buffer.getvalue(), b"{}"
+    layer, config = trivy_db_tarball(trivy_db, metadata), b"{}"
     manifest: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
     if form == "config":
         manifest["config"] = {"mediaType": TRIVY_CONFIG, "digest": digest(config), "size": len(config)}

@@ -7,12 +7,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from devops_cp.localserver import Fault
+from support.localserver import Fault
+from support.waiting import wait_for
 from executor.config import load_config
 from executor.store import Store
 from executor.txn import STAGING_NAME
@@ -32,16 +32,6 @@ def spawn_cli(*args: str, prelude: str = "") -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(condition, what: str, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from devops_cp.localserver import Fault, LocalServer
-from devops_cp.web import ServerThread, create_app, web_settings
+from support.localserver import Fault, LocalServer
+from devops_cp.web import create_app, web_settings
+from support.webserver import ServerThread
 from executor.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

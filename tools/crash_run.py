@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from crash_driver import SCENARIOS  # noqa: E402
-from devops_cp.localserver import LocalServer  # noqa: E402
+from support.localserver import LocalServer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

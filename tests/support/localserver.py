@@ -1,11 +1,10 @@
-"""A real HTTP/1.1 server on 127.0.0.1 for tests, the offline demo and benchmarks.
+"""A real HTTP/1.1 server on 127.0.0.1 for the tests, tools/ and bench/ (not part of the product).
 
-Standard library only. One server serves three audiences:
+Standard library only. It serves two audiences:
 
 * the test suite, which injects faults per path (:class:`Fault`): dropped
   connections, ignored ranges, lying lengths, error statuses, redirects,
   trickles and stalls;
-* the offline demo (``devops-cp data demo``), which serves sample packs;
 * benchmarks, which need it to be much faster than the client: the no-fault
   path of a file sends it with ``os.sendfile`` straight from the page cache.
 
@@ -19,7 +18,7 @@ Usage::
 
 Command line (benchmarks, manual use)::
 
-    python -m devops_cp.localserver DIR [--port N]
+    PYTHONPATH=tests python -m support.localserver DIR [--port N]
 
 serves every file under DIR at its relative path and prints the base URL on
 one line.
@@ -860,7 +859,7 @@ def _serve_directory(server: LocalServer, root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devops_cp.localserver",
+    parser = argparse.ArgumentParser(prog="python -m support.localserver",
                                      description="Serve every file under DIR over HTTP/1.1 on loopback.")
     parser.add_argument("dir", type=Path, metavar="DIR")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
