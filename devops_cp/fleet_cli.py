@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from devops_cp.app import App
-from devops_cp.cli_common import PROGRESS_MODES, emit_json, json_option, print_outcomes, reports_errors
+from devops_cp.cli_common import (
+    PROGRESS_MODES,
+    emit_json,
+    json_option,
+    print_outcomes,
+    reports_errors,
+)
 from devops_cp.render import progress_renderer
 from manifests.errors import UsageError
 from manifests.units import fmt_size

@@ -25,9 +25,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_timestamp
+from manifests.bundle import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    TOOL_DATA_TYPE,
+    BundleManifest,
+    FileEntry,
+    PackEntry,
+    parse_timestamp,
+)
 from manifests.errors import BundleStructureError, UsageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -97,7 +105,7 @@ def version_of(created: str) -> str:
 
 
 def version_time(version: str) -> datetime:
-    return datetime.strptime(version, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(version, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def tag_for(key: str, version: str) -> str:

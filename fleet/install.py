@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tarfile
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from executor import extract
@@ -27,14 +27,36 @@ from executor.store import parse_iso
 from executor.transfer import Copy, closing_output, file_chunks
 from executor.txn import PackTransaction, recover, remove_empty_staging
 from fleet import artifact
-from fleet.artifact import BUNDLE_MANIFEST, BUNDLE_SIGNATURE, FILES_TAR, LATEST, ONE_FILE, PATH_ANNOTATION, Blob
+from fleet.artifact import (
+    BUNDLE_MANIFEST,
+    BUNDLE_SIGNATURE,
+    FILES_TAR,
+    LATEST,
+    ONE_FILE,
+    PATH_ANNOTATION,
+    Blob,
+)
 from fleet.site import Endpoint, SiteReader, parse_address, site_credentials
 from manifests.bundle import BundleManifest, FileEntry, PackEntry, verify_manifest
-from manifests.errors import BundleStructureError, ChecksumMismatch, DataPackError, PolicyError, TrustError, UsageError
+from manifests.errors import (
+    BundleStructureError,
+    ChecksumMismatch,
+    DataPackError,
+    PolicyError,
+    TrustError,
+    UsageError,
+)
 from manifests.hardware import Hardware
 from manifests.plan import parse_choice_args
 from manifests.signing import SIGNATURE_SIZE
-from sideload.api import SideloadRequest, TrustOptions, _check_offline_needs, _check_policy, run_offline_steps, trusted_keys
+from sideload.api import (
+    SideloadRequest,
+    TrustOptions,
+    _check_offline_needs,
+    _check_policy,
+    run_offline_steps,
+    trusted_keys,
+)
 from sideload.reader import MAX_MANIFEST
 
 FLEET_JITTER = 0.5  # hosts that met the same 429 retry spread over half the wait again
@@ -121,7 +143,7 @@ def read_signed(site: SiteReader, key: str, version: str, keys, trust: TrustOpti
         raise BundleStructureError(f"{site.name} {tag} carries no signed manifest", hint="publish it with `devops-cp data mirror`; nothing was installed")
     manifest_bytes = site.small_blob(header[0].digest, header[0].size, MAX_MANIFEST)
     signature = site.small_blob(header[1].digest, header[1].size, SIGNATURE_SIZE)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     manifest, signer = verify_manifest(manifest_bytes, signature, keys, allow_unsigned=False, now=now, allow_expired=trust.allow_expired)
     pack = next((p for p in manifest.packs if p.key == key), None)
     if pack is None:

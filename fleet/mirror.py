@@ -14,7 +14,7 @@ import hashlib
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from executor.events import Listener, Meter, ignore
@@ -93,13 +93,13 @@ def refuse_host_bundle(manifest: BundleManifest) -> None:
         )
 
 
-def mirror_bundle(path: Path, target, trust: TrustOptions = TrustOptions(), listener: Listener = ignore) -> MirrorReport:
+def mirror_bundle(path: Path, target, trust: TrustOptions, listener: Listener = ignore) -> MirrorReport:
     keys = trusted_keys(trust.trust_files)
     location = locate(path)
     index = read_parts_index(location, keys, False) if location.split else None
     with BundleReader(location, index) as reader:
         manifest_bytes, signature = reader.read_header()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         manifest, signer = verify_manifest(manifest_bytes, signature, keys, allow_unsigned=False, now=now, allow_expired=trust.allow_expired)
         refuse_host_bundle(manifest)
         report = MirrorReport(manifest.bundle_id, manifest.created, signer)

@@ -42,7 +42,7 @@ class RegistryWriter:
             return response.status_code == 200
         raise refused(response, f"checking blob {digest} at {self.where}")
 
-    def blob_writer(self) -> "RegistryUpload":
+    def blob_writer(self) -> RegistryUpload:
         return RegistryUpload(self)
 
     def latest_created(self, tag: str) -> str | None:
@@ -73,7 +73,7 @@ class RegistryUpload:
         self.sent = 0  # bytes the registry holds
         self.buffer = bytearray()
 
-    def __enter__(self) -> "RegistryUpload":
+    def __enter__(self) -> RegistryUpload:
         response = self.endpoint.send("POST", f"{self.endpoint.base}/blobs/uploads/")
         if response.status_code != 202:
             raise refused(response, f"starting an upload to {self.where}")
@@ -184,7 +184,7 @@ class LayoutWriter:
     def has_blob(self, digest: str) -> bool:
         return (self.blobs / digest.split(":", 1)[1]).is_file()
 
-    def blob_writer(self) -> "LayoutBlob":
+    def blob_writer(self) -> LayoutBlob:
         return LayoutBlob(self)
 
     def _index(self) -> dict:
@@ -222,7 +222,7 @@ class LayoutBlob:
         self.writer = writer
         self.file = None
 
-    def __enter__(self) -> "LayoutBlob":
+    def __enter__(self) -> LayoutBlob:
         fd, name = tempfile.mkstemp(prefix=".incoming-", dir=self.writer.blobs)
         self.file, self.path = os.fdopen(fd, "wb"), Path(name)
         return self

@@ -23,10 +23,23 @@ from urllib.parse import urlsplit
 import httpx
 
 from executor.config import Config, HttpSettings
-from executor.http import RETRYABLE_STATUS, _Attempts, _Retry, _retry_after, read_limited  # one retry budget for every request
+from executor.http import (  # one retry budget for every request
+    RETRYABLE_STATUS,
+    _Attempts,
+    _Retry,
+    _retry_after,
+    read_limited,
+)
 from executor.oci import RegistryAuth, is_local_registry
 from fleet.artifact import OCI_MANIFEST
-from manifests.errors import BundleStructureError, ChecksumMismatch, ConfigError, NetworkError, NotWritableError, UsageError
+from manifests.errors import (
+    BundleStructureError,
+    ChecksumMismatch,
+    ConfigError,
+    NetworkError,
+    NotWritableError,
+    UsageError,
+)
 
 MANIFEST_LIMIT = 4 << 20  # the distribution spec's suggested limit
 SMALL_LIMIT = MANIFEST_LIMIT

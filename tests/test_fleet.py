@@ -6,27 +6,31 @@ or, where a fault is needed (429, a dropped connection), the test suite's LocalS
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
-from conftest import REPO, fresh_host, gets, payload
-from support.localserver import Fault
+from conftest import REPO, fast_settings, gets, payload
+from oci_registry import free_port
+from support.localserver import Fault, LocalServer
+
 from fleet import artifact
-from oci_registry import free_port, registry  # noqa: F401  (the fixture)
+
+pytest_plugins = ("oci_registry",)  # the `registry` fixture
 
 BIG = payload(5 << 20, seed=3)  # its own layer
 SMALL = {f"docs/page-{i:03d}.txt": f"page {i}\n".encode() * (i + 1) for i in range(40)}  # one tar layer
-CREATED = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+CREATED = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
 def model_pack(**extra) -> PackSpec:
@@ -131,7 +135,7 @@ def install_on_hosts(tmp_path: Path, count: int, *args: str, big: bytes = BIG) -
     roots = [tmp_path / f"host{i}" for i in range(count)]
     processes = [start_host(root, "install", *args, "--progress", "none") for root in roots]
     for root, process in zip(roots, processes):
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         assert process.returncode == 0, f"{root.name}: {err}"
         assert installed_files(host_data(root)) == {"weights.bin": big, **SMALL}, root.name
     return roots
@@ -139,7 +143,7 @@ def install_on_hosts(tmp_path: Path, count: int, *args: str, big: bytes = BIG) -
 
 def assert_refused_and_nothing_installed(root: Path, *args: str) -> str:
     process = start_host(root, "install", *args, "--progress", "none")
-    out, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 3, err
     assert installed_files(host_data(root)) == {}
     assert not (root / "home" / ".local/state" / "devops-cp" / "records" / "model@size=base.json").exists()
@@ -348,8 +352,6 @@ def test_offline_steps_need_allow_commands(cli, tmp_path, signer, isolated_env):
 
 
 def test_rollback_is_skipped_or_refused_and_check_updates_reports_the_site(cli, tmp_path, signer, isolated_env):
-    from support.localserver import LocalServer
-
     key, pub = signer
     old = make_bundle(tmp_path, key, [PackSpec("geo", {"geo.mmdb": b"old"})], name="old.tar.zst", created=CREATED)
     new = make_bundle(tmp_path, key, [PackSpec("geo", {"geo.mmdb": b"new"})], name="new.tar.zst", created=CREATED + timedelta(days=7))
@@ -396,15 +398,9 @@ def test_the_site_source_in_the_config_is_where_install_gets_packs(cli, tmp_path
 # --- fleet behaviour: 429/503 with jitter, a dropped layer resumes, a cut mirror finishes ----
 
 
-import base64  # noqa: E402
-import contextlib  # noqa: E402
-
-
 @contextlib.contextmanager
 def serve_tree(tree: Path, server=None):
     """The layout's files from the suite's LocalServer (faults can be set per path)."""
-    from support.localserver import LocalServer
-
     with contextlib.ExitStack() as stack:
         server = server or stack.enter_context(LocalServer())
         yield publish_tree(tree, server)
@@ -419,8 +415,6 @@ def publish_tree(tree: Path, server, prefix: str = "/site") -> str:
 
 
 def test_429_and_503_are_retried_with_jittered_waits_and_a_dropped_layer_resumes(cli, tmp_path, signer, local_server, isolated_env):
-    from conftest import fast_settings
-
     key, pub = signer
     tree = tmp_path / "tree"
     built = make_bundle(tmp_path, key, [model_pack()])
@@ -483,7 +477,6 @@ class FailsPatches(httpx.BaseTransport):
 
 
 def mirror_through(transport, bundle: Path, site: str, pub: Path):
-    from conftest import fast_settings
     from fleet import publish
     from fleet.mirror import mirror_bundle
     from fleet.site import Endpoint, parse_address
