@@ -13,16 +13,17 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, assert_never
 
 from executor import steps as step_types
 from executor.config import Config
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
-from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
+from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
+from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand, sizes
 from manifests.units import estimated_times, fmt_size
 
 if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
@@ -142,13 +143,13 @@ class Engine:
             data_dir = target_dir or self.store.data_dir(plan.recipe.data_type)
             self.store.ensure_writable(data_dir)
             tools = [t for t in plan.recipe.requires.tools if t not in ("python", "python3")]
-            tools += [s.command[0] for s in plan.steps if s.type == "tool_command" and not s.command[0].startswith("{")]
+            tools += [s.command[0] for s in plan.steps if isinstance(s, ToolCommand) and not s.command[0].startswith("{")]
             check_tools(sorted(set(tools)), plan.pack_id)
             if step_types.uses_python(plan.steps):  # a wheel installed --no-deps needs its framework there
                 step_types.check_python_packages(self.python, plan.recipe.requires.packages_pip, plan.pack_id)
             unpacks = plan.key not in kept_whole
             needed[data_dir] = needed.get(data_dir, 0) + (0 if plan.key in streamed else sum(
-                (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract and unpacks else 0) for s in plan.steps
+                fetched + (unpacked if unpacks else 0) for fetched, unpacked in map(sizes, plan.steps)
             ))
         check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.
@@ -169,21 +170,24 @@ class Engine:
         values = {"data_dir": str(txn.files_root), "python": self.python, "pack": plan.pack_id}
         outcomes = []
         for index, step in enumerate(plan.steps):
-            if source is not None and step.type in ("download", "local_copy"):
-                expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
-            elif step.type == "download":
-                outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
-            elif step.type == "local_copy":
-                if not step.source:
-                    raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
-                path = Path(step_types.expand_runtime(step.source, values)).expanduser()
-                expected = step.checksum.split(":", 1)[1] if step.checksum else None
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
-            elif step.type == "tool_command":
-                outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
-            else:
-                outcomes.append(self.run_extension_step(plan, index, step, txn, ctx))
+            match step:
+                case Download() | LocalCopy() if source is not None:
+                    expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
+                    outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
+                case Download():
+                    outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
+                case LocalCopy():
+                    if not step.source:
+                        raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
+                    path = Path(step_types.expand_runtime(step.source, values)).expanduser()
+                    expected = step.checksum.split(":", 1)[1] if step.checksum else None
+                    outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
+                case ToolCommand():
+                    outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
+                case OciArtifact():
+                    outcomes.append(self.run_extension_step(plan, index, step, txn, ctx))
+                case _:
+                    assert_never(step)
         return outcomes
 
     def run_extension_step(self, plan: Plan, index: int, step, txn: PackTransaction, ctx: step_types.StepContext) -> step_types.StepOutcome:
@@ -221,37 +225,56 @@ class Engine:
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
-        """Direct install: several packs download at most max_parallel_downloads at a time."""
-        self.preflight(plans, confirm, local=source is not None)
-        data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
-        with self.store.locked(data_dirs):
-            for data_dir in data_dirs:
-                for note in recover(self.store, data_dir):
-                    self.listener(Notice("", "info", note))
-            workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                outcomes = list(pool.map(lambda plan: self._install_one(plan, source), plans))
-            for data_dir in data_dirs:
-                remove_empty_staging(data_dir)
-            return outcomes
+        """Direct install: several packs download at most max_parallel_downloads at a time.
 
-    def _install_one(self, plan: Plan, source: LocalSource | None) -> Outcome:
-        data_dir = self.store.data_dir(plan.recipe.data_type)
+        Each pack downloads into its own staging area under its own lock; a data dir's lock is
+        taken only for the short commit, so separate runs download in parallel too.
+        """
+        seen = {plan.key: self.store.read_record(plan.key) for plan in plans}  # before any wait
+        self.preflight(plans, confirm, local=source is not None)
+        workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
         try:
-            with PackTransaction(self.store, data_dir, plan.key) as txn:
-                outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
-                record = self.commit(
-                    PackIdentity.of_plan(plan),
-                    txn,
-                    source=", ".join(o.source for o in outcomes if o.source),
-                    checksum_verified=all(o.checksum_verified for o in outcomes),
-                )
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key]), plans))
+        finally:
+            for data_dir in sorted({self.store.data_dir(p.recipe.data_type) for p in plans}):
+                tidy_staging(self.store, data_dir)
+
+    def _install_one(self, plan: Plan, source: LocalSource | None, seen: InstallRecord | None) -> Outcome:
+        data_dir = self.store.data_dir(plan.recipe.data_type)
+        say = self.say_waiting(plan.key)
+        try:
+            with self.store.pack_locked({plan.key: data_dir}, on_wait=say), self.store.staging(data_dir):
+                current = self.store.read_record(plan.key)
+                if _installed_meanwhile(seen, current):
+                    note = f"installed by another devops-cp run while this one waited ({current.installed_at})"
+                    self.listener(Notice(plan.key, "info", note))
+                    return Outcome(plan.key, record=current, notes=[note])
+                with PackTransaction(self.store, data_dir, plan.key) as txn:
+                    outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
+                    with self.store.locked([data_dir], on_wait=say):
+                        self.recover(data_dir)
+                        record = self.commit(
+                            PackIdentity.of_plan(plan),
+                            txn,
+                            source=", ".join(o.source for o in outcomes if o.source),
+                            checksum_verified=all(o.checksum_verified for o in outcomes),
+                        )
         except DataPackError as exc:
             return Outcome(plan.key, error=exc)
         notes = list(plan.warnings) + [n for o in outcomes for n in o.notes]
         for note in notes:
             self.listener(Notice(plan.key, "warning", note))
         return Outcome(plan.key, record=record, notes=notes)
+
+    def say_waiting(self, key: str) -> Callable[[str], None]:
+        """A run that has to wait for a lock says so at once."""
+        return lambda message: self.listener(Notice(key, "info", message))
+
+    def recover(self, data_dir: Path) -> None:
+        """Under the data dir's commit lock: finish what a killed run left there."""
+        for note in recover(self.store, data_dir):
+            self.listener(Notice("", "info", note))
 
     def remove(self, record: InstallRecord) -> None:
         """Deletes only that pack's files, then its record."""
@@ -265,3 +288,9 @@ class Engine:
                     path.unlink(missing_ok=True)
                 prune_empty_parents(path.parent, data_dir)
             self.store.delete_record(record.key)
+
+
+def _installed_meanwhile(seen: InstallRecord | None, current: InstallRecord | None) -> bool:
+    """Another install of this pack committed while this run waited for its lock: its download
+    would fetch the same again. A bundle's data committed meanwhile may be older: it is updated."""
+    return current is not None and current != seen and not current.source.startswith("bundle:")

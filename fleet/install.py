@@ -25,7 +25,7 @@ from executor.preflight import check_space_for
 from executor.steps import partial_path
 from executor.store import parse_iso
 from executor.transfer import Copy, closing_output, file_chunks
-from executor.txn import PackTransaction, recover, remove_empty_staging
+from executor.txn import PackTransaction, tidy_staging
 from fleet import artifact
 from fleet.artifact import (
     BUNDLE_MANIFEST,
@@ -186,7 +186,7 @@ def _skip_reason(engine: Engine, signed: Signed, request: FromRequest) -> str | 
 
 def _check_commands(pack: PackEntry, allowed: tuple[str, ...]) -> None:
     if pack.offline_steps and pack.id not in allowed and pack.key not in allowed:
-        programs = ", ".join(sorted({" ".join(map(str, s.get("command", [])[:1])) or s.get("type", "?") for s in pack.offline_steps}))
+        programs = ", ".join(sorted({step.command[0] for step in pack.offline_steps}))
         raise PolicyError(
             f"{pack.key} runs commands on this host after it is installed ({programs}), and this host's catalog does not define them",
             hint=f"pass --allow-commands {pack.id} if you trust its signer to run them here; nothing was installed",
@@ -206,11 +206,14 @@ def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequ
     data_dir = engine.store.data_dir(pack.data_type)
     engine.store.ensure_writable(data_dir)
     check_space_for({data_dir: sum(f.size + (f.unpack.unpacked_size_bytes or f.size if f.unpack else 0) for f in files) + sum(b.size for b in signed.layers if b.media_type == FILES_TAR)})
-    with engine.store.locked([data_dir]):
-        try:
-            recover(engine.store, data_dir)
-            with PackTransaction(engine.store, data_dir, pack.key) as txn:
-                _fetch_layers(engine, site, signed, txn)
+    say = engine.say_waiting(pack.key)
+    try:  # as sideload: the pack's lock while its layers download, the data dir's commit lock only to commit
+        with engine.store.pack_locked({pack.key: data_dir}, on_wait=say), engine.store.staging(data_dir), PackTransaction(engine.store, data_dir, pack.key) as txn:
+            _fetch_layers(engine, site, signed, txn)
+            with engine.store.locked([data_dir], on_wait=say):
+                engine.recover(data_dir)
+                if _skip_reason(engine, signed, request):  # another run installed it meanwhile
+                    return Outcome(pack.key, notes=[_skip_reason(engine, signed, request)])
                 record = engine.commit(
                     PackIdentity(pack.key, pack.id, pack.label, pack.data_type, dict(pack.choices), pack.update_schedule),
                     txn,
@@ -219,8 +222,8 @@ def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequ
                     fetched_at=pack.fetched_at,
                     bundle_created=signed.manifest.created,
                 )
-        finally:
-            remove_empty_staging(data_dir)
+    finally:
+        tidy_staging(engine.store, data_dir)
     try:
         run_offline_steps(engine, pack, Path(record.data_dir))
     except DataPackError as exc:

@@ -21,12 +21,11 @@ import httpx
 import pytest
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from conftest import REPO, fast_settings, gets, payload
-from oci_registry import free_port
+from oci_registry import free_port, registry, run_registry  # noqa: F401  (registry: the fixture)
 from support.localserver import Fault, LocalServer
 
 from fleet import artifact
 
-pytest_plugins = ("oci_registry",)  # the `registry` fixture
 
 BIG = payload(5 << 20, seed=3)  # its own layer
 SMALL = {f"docs/page-{i:03d}.txt": f"page {i}\n".encode() * (i + 1) for i in range(40)}  # one tar layer
@@ -232,8 +231,6 @@ def test_eight_hosts_install_from_a_served_layout_then_a_changed_byte_is_refused
 
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory):
-    from oci_registry import run_registry
-
     with run_registry(tmp_path_factory.mktemp("auth-registry"), users={"alice": "s3cret"}) as address:
         yield address
 
