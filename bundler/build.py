@@ -210,6 +210,7 @@ def _live_files(engine: Engine, plan: Plan) -> list[_File]:
             meter=Meter(ctx.listener, plan.key, index, step_label(step), step.size_bytes),
             size_cap=step.size_bytes,
             auth=credentials_auth(ctx, plan.recipe, step.credentials),
+            connections=ctx.connections,
         )
         sha256 = step.checksum.split(":", 1)[1]
         if step.extract:

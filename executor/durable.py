@@ -85,9 +85,15 @@ def write_behind(out: BinaryIO, keep: int) -> None:
     (bench/RESULTS.md). A no-op where sync_file_range is missing, under pyfakefs, and with
     DEVOPS_CP_NO_SYNC=1.
     """
+    write_behind_fd(out.fileno(), out.tell(), keep)
+
+
+def write_behind_fd(fd: int, end: int, keep: int) -> None:
+    """write_behind for an open descriptor whose first `end` bytes are done with: a file written
+    out of order (executor/segmented.py) passes the end of what it has hashed, so no page it has
+    yet to read back is dropped."""
     if _sync_file_range is None or not _early_writeback():
         return
-    fd, end = out.fileno(), out.tell()
     _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
     behind = end - keep
     if behind > 0:

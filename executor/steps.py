@@ -44,6 +44,7 @@ class StepContext:
     # A direct install syncs the pack before it becomes visible: its files may start going to disk
     # as they arrive (Copy's writeback). Not bundle staging, which is never synced: there it only costs.
     will_sync: bool = False
+    connections: int = 1  # per large download (executor/segmented.py): the engine's connections_per_download
     _client: httpx.Client | None = None
 
     @property
@@ -129,6 +130,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
         auth=auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
+        connections=ctx.connections,
     )
     try:
         try:
