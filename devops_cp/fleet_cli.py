@@ -70,7 +70,7 @@ def run_install_from(app: App, site: tuple[str, bool], packs, *, trust_files=(),
     from sideload.api import TrustOptions
 
     request = FromRequest(
-        site[0], tuple(packs), TrustOptions(tuple(trust_files), False, allow_expired), plain_http or site[1], version, allow_downgrade, tuple(allow_commands), force, app.hardware
+        site[0], tuple(packs), TrustOptions(tuple(trust_files), False, allow_expired), plain_http or site[1], version, allow_downgrade, tuple(allow_commands), force, app.hardware, app.catalog
     )
     with progress_renderer(progress) as listener:
         engine = app.engine(listener, python=python)

@@ -38,6 +38,7 @@ from fleet.artifact import (
 )
 from fleet.site import Endpoint, SiteReader, parse_address, site_credentials
 from manifests.bundle import BundleManifest, FileEntry, PackEntry, verify_manifest
+from manifests.catalog import Catalog
 from manifests.errors import (
     BundleStructureError,
     ChecksumMismatch,
@@ -49,6 +50,7 @@ from manifests.errors import (
 from manifests.hardware import Hardware
 from manifests.plan import parse_choice_args
 from manifests.signing import SIGNATURE_SIZE
+from manifests.trust import check_pack_for_host
 from sideload.api import (
     SideloadRequest,
     TrustOptions,
@@ -73,6 +75,7 @@ class FromRequest:
     allow_commands: tuple[str, ...] = ()  # packs whose offline steps may run (ids or keys)
     force: bool = False  # GPU requirement not met: install anyway
     hardware: Hardware | None = None
+    catalog: Catalog = field(default_factory=Catalog)  # this host's own recipes: what may run here
     warnings: list[str] = field(default_factory=list)
 
 
@@ -184,15 +187,6 @@ def _skip_reason(engine: Engine, signed: Signed, request: FromRequest) -> str | 
     return None
 
 
-def _check_commands(pack: PackEntry, allowed: tuple[str, ...]) -> None:
-    if pack.offline_steps and pack.id not in allowed and pack.key not in allowed:
-        programs = ", ".join(sorted({step.command[0] for step in pack.offline_steps}))
-        raise PolicyError(
-            f"{pack.key} runs commands on this host after it is installed ({programs}), and this host's catalog does not define them",
-            hint=f"pass --allow-commands {pack.id} if you trust its signer to run them here; nothing was installed",
-        )
-
-
 def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequest) -> Outcome:
     pack = signed.pack
     skip = _skip_reason(engine, signed, request)
@@ -200,7 +194,8 @@ def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequ
         return Outcome(pack.key, notes=[skip])
     notes: list[str] = []
     _check_policy(engine, pack, SideloadRequest(Path(), allow_downgrade=True, force=request.force, hardware=request.hardware, warnings=notes))
-    _check_commands(pack, request.allow_commands)
+    # code from the host: offline steps run only as this host's catalog defines them, or with --allow-commands
+    check_pack_for_host(pack, signed.manifest.files_for(pack.key), request.catalog, allow_commands=bool({pack.id, pack.key} & set(request.allow_commands)))
     _check_offline_needs(engine, pack)
     files = signed.manifest.files_for(pack.key)
     data_dir = engine.store.data_dir(pack.data_type)
