@@ -85,10 +85,9 @@ def open_target(address, endpoint=None):
 
 def refuse_host_bundle(manifest: BundleManifest) -> None:
     """An update bundle made for one host (`bundle --for`) is not for a whole site."""
-    for_host = getattr(manifest, "for_host", None)
-    if for_host:
+    if manifest.for_host is not None:
         raise PolicyError(
-            f"bundle {manifest.bundle_id} was made for one host ({for_host}) and holds only what that host lacked",
+            f"bundle {manifest.bundle_id} was made for one host ({manifest.for_host.name}, export of {manifest.for_host.exported_at}) and holds only what that host lacked",
             hint="bundle the packs without --for to publish them for a site",
         )
 
