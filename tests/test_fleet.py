@@ -519,3 +519,18 @@ def test_a_chunk_whose_answer_was_lost_stops_the_mirror_and_a_second_run_finishe
     result = cli("mirror", str(built.path), "--to", site, "--trust", str(pub), "--json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["uploaded_bytes"] >= len(BIG)
+
+
+def test_a_bundle_made_for_one_host_is_not_mirrored(cli, tmp_path, signer):
+    from bundle_helpers import bundle_members, replace, resign, write_tar_zst
+
+    from manifests.model import FOR_HOST_VERSION, ForHost
+
+    key, pub = signer
+    built = make_bundle(tmp_path, key, [PackSpec("geo", {"geo.mmdb": b"g" * 100})])
+    manifest_bytes, signature = resign(built.manifest, key, change=lambda m: replace(m, format_version=FOR_HOST_VERSION, for_host=ForHost("host-7", "e" * 32, "2026-12-01T07:00:00Z")))
+    for_one = write_tar_zst(tmp_path / "for-one.tar.zst", bundle_members(manifest_bytes, signature, built.payload))
+    result = cli("mirror", str(for_one), "--to", str(tmp_path / "tree"), "--trust", str(pub))
+    assert result.exit_code == 4, result.stderr
+    assert "made for one host (host-7" in result.stderr and "without --for" in result.stderr
+    assert not (tmp_path / "tree" / "index.json").exists()
