@@ -207,8 +207,9 @@ def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequ
             _fetch_layers(engine, site, signed, txn)
             with engine.store.locked([data_dir], on_wait=say):
                 engine.recover(data_dir)
-                if _skip_reason(engine, signed, request):  # another run installed it meanwhile
-                    return Outcome(pack.key, notes=[_skip_reason(engine, signed, request)])
+                meanwhile = _skip_reason(engine, signed, request)  # another run installed it while this one downloaded
+                if meanwhile:
+                    return Outcome(pack.key, notes=[meanwhile])
                 record = engine.commit(
                     PackIdentity(pack.key, pack.id, pack.label, pack.data_type, dict(pack.choices), pack.update_schedule),
                     txn,
@@ -255,7 +256,7 @@ def _fetch_layers(engine: Engine, site: SiteReader, signed: Signed, txn: PackTra
     meter.done(done)
 
 
-def _download(engine: Engine, site: SiteReader, blob: Blob, txn: PackTransaction, what: str, meter: Meter, before: int) -> Download:
+def _download(site: SiteReader, blob: Blob, txn: PackTransaction, what: str, meter: Meter, before: int) -> Download:
     url = site.endpoint.blob_url(blob.digest)
     return Download(
         client=site.endpoint.client,
@@ -270,7 +271,7 @@ def _download(engine: Engine, site: SiteReader, blob: Blob, txn: PackTransaction
 
 
 def _fetch_file(engine: Engine, site: SiteReader, blob: Blob, entry: FileEntry, txn: PackTransaction, meter: Meter, before: int) -> None:
-    download = _download(engine, site, blob, txn, f"{entry.path} of {entry.pack_key} from {site.name}", meter, before)
+    download = _download(site, blob, txn, f"{entry.path} of {entry.pack_key} from {site.name}", meter, before)
     try:
         copy = download.run(entry.sha256)  # the signed sha256: a swapped layer fails here, its partial file deleted
     except TrustError:
@@ -290,7 +291,7 @@ def _fetch_tar(engine: Engine, site: SiteReader, signed: Signed, blob: Blob, exp
     plain = tuple(e for e in expected.values() if e.unpack is None)
     if blob.size > artifact.tar_size_bound(plain):
         raise BundleStructureError(f"{site.name} {signed.tag}: a tar layer of {blob.size} bytes, more than the files it may hold", hint="the site's copy was altered; nothing was installed")
-    download = _download(engine, site, blob, txn, f"files of {signed.pack.key} from {site.name}", meter, before)
+    download = _download(site, blob, txn, f"files of {signed.pack.key} from {site.name}", meter, before)
     try:
         download.run(blob.digest.split(":", 1)[1])  # transport damage only: the files are checked one by one below
         with tarfile.open(download.partial, "r:") as tar:

@@ -156,8 +156,11 @@ class RegistryUpload:
 
     def commit(self, digest: str) -> None:
         """The last bytes and the digest; a blob smaller than a chunk goes up whole with it."""
-        body, self.buffer = bytes(self.buffer) if self.sent == 0 else b"", self.buffer if self.sent else bytearray()
-        if self.buffer:
+        body = b""
+        if self.sent == 0:  # smaller than a chunk: its bytes go with the digest, in one request
+            body = bytes(self.buffer)
+            self.buffer.clear()
+        elif self.buffer:
             self._send_chunk()
         url = httpx.URL(self.location).copy_merge_params({"digest": digest})
         response = self.endpoint.send("PUT", url, content=body, headers={"Content-Type": "application/octet-stream"})

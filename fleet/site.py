@@ -183,7 +183,10 @@ class SiteReader:
                 return []  # a repository nothing was pushed into
             if response.status_code != 200:
                 raise refused(response, f"listing the tags of {self.name}")
-            listed = response.json().get("tags") or []
+            try:
+                listed = response.json().get("tags") or []
+            except (ValueError, AttributeError) as exc:
+                raise NetworkError(f"{url} did not answer with a tag list", hint="check the site address: oci://HOST[:PORT]/REPO of an OCI registry") from exc
             tags += [t for t in listed if isinstance(t, str)]
             link = response.links.get("next", {}).get("url")  # distribution pages with Link: <...>; rel="next"
             url = str(response.url.join(link)) if link else ""
