@@ -242,7 +242,7 @@ def _site_options(func):
 @click.option("--at", "version", metavar="VERSION", help="With --from: this version (its tag's time, e.g. 20261206T103815Z) instead of the newest.")
 @click.option("--allow-downgrade", is_flag=True, help="With --from: install data older than what is installed.")
 @click.option("--allow-expired", is_flag=True, help="With --from: accept a signed manifest past its expiry.")
-@click.option("--allow-commands", multiple=True, metavar="PACK", help="With --from: run this pack's offline steps, which the host's catalog does not define (repeatable).")
+@click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="With a bundle or --from: run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
@@ -267,7 +267,10 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, from_si
     if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python))
+        expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+    if allow_commands:
+        raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
