@@ -9,12 +9,12 @@ import click
 
 from devops_cp.app import App
 from devops_cp.cli_common import (
-    PROGRESS_MODES,
     emit_json,
     json_option,
     print_outcomes,
     reports_errors,
 )
+from devops_cp.params import progress_options
 from devops_cp.render import progress_renderer
 from manifests.errors import UsageError
 from manifests.units import fmt_size
@@ -25,11 +25,11 @@ from manifests.units import fmt_size
 @click.option("--to", "target", required=True, metavar="oci://HOST[:PORT]/REPO|DIR", help="The site's registry repository, or a directory to hold an OCI image layout for a web server.")
 @click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Also trust this public key.")
 @click.option("--plain-http", is_flag=True, help="Speak plain HTTP to a registry that is not on loopback.")
-@click.option("--allow-expired", is_flag=True)
-@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
+@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its --expires date.")
+@progress_options
 @json_option
 @reports_errors
-def mirror(bundle_path: Path, target: str, trust_files, plain_http: bool, allow_expired: bool, progress: str, as_json: bool) -> None:
+def mirror(bundle_path: Path, target: str, trust_files, plain_http: bool, allow_expired: bool, progress: str, quiet: bool, as_json: bool) -> None:
     """Verify BUNDLE, then publish each pack as an OCI artifact at the site (nothing, if it fails)."""
     from fleet.mirror import mirror_bundle, open_target
     from fleet.site import Endpoint, parse_address, site_credentials
@@ -37,7 +37,7 @@ def mirror(bundle_path: Path, target: str, trust_files, plain_http: bool, allow_
 
     app = App()
     address = parse_address(target, allow_dir=True)
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         endpoint = None
         engine = app.engine(listener)
         try:
