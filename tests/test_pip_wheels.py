@@ -231,7 +231,7 @@ def test_after_sideload_remove_uninstalls_from_the_interpreter_sideload_used(cli
     out, pub = make_bundle(cli, tmp_path)
     fresh_host(monkeypatch, tmp_path / "offline")
     add_fake_spacy(venv_python, tmp_path)
-    assert cli("sideload", str(out), "--trust", str(pub), "--python", str(venv_python), "--progress", "none").exit_code == 0
+    assert cli("sideload", str(out), "--trust", str(pub), "--allow-commands", "spacy-en-test", "--python", str(venv_python), "--progress", "none").exit_code == 0
     removed = cli("remove", "spacy-en-test", "--json")
     assert removed.exit_code == 0
     [notes] = removed.json()["notes"].values()
