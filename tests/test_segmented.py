@@ -387,6 +387,7 @@ def test_an_interrupt_keeps_the_ranges_that_arrived_for_the_next_run(capped, tmp
     ranges = json.loads(partial.with_name(partial.name + ".json").read_text())["ranges"]
     arrived = sum(end - start for start, end in ranges)
     assert SIZE // 2 <= arrived < SIZE and len(ranges) >= 1
+    wait_for(lambda: capped.bodies_in_flight == 0, "the interrupted run's connections to close")
     sent = capped.bytes_sent(PATH)
 
     fetch, copy = download(capped, partial, expected=sha256(data))
