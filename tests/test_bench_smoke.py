@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import tarfile
 
 import pytest
@@ -160,3 +161,11 @@ def test_a_bundle_part_is_written_behind_as_it_grows(tmp_path, monkeypatch):
     assert [p.size for p in parts] == [3 * step, step // 2]
     assert [(name.rsplit("/", 1)[-1], at) for name, at, _ in calls] == [(".b.tar.zst.001.tmp", n * step) for n in (1, 2, 3)]
     assert {keep for *_, keep in calls} == {transfer.WRITEBACK_KEEP}
+
+
+def test_fleet_batches_fail_when_one_host_fails():
+    """bench/fleet.py times N hosts at once: one failing host must fail the batch, not be lost in `wait`."""
+    from bench.fleet import bash, in_parallel
+
+    assert subprocess.run(bash(in_parallel(["true", "true", "true"]))).returncode == 0
+    assert subprocess.run(bash(in_parallel(["true", "exit 3", "true"]))).returncode != 0
