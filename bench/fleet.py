@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--only", default="M1,M2", help="M1 (mirror), M2 (hosts at once) or both")
     args = parser.parse_args(argv)
     for tool in ("docker-registry", "skopeo", "curl"):
         if shutil.which(tool) is None:
@@ -149,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             "curl": Contender("curl PUT of the blob (digest given)", [], prepare=prepare("curl")),
         }
         m1 = list(contenders.values())
-        compare(m1, args.runs)
-        sections.append(f"### M1: mirror a {size / MIB:.0f} MiB bundle into docker-registry\n\n{results_table(m1, size)}\n\n{ratio_table(m1)}\n")
-        print(sections[-1])
+        if "M1" in args.only:
+            compare(m1, args.runs)
+            sections.append(f"### M1: mirror a {size / MIB:.0f} MiB bundle into docker-registry\n\n{results_table(m1, size)}\n\n{ratio_table(m1)}\n")
+            print(sections[-1])
+        if "M2" not in args.only:
+            return _finish(args, sections, work)
 
         # M2: N hosts at once from one registry repository that ours mirrored
         empty_storage()
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.terminate()
         process.wait(10)
+    return _finish(args, sections, work)
+
+
+def _finish(args: argparse.Namespace, sections: list[str], work: Path) -> int:
     if args.markdown:
         args.markdown.write_text("\n".join(sections))
     if args.workdir is None:
