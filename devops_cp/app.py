@@ -34,7 +34,9 @@ class App:
         from executor.txn import recover_all
 
         store = Store(self.config)
-        recover_all(store)  # any command that touches the store finishes what a killed run left
+        for note in recover_all(store):  # any command that touches the store finishes what a killed run left
+            if note.startswith("warning: "):  # a journal it would not act on: say so, on every command, until it is gone
+                print(note, file=sys.stderr)
         return store
 
     @cached_property

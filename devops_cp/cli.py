@@ -232,11 +232,12 @@ def _is_bundle(source: Path) -> bool:
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
+@click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="With a bundle: run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, overwrite, source, checksum, checksum_file, python, progress, as_json) -> None:
+def install(packs, choices, yes, force, overwrite, source, checksum, checksum_file, allow_commands, python, progress, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
     from devops_cp.render import progress_renderer
     from executor.engine import LocalSource
@@ -245,7 +246,10 @@ def install(packs, choices, yes, force, overwrite, source, checksum, checksum_fi
     if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, overwrite=overwrite, progress=progress, as_json=as_json, python=python))
+        expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, overwrite=overwrite, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+    if allow_commands:
+        raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     plans = [app.plan(p, choices, force=force) for p in packs]
     if source is not None and len(plans) != 1:
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")

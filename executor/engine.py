@@ -284,7 +284,8 @@ class Engine:
     def recover(self, data_dir: Path) -> None:
         """Under the data dir's commit lock: finish what a killed run left there."""
         for note in recover(self.store, data_dir):
-            self.listener(Notice("", "info", note))
+            warning = note.removeprefix("warning: ")
+            self.listener(Notice("", "warning" if warning != note else "info", warning))
 
     def remove(self, record: InstallRecord) -> list[str]:
         """Deletes only that pack's files, and of those only the ones still as installed (their

@@ -19,7 +19,7 @@ import tarfile
 import zipfile
 import zlib
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 import zstandard

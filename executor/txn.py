@@ -27,6 +27,7 @@ from executor import durable
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from executor.transfer import hash_file
 from manifests.errors import LockTimeout, PolicyError
+from manifests.names import is_identifier, pack_key, relative_path_problem
 
 JOURNAL = "JOURNAL.json"
 PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
@@ -316,7 +317,11 @@ def recover(store: Store, data_dir: Path) -> list[str]:
         return done
     for txn_root in sorted(root.glob("txn-*")):
         if (txn_root / JOURNAL).is_file():
-            roll_forward(txn_root, data_dir, store.write_record)
+            journal, problem = read_journal(txn_root, data_dir, store)
+            if journal is None:  # removed below with the other unfinished staging areas, never acted on
+                done.append(f"warning: ignored the journal in {txn_root}: {problem}")
+                continue
+            roll_forward(txn_root, data_dir, store.write_record, journal)
             done.append(f"completed an interrupted install in {data_dir}")
     with store.staging_idle(data_dir) as idle:
         if idle:
@@ -325,6 +330,38 @@ def recover(store: Store, data_dir: Path) -> list[str]:
                 done.append(f"removed an unfinished staging area in {data_dir}")
             remove_empty_staging(data_dir)
     return done
+
+
+_JOURNAL_FIELDS = {"key", "folders", "renames", "remove", "record"}
+
+
+def read_journal(txn_root: Path, data_dir: Path, store: Store) -> tuple[dict | None, str | None]:
+    """A journal left on disk, read as untrusted input (issue 18, rule 2): (journal, None), or
+    (None, why it must not be acted on).
+
+    Anyone who could write into the staging area could plant one, so it may act only inside
+    `data_dir`, only for a pack whose data type this host's config or its existing records put
+    there, and only on canonical paths below it that are not the staging area.
+    """
+    try:
+        doc = json.loads((txn_root / JOURNAL).read_bytes())
+        unknown = sorted(set(doc) - _JOURNAL_FIELDS) if isinstance(doc, dict) else ["(not an object)"]
+        if unknown or not {"renames", "remove", "record"} <= set(doc):
+            return None, f"unexpected fields {unknown}" if unknown else "fields are missing"
+        record = InstallRecord.from_json(doc["record"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        return None, f"it cannot be read ({exc})"
+    if record.data_dir != str(data_dir):
+        return None, f"its record names data directory {record.data_dir!r}, not {str(data_dir)!r}"
+    if not is_identifier(record.data_type) or not is_identifier(record.pack_id) or record.key != pack_key(record.pack_id, record.choices):
+        return None, f"its pack {record.key!r} or data type {record.data_type!r} is not a name this tool writes"
+    if store.data_dir(record.data_type) != data_dir and not any(r.data_dir == record.data_dir for r in store.records() if r.data_type == record.data_type):
+        return None, f"neither the config nor an install record puts data type {record.data_type!r} in {data_dir}"
+    lists = {name: doc.get(name, []) for name in ("folders", "renames", "remove")}
+    for name, paths in {**lists, "record files": [f.path for f in record.files]}.items():
+        if not isinstance(paths, list) or not all(isinstance(p, str) and relative_path_problem(p) is None for p in paths):
+            return None, f"its {name} are not all plain paths inside the data directory"
+    return {**lists, "key": doc.get("key"), "record": record}, None
 
 
 def tidy_staging(store: Store, data_dir: Path) -> None:
