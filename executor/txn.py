@@ -332,7 +332,7 @@ def recover(store: Store, data_dir: Path) -> list[str]:
     return done
 
 
-_JOURNAL_FIELDS = {"key", "folders", "renames", "remove", "record"}
+_JOURNAL_FIELDS = {"key", "folders", "renames", "remove", "remove_from", "record"}
 
 
 def read_journal(txn_root: Path, data_dir: Path, store: Store) -> tuple[dict | None, str | None]:
@@ -361,7 +361,11 @@ def read_journal(txn_root: Path, data_dir: Path, store: Store) -> tuple[dict | N
     for name, paths in {**lists, "record files": [f.path for f in record.files]}.items():
         if not isinstance(paths, list) or not all(isinstance(p, str) and relative_path_problem(p) is None for p in paths):
             return None, f"its {name} are not all plain paths inside the data directory"
-    return {**lists, "key": doc.get("key"), "record": record}, None
+    remove_from = doc.get("remove_from", str(data_dir))  # where the previous version lived: here, or its record's own dir
+    previous = store.read_record(record.key)
+    if remove_from != str(data_dir) and (previous is None or previous.data_dir != remove_from):
+        return None, f"it would remove files in {remove_from!r}, where no install record of {record.key!r} puts them"
+    return {**lists, "key": doc.get("key"), "remove_from": remove_from, "record": record}, None
 
 
 def tidy_staging(store: Store, data_dir: Path) -> None:
