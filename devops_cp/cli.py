@@ -235,6 +235,7 @@ def _site_options(func):
 @click.option("-c", "--choice", "choices", multiple=True, metavar="KEY=VALUE", help="A choice, e.g. -c model_size=base (repeatable).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
 @click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
+@click.option("--overwrite", is_flag=True, help="Replace files already there that the pack does not own (the record says so).")
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
@@ -247,7 +248,7 @@ def _site_options(func):
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, source, checksum, checksum_file, from_site, trust_files, plain_http, version, allow_downgrade, allow_expired, allow_commands, python, progress, as_json) -> None:
+def install(packs, choices, yes, force, overwrite, source, checksum, checksum_file, from_site, trust_files, plain_http, version, allow_downgrade, allow_expired, allow_commands, python, progress, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...).
 
     With --from SITE (or [site] source in the config) the packs come from the site's mirror,
@@ -268,7 +269,7 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, from_si
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
         expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, overwrite=overwrite, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
     if allow_commands:
         raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     plans = [app.plan(p, choices, force=force) for p in packs]
@@ -276,7 +277,7 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, from_si
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
     with progress_renderer(progress) as listener:
-        engine = app.engine(listener, python=python)
+        engine = app.engine(listener, python=python, overwrite=overwrite)
         try:
             outcomes = engine.install(plans, confirm=confirm_on_terminal(yes), source=local)
         finally:
@@ -375,13 +376,14 @@ def remove(pack: str, as_json: bool) -> None:
     if not records:
         raise UsageError(f"{pack} is not installed", hint="`devops-cp data status` lists what is")
     engine = app.engine()
-    for record in records:
-        engine.remove(record)
+    kept = {record.key: engine.remove(record) for record in records}  # files changed since, or adopted: left in place
     if as_json:
-        emit_json({"ok": True, "removed": [r.key for r in records]})
+        emit_json({"ok": True, "removed": [r.key for r in records], "kept": [k for r in records for k in kept[r.key]]})
     else:
         for r in records:
             click.echo(f"removed {r.key} ({fmt_size(r.size)})")
+            for why in kept[r.key]:
+                click.echo(f"  kept {why}")
 
 
 # --- the commands in the modules beside this one -------------------------------------------

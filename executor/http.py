@@ -413,7 +413,7 @@ class Download:
         self._validator = first.if_range
         plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
         plan.consumed = copy.done
-        piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
+        piece = segmented.STREAM_WINDOW // self.connections  # every connection's piece fits in the window at once
         run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
         try:
             run.run(body, request, lead_rate)
