@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection
 
 from executor import steps as step_types
-from executor.config import Config
+from executor.config import Config, WriteSettings
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
@@ -93,7 +93,7 @@ class Engine:
         settings: HttpSettings | None = None,  # None: the defaults
         transport: httpx.BaseTransport | None = None,
         python: str = sys.executable,
-        use_syncfs: bool = True,
+        writes: WriteSettings | None = None,  # None: the config's [writes]
     ):
         self.store = store
         self.config: Config = store.config
@@ -101,7 +101,7 @@ class Engine:
         self.settings = settings if settings is not None else _default_settings()
         self.transport = transport
         self.python = python
-        self.use_syncfs = use_syncfs
+        self.writes = writes if writes is not None else self.config.writes
         self._client: httpx.Client | None = None
 
     def client(self) -> httpx.Client:
@@ -116,7 +116,8 @@ class Engine:
             self._client.close()
 
     def step_context(self, *, will_sync: bool = False) -> step_types.StepContext:
-        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python, will_sync=will_sync)
+        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python,
+                                      will_sync=will_sync and self.writes.durable, plain=self.writes.plain)
 
     # --- decide -------------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Engine:
             update_schedule=pack.update_schedule,
             bundle_created=bundle_created,
         )
-        txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
+        txn.commit(record, self.store.read_record(pack.key))
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
@@ -238,7 +239,7 @@ class Engine:
     def _install_one(self, plan: Plan, source: LocalSource | None) -> Outcome:
         data_dir = self.store.data_dir(plan.recipe.data_type)
         try:
-            with PackTransaction(self.store, data_dir, plan.key) as txn:
+            with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
                 outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
                 record = self.commit(
                     PackIdentity.of_plan(plan),

@@ -164,6 +164,7 @@ class Download:
     auth: httpx.Auth | None = None
     space_check: Callable[[int], None] = lambda remaining: None
     writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
+    plain: bool = False  # WriteSettings.plain: no fast paths in the copy (executor/transfer.py)
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
 
@@ -189,7 +190,7 @@ class Download:
     def _copy_at(self, offset: int) -> Copy:
         """The running hash of the first `offset` bytes, kept in memory between attempts."""
         if self._copy is None or self._copy.done != offset:
-            self._copy = hash_file(self.partial) if offset else Copy(None, what=self.what)
+            self._copy = hash_file(self.partial, plain=self.plain) if offset else Copy(None, what=self.what, plain=self.plain)
         self._copy.meter, self._copy.limit = self.meter, None
         return self._copy
 
@@ -242,7 +243,7 @@ class Download:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps({"url": self.url, "validator": _validator(response)}))
         reserve = copy.limit - copy.done if copy.limit is not None else 0
-        with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve) as out:
+        with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve, plain=self.plain) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
                 copy.feed(attempts.until_deadline(body_chunks(response, self.settings.stall_timeout)))
@@ -271,7 +272,7 @@ class Download:
         what was written and changed content fails the check. Written bytes cannot be taken
         back: a wrong length or checksum is final, and so is a range that starts elsewhere.
         """
-        copy = Copy(out, what=self.what, meter=self.meter)
+        copy = Copy(out, what=self.what, meter=self.meter, plain=self.plain)
         attempts = _Attempts(self.url, self.settings, hint="nothing of it was kept: run the same command again")
         self._validator = None
         while True:

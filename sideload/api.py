@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from executor import durable, extract
+from executor import extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, closing_output, copy_file, file_chunks
+from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, copy_file, file_chunks, small_file_writer
 from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
@@ -193,7 +193,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                 with ExitStack() as stack:
                     for directory in set(data_dirs.values()):
                         recover(engine.store, directory)
-                    txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
+                    txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
                     _stream_payload(engine, reader, manifest, txns)
                     reader.finish()  # trailing data and every part's hash, before anything becomes visible
                     bundle_id, created = manifest.bundle_id, manifest.created
@@ -244,9 +244,9 @@ def _remove_empty_staging(data_dir: Path) -> None:
 
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
-    done = 0
+    done, writes = 0, engine.writes
     try:
-        with durable.BackgroundSync({t.root for t in txns.values()}), SmallFileWriter() as small_files:
+        with small_file_writer(writes.plain) as small_files:
             for entry, source in reader.payload(manifest):
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere
@@ -259,8 +259,8 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                     small_files.write(txn.path_for(entry.path), data)
                     txn.add(entry.path, entry.size, entry.sha256)
                 else:
-                    with closing_output(open(txn.path_for(entry.path), "wb"), reserve=entry.size) as out:
-                        copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(file_chunks(source, entry.size))
+                    with closing_output(open(txn.path_for(entry.path), "wb"), reserve=entry.size, plain=writes.plain) as out:
+                        copy = Copy(out, what=entry.member, limit=entry.size, writeback=writes.durable, plain=writes.plain).feed(file_chunks(source, entry.size))
                     copy.check(entry.sha256, entry.size)
                     txn.add(entry.path, copy.done, copy.sha256)
                 done += entry.size
@@ -295,7 +295,7 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
     bound = extract.unpack_bound(unpack.unpacked_size_bytes)
     if unpack.format == "zip":
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
-        copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress).check(entry.sha256, entry.size)
+        copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress, plain=txn.writes.plain).check(entry.sha256, entry.size)
         extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
         staged.unlink()
         return
