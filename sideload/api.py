@@ -9,6 +9,7 @@ whole bundle checked out, so nothing is installed from anything that fails verif
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: 
         done = 0
         for entry, source in reader.payload(manifest):
             if entry.unpack is not None and entry.unpack.format != "zip":  # a zip is read from its end: hashed only
-                _read_archive(entry, source, _Progress(meter, done), lambda hashed: _walk(hashed, entry.unpack, entry.member))
+                _read_archive(entry, source, _Progress(meter, done), functools.partial(_walk, unpack=entry.unpack, name=entry.member))
             else:
                 _check_member(entry, file_chunks(source, entry.size))
             done += entry.size
