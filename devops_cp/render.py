@@ -110,6 +110,8 @@ def progress_renderer(mode: str = "auto"):
 
 
 class _Silent:
+    """`--progress none`: no progress, but notices (a warning, a run waiting for a lock) still print."""
+
     def __enter__(self):
         return self
 
@@ -117,4 +119,5 @@ class _Silent:
         pass
 
     def __call__(self, event):
-        pass
+        if isinstance(event, events.Notice):
+            print(f"{event.pack + ': ' if event.pack else ''}{event.message}", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from executor.config import Config, WriteSettings
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools
 from executor.store import InstallRecord, Store, now_iso
-from executor.txn import PackTransaction, prune_empty_parents, recover, remove_empty_staging
+from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.units import estimated_times, fmt_size
@@ -222,37 +222,56 @@ class Engine:
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
-        """Direct install: several packs download at most max_parallel_downloads at a time."""
-        self.preflight(plans, confirm, local=source is not None)
-        data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
-        with self.store.locked(data_dirs):
-            for data_dir in data_dirs:
-                for note in recover(self.store, data_dir):
-                    self.listener(Notice("", "info", note))
-            workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                outcomes = list(pool.map(lambda plan: self._install_one(plan, source), plans))
-            for data_dir in data_dirs:
-                remove_empty_staging(data_dir)
-            return outcomes
+        """Direct install: several packs download at most max_parallel_downloads at a time.
 
-    def _install_one(self, plan: Plan, source: LocalSource | None) -> Outcome:
-        data_dir = self.store.data_dir(plan.recipe.data_type)
+        Each pack downloads into its own staging area under its own lock; a data dir's lock is
+        taken only for the short commit, so separate runs download in parallel too.
+        """
+        seen = {plan.key: self.store.read_record(plan.key) for plan in plans}  # before any wait
+        self.preflight(plans, confirm, local=source is not None)
+        workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
         try:
-            with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
-                outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
-                record = self.commit(
-                    PackIdentity.of_plan(plan),
-                    txn,
-                    source=", ".join(o.source for o in outcomes if o.source),
-                    checksum_verified=all(o.checksum_verified for o in outcomes),
-                )
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key]), plans))
+        finally:
+            for data_dir in sorted({self.store.data_dir(p.recipe.data_type) for p in plans}):
+                tidy_staging(self.store, data_dir)
+
+    def _install_one(self, plan: Plan, source: LocalSource | None, seen: InstallRecord | None) -> Outcome:
+        data_dir = self.store.data_dir(plan.recipe.data_type)
+        say = self.say_waiting(plan.key)
+        try:
+            with self.store.pack_locked({plan.key: data_dir}, on_wait=say), self.store.staging(data_dir):
+                current = self.store.read_record(plan.key)
+                if _installed_meanwhile(seen, current):
+                    note = f"installed by another devops-cp run while this one waited ({current.installed_at})"
+                    self.listener(Notice(plan.key, "info", note))
+                    return Outcome(plan.key, record=current, notes=[note])
+                with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
+                    outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
+                    with self.store.locked([data_dir], on_wait=say):
+                        self.recover(data_dir)
+                        record = self.commit(
+                            PackIdentity.of_plan(plan),
+                            txn,
+                            source=", ".join(o.source for o in outcomes if o.source),
+                            checksum_verified=all(o.checksum_verified for o in outcomes),
+                        )
         except DataPackError as exc:
             return Outcome(plan.key, error=exc)
         notes = list(plan.warnings) + [n for o in outcomes for n in o.notes]
         for note in notes:
             self.listener(Notice(plan.key, "warning", note))
         return Outcome(plan.key, record=record, notes=notes)
+
+    def say_waiting(self, key: str) -> Callable[[str], None]:
+        """A run that has to wait for a lock says so at once."""
+        return lambda message: self.listener(Notice(key, "info", message))
+
+    def recover(self, data_dir: Path) -> None:
+        """Under the data dir's commit lock: finish what a killed run left there."""
+        for note in recover(self.store, data_dir):
+            self.listener(Notice("", "info", note))
 
     def remove(self, record: InstallRecord) -> None:
         """Deletes only that pack's files, then its record."""
@@ -266,3 +285,9 @@ class Engine:
                     path.unlink(missing_ok=True)
                 prune_empty_parents(path.parent, data_dir)
             self.store.delete_record(record.key)
+
+
+def _installed_meanwhile(seen: InstallRecord | None, current: InstallRecord | None) -> bool:
+    """Another install of this pack committed while this run waited for its lock: its download
+    would fetch the same again. A bundle's data committed meanwhile may be older: it is updated."""
+    return current is not None and current != seen and not current.source.startswith("bundle:")

@@ -6,16 +6,18 @@ JSON file per pack and chosen options, never inside the data directories.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import filelock
 
@@ -172,27 +174,69 @@ class Store:
         self._record_path(key).unlink(missing_ok=True)
 
     # --- locks --------------------------------------------------------------------
+    #
+    # Three kinds, always taken in this order so that no two runs can deadlock:
+    #   a pack's lock     held while its files are fetched into its own staging area (no timeout:
+    #                     a second run of the same pack waits for the first, then finds it installed);
+    #   staging (shared)  held by every run staging in a data dir, so that tidying up never deletes a
+    #                     live run's staging area (tidying takes it exclusively, without waiting);
+    #   a data dir's lock the commit: journal, renames, record; `lock_timeout` bounds this wait only.
+    # All are flock()s: a killed process releases them, so a stale lock never blocks.
+
+    def _lock_file(self, kind: str, name: str) -> str:
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        return str(self.locks_dir / f"{kind}{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock")
 
     @contextmanager
-    def locked(self, data_dirs: list[Path], timeout: float | None = None) -> Iterator[None]:
-        """One lock per data directory, taken in sorted order so two runs cannot deadlock.
-
-        The locks are flock()s: a killed process releases them, so a stale lock never blocks.
-        """
+    def locked(self, data_dirs: list[Path], timeout: float | None = None, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """The commit lock of each data directory, taken in sorted order."""
         timeout = self.config.lock_timeout if timeout is None else timeout
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             for directory in sorted(set(Path(d).resolve() for d in data_dirs)):
-                name = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-                lock = filelock.FileLock(str(self.locks_dir / f"{name}.lock"), timeout=timeout)
+                lock = filelock.FileLock(self._lock_file("", str(directory)), timeout=timeout)
                 try:
-                    stack.enter_context(lock)
+                    stack.enter_context(_acquire(lock, on_wait, f"waiting for another devops-cp run to finish its commit in {directory}"))
                 except filelock.Timeout as exc:
                     raise LockTimeout(
                         f"another devops-cp run holds the lock on {directory} (waited {timeout:.0f}s)",
                         hint="wait for it to finish, then run this again",
                     ) from exc
             yield
+
+    @contextmanager
+    def pack_locked(self, packs: dict[str, Path], on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """The locks of these packs ({key: data dir}, taken in sorted order), held while they download;
+        waits as long as the other run's download takes."""
+        with ExitStack() as stack:
+            for key in sorted(packs):
+                lock = filelock.FileLock(self._lock_file("pack-", key), timeout=-1)
+                stack.enter_context(_acquire(lock, on_wait, f"waiting for another devops-cp run that is installing {key} into {packs[key]}"))
+            yield
+
+    @contextmanager
+    def staging(self, data_dir: Path) -> Iterator[None]:
+        """Shared by every run that stages files in `data_dir` (see `staging_idle`)."""
+        name = str(Path(data_dir).resolve())
+        with _Flock(self._lock_file("staging-", name), fcntl_flags=fcntl.LOCK_SH), _staging_here.holding(name):
+            yield
+
+    @contextmanager
+    def staging_idle(self, data_dir: Path) -> Iterator[bool]:
+        """True (held until the block ends) when no run is staging in `data_dir`: what staging holds is left over."""
+        name = str(Path(data_dir).resolve())
+        if _staging_here.busy(name):  # this process's own threads (flock would say so too, but not on every filesystem)
+            yield False
+            return
+        flock = _Flock(self._lock_file("staging-", name), fcntl_flags=fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            flock.__enter__()
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            flock.__exit__(None, None, None)
 
     # --- checks -----------------------------------------------------------------
 
@@ -231,3 +275,63 @@ class Store:
                 size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
                 result.append({"path": str(directory), "size_bytes": size})
         return result
+
+
+@contextmanager
+def _acquire(lock: filelock.FileLock, on_wait: Callable[[str], None] | None, waiting: str) -> Iterator[None]:
+    """Take `lock`; a run that has to wait says so at once (`on_wait(waiting)`), then waits."""
+    try:
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        if on_wait is not None:
+            on_wait(waiting)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _Flock:
+    """A flock() on a descriptor of its own, shared or exclusive (filelock has no shared flock);
+    released by close, or by the process's death."""
+
+    def __init__(self, path: str, *, fcntl_flags: int):
+        self.path, self.flags, self.fd = path, fcntl_flags, -1
+
+    def __enter__(self) -> "_Flock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, self.flags)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+class _StagingHere:
+    """How many of this process's threads stage in each data dir."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    @contextmanager
+    def holding(self, name: str) -> Iterator[None]:
+        with self._lock:
+            self._count[name] = self._count.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count[name] -= 1
+
+    def busy(self, name: str) -> bool:
+        with self._lock:
+            return self._count.get(name, 0) > 0
+
+
+_staging_here = _StagingHere()

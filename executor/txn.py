@@ -249,27 +249,40 @@ def prune_empty_parents(directory: Path, stop: Path) -> None:
 
 
 def recover(store: Store, data_dir: Path) -> list[str]:
-    """Finish or undo what a killed run left in one data dir. Returns what was done."""
+    """Finish or undo what a killed run left in one data dir. Returns what was done.
+
+    The caller holds the data dir's commit lock. A journal is written only under that lock, so a
+    journaled transaction is a killed run's: it is rolled forward. One without a journal may be a
+    live run's download in progress: it is removed only while no run is staging in the data dir.
+    """
     done = []
     root = staging_root(data_dir)
     if not root.is_dir():
         return done
-    # Caller holds the data dir's lock: no live run is staging here.
     for txn_root in sorted(root.glob("txn-*")):
         if (txn_root / JOURNAL).is_file():
             roll_forward(txn_root, data_dir, store.write_record)
             done.append(f"completed an interrupted install in {data_dir}")
-        else:
-            shutil.rmtree(txn_root, ignore_errors=True)
-            done.append(f"removed an unfinished staging area in {data_dir}")
-    remove_empty_staging(data_dir)
+    with store.staging_idle(data_dir) as idle:
+        if idle:
+            for txn_root in sorted(root.glob("txn-*")):
+                shutil.rmtree(txn_root, ignore_errors=True)
+                done.append(f"removed an unfinished staging area in {data_dir}")
+            remove_empty_staging(data_dir)
     return done
+
+
+def tidy_staging(store: Store, data_dir: Path) -> None:
+    """No empty staging folders left in a user's data dir, unless another run is staging there."""
+    with store.staging_idle(data_dir) as idle:
+        if idle:
+            remove_empty_staging(data_dir)
 
 
 def remove_empty_staging(data_dir: Path) -> None:
     """No empty staging folders left behind in users' data dirs; kept partial downloads stay.
 
-    Call it only under the data dir's lock with no transaction running there.
+    Call it only while no run stages there (`Store.staging_idle`).
     """
     root = staging_root(data_dir)
     for directory in (root / PARTIAL_DIR, root):

@@ -24,7 +24,7 @@ from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, copy_file, file_chunks, small_file_writer
-from executor.txn import PARTIAL_DIR, PackTransaction, recover, staging_root
+from executor.txn import PackTransaction, tidy_staging
 from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
@@ -147,13 +147,19 @@ def _select(manifest: BundleManifest, wanted: tuple[str, ...]) -> list[PackEntry
     return chosen
 
 
-def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+def _check_downgrade(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+    """Checked before anything is read, and again under the commit lock: an install of newer data
+    may have been committed while this bundle was staged."""
     installed = engine.store.read_record(pack.key)
     if installed and parse_iso(installed.fetched_at) > parse_iso(pack.fetched_at) and not request.allow_downgrade:
         raise PolicyError(
             f"{pack.key}: the bundle's data (fetched {pack.fetched_at}) is older than what is installed (fetched {installed.fetched_at})",
             hint="pass --allow-downgrade to install the older data anyway",
         )
+
+
+def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+    _check_downgrade(engine, pack, request)
     hardware = request.hardware or Hardware()
     if pack.gpu_vendor and not hardware.has_vendor(pack.gpu_vendor):
         why = f"{pack.key} requires an {pack.gpu_vendor.upper()} GPU and none was detected on this host"
@@ -189,20 +195,25 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         check_space_for(needs)
         if request.dry_run:
             return [Outcome(p.key, notes=[_dry_run_note(manifest.files_for(p.key), data_dirs[p.key])]) for p in selected]
-        with engine.store.locked(sorted(set(data_dirs.values()))):
-            try:
-                with ExitStack() as stack:
-                    for directory in set(data_dirs.values()):
-                        recover(engine.store, directory)
-                    txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
-                    _stream_payload(engine, reader, manifest, txns)
-                    reader.finish()  # trailing data and every part's hash, before anything becomes visible
-                    bundle_id, created = manifest.bundle_id, manifest.created
-                    del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
+        say = engine.say_waiting("sideload")
+        try:
+            with engine.store.pack_locked({p.key: data_dirs[p.key] for p in selected}, on_wait=say), ExitStack() as stack:
+                for directory in sorted(set(data_dirs.values())):
+                    stack.enter_context(engine.store.staging(directory))
+                txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
+                _stream_payload(engine, reader, manifest, txns)
+                reader.finish()  # trailing data and every part's hash, before anything becomes visible
+                bundle_id, created = manifest.bundle_id, manifest.created
+                del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
+                with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
+                    for directory in sorted(set(data_dirs.values())):
+                        engine.recover(directory)
+                    for pack in selected:
+                        _check_downgrade(engine, pack, request)
                     return [_commit(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
-            finally:
-                for directory in set(data_dirs.values()):
-                    _remove_empty_staging(directory)
+        finally:
+            for directory in set(data_dirs.values()):
+                tidy_staging(engine.store, directory)
 
 
 def _check_member(entry: FileEntry, chunks) -> None:
@@ -231,16 +242,6 @@ def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
     parent = existing_parent(directory)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise NotWritableError(str(directory), f"{parent} is not writable")
-
-
-def _remove_empty_staging(data_dir: Path) -> None:
-    """Refused or done, no empty staging folder is left in the user's data directory."""
-    root = staging_root(data_dir)
-    for directory in (root / PARTIAL_DIR, root):
-        try:
-            directory.rmdir()
-        except OSError:
-            pass  # missing, or holding a partial download kept to resume from
 
 
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:

@@ -15,6 +15,8 @@ kills: the product has no test hook. KILL_AT is one of
                       extraction, bundle member), flushed, so a partial file is on disk; an odd N
                       sends a sideload's small files through SmallFilesProcess' child, an even N
                       writes them on SmallFiles' thread
+    lock:pack         holding a pack's download lock, before the download starts
+    lock:commit       holding a data dir's commit lock, before recovery and the commit
     staging           every file staged, before the durability sync and the journal
     journal           the journal is on disk, before the first rename
     rename:N          after the N-th rename into the data dir (N counts across packs)
@@ -146,6 +148,22 @@ def _after_nth(n: int, function):
     return wrapped
 
 
+def _arm_lock(store_class, method: str) -> None:
+    """Die holding the lock: a pack's download lock (before its first byte) or a data dir's commit lock."""
+    from contextlib import contextmanager
+
+    real = getattr(store_class, method)
+
+    @contextmanager
+    def held(self, *args, **kwargs):
+        with real(self, *args, **kwargs):
+            if kwargs.get("timeout") != 0:  # not the tidying every command does at start
+                _die()
+            yield
+
+    setattr(store_class, method, held)
+
+
 def arm(kill_at: str) -> None:
     from executor import durable, store, txn
 
@@ -164,6 +182,8 @@ def arm(kill_at: str) -> None:
             return real_sync(*a, **k)
 
         durable.sync_files = held
+    elif kind == "lock":
+        _arm_lock(store.Store, {"pack": "pack_locked", "commit": "locked"}[arg])
     elif kind == "staging":
         durable.sync_files = lambda *a, **k: _die()
     elif kind == "journal":
@@ -325,7 +345,7 @@ class Scenario:
         # A pack new in v2 moves in with one rename of its folder; the others file by file.
         renames = sum(1 if not p.versions["v1"] else len(p.versions["v2"]) for p in self.packs)
         removes = sum(len(set(p.versions["v1"]) - set(p.versions["v2"])) for p in self.packs)
-        points = ["staging", "journal"] + [f"rename:{i}" for i in range(1, renames + 1)]
+        points = ["lock:pack", "lock:commit", "staging", "journal"] + [f"rename:{i}" for i in range(1, renames + 1)]
         points += [f"remove:{i}" for i in range(1, removes + 1)]
         return points + ["records:tmp", "records:before", "records:after", "cleanup"]
 
@@ -362,7 +382,7 @@ class Scenario:
         listed = {p["key"] for p in json.loads(status.stdout)["packs"]}
         if listed != {p.key for p in self.packs if versions.get(p.key, "v1") != "v1" or p.versions["v1"]}:  # a pack new in v2 may not be there yet
             result.problems.append(f"after recovery: `status` lists {sorted(listed)}")
-        if point.startswith("bytes:") or point == "staging":
+        if point.startswith(("bytes:", "lock:")) or point == "staging":
             if result.killed and any(v != "v1" for v in versions.values()):
                 result.problems.append(f"killed before anything was decided, yet the packs are {versions}")
 

@@ -440,6 +440,11 @@ class Outcome:
         return self.exit_code == 0 and not self.problems
 
 
+def _a_lock_file(path: str) -> bool:
+    """Lock files in the state directory may appear (a pack's lock is made on first use): they hold no data."""
+    return "/devops-cp/locks/" in path and path.endswith(".lock")
+
+
 class Host:
     """The current HOME (its environment is set by the caller), with FIRST sideloaded.
 
@@ -481,7 +486,7 @@ class Host:
         elif case.needle and case.needle not in output:
             outcome.problems.append(f"the refusal does not say {case.needle!r}: {output.strip()}")
         after = tree_snapshot(self.home)
-        changed = sorted(k for k in set(after) | set(self.before) if after.get(k) != self.before.get(k))
+        changed = sorted(k for k in set(after) | set(self.before) if after.get(k) != self.before.get(k) and not _a_lock_file(k))
         if changed:
             outcome.problems.append("HOME changed: " + ", ".join(f"{k} ({self.before.get(k, 'absent')} -> {after.get(k, 'absent')})" for k in changed[:8]))
             self.restore()

@@ -143,28 +143,39 @@ def test_two_bundles_of_the_same_pack_at_once(slow_pack, tmp_path, isolated_env)
 # --- one waits, or refuses clearly ----------------------------------------------------------------
 
 
-def test_a_second_run_refuses_with_exit_8_once_the_lock_timeout_ran_out(slow_pack, bundle_with, isolated_env, tmp_path):
+def test_only_the_wait_for_a_commit_is_bounded_by_lock_timeout(slow_pack, local_server, bundle_with, isolated_env, tmp_path):
+    """The first run holds the data dir's commit lock. Another pack downloads meanwhile, then gives up
+    on its commit with exit 8; a sideload likewise. A second run of the same pack waits on the pack's
+    lock for as long as it takes (no lock_timeout there), says so at once, then finds it installed."""
     isolated_env.write_config("lock_timeout = 0.5\n")
     data = slow_pack("held", delay=0)
+    slow_pack("other", delay=0)
     go_on = tmp_path / "go-on"
-    holder = spawn("install", "held", "--progress", "none", kill_at=f"hold:{go_on}")  # holds the lock until told
+    holder = spawn("install", "held", "--progress", "none", kill_at=f"hold:{go_on}")  # holds the commit lock until told
+    same = None
     try:
         wait_for(lambda: (tmp_path / "go-on.held").exists(), "the first run to hold the lock with its pack staged")
-        waiting = finish(spawn("install", "held", "--progress", "none", "--json"))[0]
-        bundle, pub = bundle_with("w", {"other": {"other.bin": b"other pack, same data dir"}})
+        waiting = finish(spawn("install", "other", "--progress", "none", "--json"))[0]
+        bundle, pub = bundle_with("w", {"carried": {"carried.bin": b"other pack, same data dir"}})
         sideload = finish(spawn("sideload", str(bundle), "--trust", str(pub), "--progress", "none"))[0]
+        same = spawn("install", "held", "--progress", "none")
+        said = same.stderr.readline()
+        assert "waiting for another devops-cp run that is installing held" in said and str(isolated_env.sample_dir()) in said, said
     finally:
         go_on.touch()
         first = finish(holder)[0]
+        again = finish(same)[0] if same else None
     assert first[0] == 0, first
     rc, out, err = waiting
     assert rc == 8, waiting
     assert "another devops-cp run holds the lock on" in err and str(isolated_env.sample_dir()) in err and "waited" in err
-    assert json.loads(out)["error"]["exit_code"] == 8
+    assert json.loads(out)["results"][0]["exit_code"] == 8  # downloaded, then refused at its commit
     assert sideload[0] == 8 and "another devops-cp run holds the lock" in sideload[2], sideload
+    assert again[0] == 0 and "installed by another devops-cp run while this one waited" in again[2], again
+    assert len(gets(local_server, "/packs/held.bin")) == 1, "the second run of the same pack did not download it again"
     installed(isolated_env, "held", isolated_env.sample_dir(), {"held/held.bin": data})
     assert files_under(isolated_env.sample_dir()) == ["held/held.bin"]  # the refused runs left nothing
-    assert not (isolated_env.records_dir / "other.json").exists()
+    assert not (isolated_env.records_dir / "other.json").exists() and not (isolated_env.records_dir / "carried.json").exists()
 
 
 # --- a killed holder never blocks -----------------------------------------------------------------

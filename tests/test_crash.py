@@ -37,6 +37,19 @@ def test_kill_at_a_handful_of_points(scenario_class, plain, tmp_path, local_serv
     assert seen == {"v1", "v2"}
 
 
+@pytest.mark.parametrize("scenario_class", [InstallScenario, SideloadScenario], ids=["install", "sideload"])
+@pytest.mark.parametrize("lock", ["pack", "commit"])
+def test_a_run_killed_holding_a_lock_leaves_the_next_run_able_to_proceed(lock, scenario_class, tmp_path, local_server):
+    """Killed holding a pack's download lock (its staging area just made) or a data dir's commit lock
+    (its pack staged whole): the next `status` tidies up, and the command run again finishes (a lock
+    left held would make it wait for good: the pack's lock has no timeout)."""
+    scenario = scenario_class(tmp_path / "crash", local_server)
+    scenario.setup()
+    result = scenario.run_point(f"lock:{lock}")
+    assert result.killed and result.ok, result.problems
+    assert result.versions_after_kill and set(result.versions_after_kill.values()) == {"v1"}
+
+
 def test_a_real_sigkill_from_outside_mid_download(tmp_path, local_server):
     """No in-process hook: the parent watches the partial file grow and kills `devops-cp` itself."""
     scenario = InstallScenario(tmp_path / "crash", local_server)
