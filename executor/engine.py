@@ -25,7 +25,7 @@ from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.units import estimated_times, fmt_size
 
-if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
+if TYPE_CHECKING:  # httpx is loaded by the first download, never by a sideload
     import httpx
 
     from executor.config import HttpSettings

@@ -327,7 +327,7 @@ class SmallFilesProcess(_WriterContext):
     hashes the next members. Files go to it through a pipe of PIPE_BYTES; when the pipe is
     full, write() waits, so memory stays flat. The same contract as SmallFiles: a failure is
     raised at the next write() or at close(), which returns once every file is on disk.
-    Starting the child costs ~20 ms: SmallFileWriter starts one after MIN_FILES files.
+    Starting the child has a cost: SmallFileWriter starts one only after MIN_FILES files.
     """
 
     MIN_FILES = 500
