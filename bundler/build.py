@@ -7,7 +7,6 @@ as they are fetched; the archive writer reads each staged file once.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import shutil
@@ -52,7 +51,7 @@ from manifests.bundle import (
 from manifests.errors import UnsafeArchiveError, UsageError
 from manifests.plan import Plan
 from manifests.version import VERSION
-from manifests.recipe import StepSpec
+from manifests.steps import Download
 
 TOOL_VERSION = VERSION
 SHA256_SUFFIX = ".sha256"
@@ -61,16 +60,6 @@ SIG_SUFFIX = ".sig"
 
 def staging_dir() -> Path:
     return platformdirs.user_cache_path("devops-cp", appauthor=False) / "bundle-staging"
-
-
-def step_to_json(step: StepSpec) -> dict:
-    """Only the fields that differ from a blank step: short, readable manifests."""
-    blank = StepSpec(type=step.type)
-    return {
-        f.name: list(v) if isinstance(v, tuple) else v
-        for f in dataclasses.fields(step)
-        if (v := getattr(step, f.name)) != getattr(blank, f.name) or f.name == "type"
-    }
 
 
 @dataclass
@@ -100,7 +89,7 @@ def _pack_entry(plan: Plan, source: str, *, checksum_verified: bool) -> PackEntr
         choices=dict(plan.choices),
         update_schedule=plan.recipe.update_schedule,
         fetched_at=format_timestamp(datetime.now(timezone.utc)),
-        offline_steps=[step_to_json(s) for s in plan.offline_steps],
+        offline_steps=tuple(plan.offline_steps),
         source=source,
         checksum_verified=checksum_verified,
         tool_hint=plan.recipe.tool_hint,
@@ -148,13 +137,13 @@ def _check_paths(plan: Plan, paths: list[str]) -> None:
 
 def _keeps_archives(plan: Plan) -> bool:
     """Only downloads: no later step (a tool, say) expects the archive unpacked in the staging area."""
-    return all(step.type == "download" for step in plan.steps)
+    return all(isinstance(step, Download) for step in plan.steps)
 
 
-def _pinned(step: StepSpec) -> bool:
+def _pinned(step) -> bool:
     """A download whose every byte the recipe pins (sha256 and exact size), kept as it comes
     (an archive too: a tar is walked as it streams, see bundler/stream_walk.py)."""
-    pinned = step.type == "download" and bool(step.checksum) and step.size_exact and step.size_bytes is not None
+    pinned = isinstance(step, Download) and bool(step.checksum) and step.size_exact and step.size_bytes is not None
     return pinned and (not step.extract or step.extract in STREAMABLE)
 
 
@@ -192,7 +181,7 @@ def _stream_download(download, sha256: str, out: BinaryIO) -> Copy:
     return copy
 
 
-def _stream_archive(download, sha256: str, plan: Plan, step: StepSpec, plain_paths: list[str], out: BinaryIO) -> Copy:
+def _stream_archive(download, sha256: str, plan: Plan, step: Download, plain_paths: list[str], out: BinaryIO) -> Copy:
     """A pinned archive streamed into the bundle, walked by extraction's rules as it passes: the
     refusals of a staged archive (_check_unpacked), without the staging."""
     walk = StreamWalk(step.extract, strip=step.strip_components, max_total=unpack_bound(step.unpacked_size_bytes), name=download.url)

@@ -142,7 +142,7 @@ def manifest_entries(tool: ToolWheels, fetched_at: str, tool_version: str) -> tu
         choices={"python": tool.target.python_version, "platform": tool.target.platform_tag},
         update_schedule="never",
         fetched_at=fetched_at,
-        offline_steps=[],
+        offline_steps=(),
         source=f"{tool.tool_wheel.name} rebuilt from the installed tool; dependencies from the package index",
         checksum_verified=False,
         tool_hint="install with `pip install --no-index --find-links DIR/tool " + DIST_NAME + "` (README: Air-gapped hosts)",

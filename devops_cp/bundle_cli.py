@@ -22,7 +22,7 @@ from manifests.errors import UsageError
 from manifests.units import fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
-    from manifests.signing import TrustStore
+    from executor.keys import TrustStore
 
 PASSPHRASE_ENV = "DEVOPS_CP_KEY_PASSPHRASE"
 
@@ -37,9 +37,9 @@ def _passphrase(confirm: bool) -> bytes:
 
 
 def _trust_store() -> TrustStore:
-    from manifests.signing import TRUSTED_KEYS_DIRNAME, TrustStore
+    from executor.keys import TrustStore
 
-    return TrustStore(config_dir() / TRUSTED_KEYS_DIRNAME)
+    return TrustStore.in_config_dir(config_dir())
 
 
 @click.command()
@@ -49,7 +49,7 @@ def _trust_store() -> TrustStore:
 @reports_errors
 def keygen(prefix: Path, no_passphrase: bool, as_json: bool) -> None:
     """Create an Ed25519 signing key pair (PREFIX.key, mode 0600; PREFIX.pub)."""
-    from manifests.signing import write_keypair
+    from executor.keys import write_keypair
 
     passphrase = None if no_passphrase else _passphrase(confirm=True)
     key_id = write_keypair(prefix, passphrase)
@@ -114,7 +114,7 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
-    from manifests.signing import read_private_key_file
+    from executor.keys import read_private_key_file
 
     if (target_python or target_platform) and not include_tool:
         raise UsageError("--target-python and --target-platform go with --include-tool")

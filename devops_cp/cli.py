@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
+from typing import assert_never
+
 import click
 
 from devops_cp import bundle_cli, demo, reports, web_cli
@@ -119,16 +121,22 @@ def list_packs(as_json: bool) -> None:
 
 
 def _describe_step(step) -> str:
-    if step.type == "download":
-        check = step.checksum or (f"checksum from {step.checksum_url}" if step.checksum_url else "no published checksum")
-        extract = f", extract {step.extract} into {step.dest}/" if step.extract else f" -> {step.dest}"
-        return f"download {step.url}{extract} ({check})"
-    if step.type == "local_copy":
-        return f"copy {step.source or '--source FILE'} -> {step.dest}" + (f" (extract {step.extract})" if step.extract else "")
-    if step.type == "oci_artifact":
-        refs = ", ".join((step.ref, *step.fallback_refs))
-        return f"pull OCI artifact {refs} (layer {step.layer_media_type}) -> {step.dest}/"
-    return "run " + " ".join(step.command) + (f" (captures {', '.join(step.produces)})" if step.produces else "")
+    from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand
+
+    match step:
+        case Download():
+            check = step.checksum or (f"checksum from {step.checksum_url}" if step.checksum_url else "no published checksum")
+            extract = f", extract {step.extract} into {step.dest}/" if step.extract else f" -> {step.dest}"
+            return f"download {step.url}{extract} ({check})"
+        case LocalCopy():
+            return f"copy {step.source or '--source FILE'} -> {step.dest}" + (f" (extract {step.extract})" if step.extract else "")
+        case OciArtifact():
+            refs = ", ".join((step.ref, *step.fallback_refs))
+            return f"pull OCI artifact {refs} (layer {step.layer_media_type}) -> {step.dest}/"
+        case ToolCommand():
+            return "run " + " ".join(step.command) + (f" (captures {', '.join(step.produces)})" if step.produces else "")
+        case _:
+            assert_never(step)
 
 
 @data.command()

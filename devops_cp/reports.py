@@ -67,14 +67,11 @@ def recipe_summary(app: App, recipe: Recipe) -> dict:
 
 def option_availability(option: Option, hardware: Hardware) -> dict:
     """Whether an option can be installed on this host, and why not (as `install` would refuse)."""
-    usable = not (option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor))
-    note = None
-    vram = hardware.max_vram_mb(option.gpu_vendor)
-    if option.min_vram_mb and (vram or 0) < option.min_vram_mb:
-        have = f"{vram} MiB detected" if vram else "no GPU memory detected"
-        note = f"needs about {option.min_vram_mb} MiB of GPU memory ({have})"
+    from manifests.hardware import gpu_fit
+
+    fit = gpu_fit(hardware, option.gpu_vendor, option.min_vram_mb)
     return {
-        "available": usable,
-        "why_not": None if usable else f"requires an {option.gpu_vendor.upper()} GPU (none detected)",
-        "note": note,
+        "available": fit.missing_gpu is None,
+        "why_not": fit.missing_gpu,
+        "note": fit.low_vram,
     }

@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, assert_never
 
 from executor import steps as step_types
 from executor.config import Config, WriteSettings
@@ -23,6 +23,7 @@ from executor.store import InstallRecord, Store, now_iso
 from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
+from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand, sizes
 from manifests.units import estimated_times, fmt_size
 
 if TYPE_CHECKING:  # httpx is loaded by the first download, never by a sideload
@@ -143,13 +144,13 @@ class Engine:
             data_dir = target_dir or self.store.data_dir(plan.recipe.data_type)
             self.store.ensure_writable(data_dir)
             tools = [t for t in plan.recipe.requires.tools if t not in ("python", "python3")]
-            tools += [s.command[0] for s in plan.steps if s.type == "tool_command" and not s.command[0].startswith("{")]
+            tools += [s.command[0] for s in plan.steps if isinstance(s, ToolCommand) and not s.command[0].startswith("{")]
             check_tools(sorted(set(tools)), plan.pack_id)
             if step_types.uses_python(plan.steps):  # a wheel installed --no-deps needs its framework there
                 step_types.check_python_packages(self.python, plan.recipe.requires.packages_pip, plan.pack_id)
             unpacks = plan.key not in kept_whole
             needed[data_dir] = needed.get(data_dir, 0) + (0 if plan.key in streamed else sum(
-                (s.size_bytes or 0) + ((s.unpacked_size_bytes or 0) if s.extract and unpacks else 0) for s in plan.steps
+                fetched + (unpacked if unpacks else 0) for fetched, unpacked in map(sizes, plan.steps)
             ))
         check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.
@@ -170,21 +171,24 @@ class Engine:
         values = {"data_dir": str(txn.files_root), "python": self.python, "pack": plan.pack_id}
         outcomes = []
         for index, step in enumerate(plan.steps):
-            if source is not None and step.type in ("download", "local_copy"):
-                expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
-            elif step.type == "download":
-                outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
-            elif step.type == "local_copy":
-                if not step.source:
-                    raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
-                path = Path(step_types.expand_runtime(step.source, values)).expanduser()
-                expected = step.checksum.split(":", 1)[1] if step.checksum else None
-                outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
-            elif step.type == "tool_command":
-                outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
-            else:
-                outcomes.append(self.run_extension_step(plan, index, step, txn, ctx))
+            match step:
+                case Download() | LocalCopy() if source is not None:
+                    expected = source.sha256 or (step.checksum.split(":", 1)[1] if step.checksum else None)
+                    outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, source.path, expected))
+                case Download():
+                    outcomes.append(step_types.run_download(ctx, plan.recipe, plan.key, index, step, txn))
+                case LocalCopy():
+                    if not step.source:
+                        raise UsageError(f"{plan.pack_id} installs from a local file", hint="pass it with --source FILE")
+                    path = Path(step_types.expand_runtime(step.source, values)).expanduser()
+                    expected = step.checksum.split(":", 1)[1] if step.checksum else None
+                    outcomes.append(step_types.run_local_copy(ctx, plan.key, index, step, txn, path, expected))
+                case ToolCommand():
+                    outcomes.append(step_types.run_tool_command(ctx, plan.key, step, values, txn))
+                case OciArtifact():
+                    outcomes.append(self.run_extension_step(plan, index, step, txn, ctx))
+                case _:
+                    assert_never(step)
         return outcomes
 
     def run_extension_step(self, plan: Plan, index: int, step, txn: PackTransaction, ctx: step_types.StepContext) -> step_types.StepOutcome:

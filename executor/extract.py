@@ -19,7 +19,7 @@ import tarfile
 import zipfile
 import zlib
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 import zstandard
@@ -27,12 +27,7 @@ import zstandard
 from executor.events import Meter
 from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, closing_output, file_chunks, small_file_writer
 from manifests.errors import LengthError, UnsafeArchiveError
-
-
-# A name already in canonical form: relative, single '/' between parts, none of them '.' or '..',
-# no backslash or NUL. Its parts are name.split("/"), exactly as PurePosixPath would read them.
-_NAME_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00]+"
-_CANONICAL_NAME = re.compile(f"{_NAME_PART}(?:/{_NAME_PART})*")
+from manifests.names import archive_member_path
 
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
@@ -44,17 +39,13 @@ def unpack_bound(estimate: int | None) -> int | None:
 
 
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:
-    """The member's path after stripping, or None when nothing is left (a top folder)."""
-    if _CANONICAL_NAME.fullmatch(name):  # nearly every member: no pathlib
-        parts = name.split("/")
-        return "/".join(parts[strip:]) if len(parts) > strip else None
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or "\x00" in name:
-        raise UnsafeArchiveError(f"{archive}: member {name!r} would land outside its directory", hint="the archive is damaged or hostile; nothing was installed")
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if len(parts) <= strip:
-        return None
-    return "/".join(parts[strip:])
+    """The member's path after stripping, or None when nothing is left (a top folder).
+
+    The rule is manifests/names.py's, the one every path from outside passes."""
+    try:
+        return archive_member_path(name, strip)
+    except ValueError as exc:
+        raise UnsafeArchiveError(f"{archive}: {exc}", hint="the archive is damaged or hostile; nothing was installed") from None
 
 
 class ForwardOnly:

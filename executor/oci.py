@@ -34,7 +34,7 @@ from executor.preflight import check_space
 from executor.steps import StepContext, StepOutcome, partial_path, place_file, step_label
 from executor.txn import PackTransaction
 from manifests.errors import ChecksumMismatch, FileTooLargeError, NetworkError, NoSpaceError, TrustError, UsageError
-from manifests.recipe import StepSpec
+from manifests.steps import OciArtifact
 
 __all__ = [
     "OCI_MANIFEST",
@@ -350,7 +350,7 @@ def _entry_digest(raw: object, where: str) -> str:
 # --- the step -------------------------------------------------------------------------------
 
 
-def _pull(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction, ref: OciRef, tried: list[Download]) -> StepOutcome:
+def _pull(ctx: StepContext, key: str, index: int, step: OciArtifact, txn: PackTransaction, ref: OciRef, tried: list[Download]) -> StepOutcome:
     artifact = resolve_artifact(ctx.client, ref, step.layer_media_type, ctx.config.mirrors)
     layer, data_dir = artifact.layer, txn.data_dir
     extra = (step.unpacked_size_bytes or 0) if step.extract else 0
@@ -379,7 +379,7 @@ def _pull(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTrans
     return StepOutcome(source=f"oci:{ref}@{artifact.manifest_digest}", checksum_verified=True)
 
 
-def run_oci_artifact(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction) -> StepOutcome:
+def run_oci_artifact(ctx: StepContext, key: str, index: int, step: OciArtifact, txn: PackTransaction) -> StepOutcome:
     """Pull `step.ref` (then each of `step.fallback_refs` while registries cannot deliver)."""
     refs = [parse_ref(text) for text in (step.ref, *step.fallback_refs)]  # all refs valid before any request
     tried: list[Download] = []

@@ -14,7 +14,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 from urllib.parse import urlsplit
 
 from executor import extract as extractor
@@ -24,7 +24,8 @@ from executor.preflight import check_space, check_tools
 from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
 from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, NoSpaceError, ToolError, TrustError, UsageError
-from manifests.recipe import Recipe, StepSpec
+from manifests.recipe import Recipe
+from manifests.steps import Download, LocalCopy, OciArtifact, Step, ToolCommand
 
 if TYPE_CHECKING:  # httpx and executor.http are imported by the steps that download (a sideload has none)
     import httpx
@@ -60,14 +61,18 @@ class StepOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def step_label(step: StepSpec) -> str:
-    if step.type == "download":
-        return Path(urlsplit(step.url).path).name or step.dest
-    if step.type == "local_copy":
-        return Path(step.source).name or step.dest
-    if step.type == "oci_artifact":
-        return step.ref
-    return " ".join(step.command[:3])
+def step_label(step: Step) -> str:
+    match step:
+        case Download():
+            return Path(urlsplit(step.url).path).name or step.dest
+        case LocalCopy():
+            return Path(step.source).name or step.dest
+        case OciArtifact():
+            return step.ref
+        case ToolCommand():
+            return " ".join(step.command[:3])
+        case _:
+            assert_never(step)
 
 
 def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> httpx.Auth | None:
@@ -88,7 +93,7 @@ def credentials_auth(ctx: StepContext, recipe: Recipe, name: str | None) -> http
     return httpx.BasicAuth(user, password)
 
 
-def _expected_checksum(ctx: StepContext, recipe: Recipe, step: StepSpec, url: str, auth) -> str | None:
+def _expected_checksum(ctx: StepContext, recipe: Recipe, step: Download, url: str, auth) -> str | None:
     if step.checksum:
         return step.checksum.split(":", 1)[1]
     if step.checksum_url:
@@ -105,7 +110,7 @@ def partial_path(data_dir: Path, url: str) -> Path:
     return staging_root(data_dir) / PARTIAL_DIR / f"{digest}-{name}.part"
 
 
-def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: StepSpec, txn: PackTransaction) -> StepOutcome:
+def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: Download, txn: PackTransaction) -> StepOutcome:
     from executor.http import Download
 
     url = rewrite_url(step.url, ctx.config.mirrors)
@@ -148,7 +153,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: S
     return outcome
 
 
-def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
+def place_file(path: Path, step: Download | LocalCopy | OciArtifact, txn: PackTransaction, copy: Copy, meter: Meter | None) -> None:
     """A verified file in the staging area becomes the step's dest (or is extracted there)."""
     if step.extract and txn.keep_archives:
         txn.keep_archive(path, copy.done, copy.sha256, fmt=step.extract, dest=step.dest, strip=step.strip_components, unpacked_size=step.unpacked_size_bytes)
@@ -161,7 +166,7 @@ def place_file(path: Path, step: StepSpec, txn: PackTransaction, copy: Copy, met
         meter.done(copy.done)
 
 
-def run_local_copy(ctx: StepContext, key: str, index: int, step: StepSpec, txn: PackTransaction, source: Path, expected: str | None) -> StepOutcome:
+def run_local_copy(ctx: StepContext, key: str, index: int, step: Download | LocalCopy, txn: PackTransaction, source: Path, expected: str | None) -> StepOutcome:
     """The seed's air-gapped single-file workflow: `install PACK --source FILE`."""
     if not source.is_file():
         raise UsageError(f"{source} is not a file", hint="pass the path of the downloaded data file with --source")
@@ -194,7 +199,7 @@ def expand_runtime(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def run_tool_command(ctx: StepContext, key: str, step: StepSpec, values: dict[str, str], txn: PackTransaction | None) -> StepOutcome:
+def run_tool_command(ctx: StepContext, key: str, step: ToolCommand, values: dict[str, str], txn: PackTransaction | None) -> StepOutcome:
     """Run a tool, stream its output as notices; capture what it wrote into the staging area."""
     command = [expand_runtime(a, values) for a in step.command]
     check_tools([command[0]], f"{key} (step `{' '.join(command)}`)")
@@ -221,7 +226,7 @@ def run_tool_command(ctx: StepContext, key: str, step: StepSpec, values: dict[st
 
 def uses_python(steps) -> bool:
     """Whether any of these steps runs `{python}` (a wheel's `pip install`, say)."""
-    return any("{python}" in arg for step in steps if step.type == "tool_command" for arg in step.command)
+    return any("{python}" in arg for step in steps if isinstance(step, ToolCommand) for arg in step.command)
 
 
 _MISSING_DISTRIBUTIONS = """import sys
@@ -257,7 +262,7 @@ def check_python_packages(python: str, packages, why: str) -> None:
         )
 
 
-def capture_outputs(txn: PackTransaction, step: StepSpec) -> None:
+def capture_outputs(txn: PackTransaction, step: ToolCommand) -> None:
     """The declared `produces`, or every new file the tool left in the staging area."""
     if step.produces:
         paths = []

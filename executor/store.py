@@ -25,8 +25,8 @@ from executor import durable
 from executor.config import Config, state_dir
 from manifests.datatypes import default_dir
 from manifests.errors import ConfigError, LockTimeout, NotWritableError
-
-STAGING_NAME = ".devops-cp-staging"  # inside each data dir: same filesystem, so renames are atomic
+from manifests.names import STAGING_NAME as STAGING_NAME  # where txn.py and transfer.py have always found it
+from manifests.names import record_file_name
 
 
 def now_iso() -> str:
@@ -141,8 +141,7 @@ class Store:
     # --- records ------------------------------------------------------------------
 
     def _record_path(self, key: str) -> Path:
-        safe = key.replace("/", "_")
-        return self.records_dir / f"{safe}.json"
+        return self.records_dir / record_file_name(key)  # distinct keys never share a file
 
     @staticmethod
     def _load(path: Path) -> InstallRecord:

@@ -65,3 +65,25 @@ def parse_nvidia_smi_xml(text: str) -> tuple[Gpu, ...]:
             )
         )
     return tuple(gpus)
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """Whether an option's GPU needs are met here, each shortfall as a phrase to follow a pack's name."""
+
+    missing_gpu: str | None  # "requires an NVIDIA GPU and none was detected": install refuses without --force
+    low_vram: str | None  # "needs about 4000 MiB of GPU memory (2048 MiB detected)": a warning only
+    vram_mb: int | None  # the most GPU memory detected for that vendor
+
+
+def gpu_fit(hardware: Hardware, gpu_vendor: str | None, min_vram_mb: int | None) -> GpuFit:
+    """The one GPU/VRAM rule: for install, bundle, sideload and the reports alike."""
+    missing = bool(gpu_vendor) and not hardware.has_vendor(gpu_vendor)
+    vram = hardware.max_vram_mb(gpu_vendor or None)
+    low = bool(min_vram_mb) and (vram or 0) < min_vram_mb
+    have = f"{vram} MiB detected" if vram else "no GPU memory detected"
+    return GpuFit(
+        missing_gpu=f"requires an {gpu_vendor.upper()} GPU and none was detected" if missing else None,
+        low_vram=f"needs about {min_vram_mb} MiB of GPU memory ({have})" if low else None,
+        vram_mb=vram,
+    )

@@ -7,16 +7,17 @@ option applies, whether the hardware allows it, and where each step writes
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Literal, assert_never
 
 from manifests.datatypes import default_dir
 from manifests.errors import ChoiceError, HardwareRequirementError, RecipeError
-from manifests.hardware import Hardware
-from manifests.recipe import DEFAULT_KEY, Recipe, StepSpec
+from manifests.hardware import Hardware, gpu_fit
+from manifests.names import pack_key
+from manifests.recipe import DEFAULT_KEY, Recipe
+from manifests.steps import Download, LocalCopy, OciArtifact, Step, ToolCommand, sizes
 
 Mode = Literal["install", "bundle", "sideload"]
 
@@ -25,8 +26,8 @@ Mode = Literal["install", "bundle", "sideload"]
 class Plan:
     recipe: Recipe
     choices: tuple[tuple[str, str], ...]  # (choice id, value), every choice, defaults filled in
-    steps: tuple[StepSpec, ...]  # how to fetch; placeholders other than {data_dir} etc. expanded
-    offline_steps: tuple[StepSpec, ...]  # bundle mode: run on the air-gapped host once the files are staged
+    steps: tuple[Step, ...]  # how to fetch; placeholders other than {data_dir} etc. expanded
+    offline_steps: tuple[Step, ...]  # bundle mode: run on the air-gapped host once the files are staged
     warnings: tuple[str, ...] = ()
 
     @property
@@ -40,16 +41,14 @@ class Plan:
 
     @property
     def size_estimate_bytes(self) -> int:
-        sized = [s.size_bytes for s in self.steps if s.size_bytes]
+        sized = [sizes(s)[0] for s in self.steps if sizes(s)[0]]
         if sized:
             return sum(sized)
         return int((self.recipe.size_estimate_mb or 0) * 10**6)
 
 
 def record_key(pack_id: str, choices: dict[str, str]) -> str:
-    if not choices:
-        return pack_id
-    return pack_id + "@" + ",".join(f"{k}={v}" for k, v in sorted(choices.items()))
+    return pack_key(pack_id, choices)
 
 
 def parse_choice_args(pack_arg: str, choice_args: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
@@ -85,21 +84,18 @@ def _hardware_warnings(recipe: Recipe, selected: dict[str, str], hardware: Hardw
     warnings = []
     for choice in recipe.choices:
         option = choice.option(selected[choice.id])
-        if option.gpu_vendor and not hardware.has_vendor(option.gpu_vendor):
-            why = f"{recipe.id} {choice.id}={option.value} requires an {option.gpu_vendor.upper()} GPU and none was detected"
+        fit = gpu_fit(hardware, option.gpu_vendor, option.min_vram_mb)
+        name = f"{recipe.id} {choice.id}={option.value}"
+        if fit.missing_gpu:
+            why = f"{name} {fit.missing_gpu}"
             if mode == "bundle":
                 warnings.append(f"{why}; bundling it anyway, the target host may have one")
             elif force:
                 warnings.append(f"{why}; installing anyway because of --force")
             else:
                 raise HardwareRequirementError(why, hint="choose another option, or pass --force to install it anyway")
-        vram = hardware.max_vram_mb(option.gpu_vendor)
-        if option.min_vram_mb and (vram or 0) < option.min_vram_mb and (vram or mode != "bundle"):
-            have = f"{vram} MiB detected" if vram else "no GPU memory detected"
-            warnings.append(
-                f"{recipe.id} {choice.id}={option.value} needs about {option.min_vram_mb} MiB of GPU memory ({have}): "
-                "it may run out of memory at inference time"
-            )
+        if fit.low_vram and (fit.vram_mb or mode != "bundle"):  # a bundling machine without a GPU says nothing
+            warnings.append(f"{name} {fit.low_vram}: it may run out of memory at inference time")
     return warnings
 
 
@@ -134,30 +130,36 @@ def normalize_dest(recipe: Recipe, dest: str) -> str:
     return str(path)
 
 
-def _expand_step(recipe: Recipe, step: StepSpec, values: dict[str, str]) -> StepSpec:
-    changes = {
-        name: expand(getattr(step, name), values)
-        for name in ("url", "source", "ref", "checksum_url")
-        if getattr(step, name)
-    }
-    if step.dest:
-        changes["dest"] = normalize_dest(recipe, expand(step.dest, values))
-    changes["command"] = tuple(expand(arg, values) for arg in step.command)
-    changes["produces"] = tuple(normalize_dest(recipe, expand(p, values)) for p in step.produces)
-    changes["fallback_refs"] = tuple(expand(r, values) for r in step.fallback_refs)
-    return dataclasses.replace(step, **changes)
+def _expand_step(recipe: Recipe, step: Step, values: dict[str, str]) -> Step:
+    def text(value: str) -> str:
+        return expand(value, values)
+
+    def dest(value: str) -> str:
+        return normalize_dest(recipe, expand(value, values))
+
+    match step:
+        case Download():
+            return replace(step, url=text(step.url), dest=dest(step.dest), checksum_url=step.checksum_url and text(step.checksum_url))
+        case LocalCopy():
+            return replace(step, source=text(step.source), dest=dest(step.dest))
+        case ToolCommand():
+            return replace(step, command=tuple(map(text, step.command)), produces=tuple(map(dest, step.produces)))
+        case OciArtifact():
+            return replace(step, ref=text(step.ref), fallback_refs=tuple(map(text, step.fallback_refs)), dest=dest(step.dest))
+        case _:
+            assert_never(step)
 
 
-def _steps_for(recipe: Recipe, table: dict[str, tuple[StepSpec, ...]], selected: dict[str, str]) -> tuple[StepSpec, ...]:
+def _steps_for(recipe: Recipe, table: dict[str, tuple[Step, ...]], selected: dict[str, str]) -> tuple[Step, ...]:
     primary = selected[recipe.choices[0].id] if recipe.choices else DEFAULT_KEY
     steps = table.get(primary) or table.get(DEFAULT_KEY) or ()
     values = {**selected, "pack": recipe.id}
     return tuple(_expand_step(recipe, s, values) for s in steps)
 
 
-def _runs_on_target(step: StepSpec) -> bool:
+def _runs_on_target(step: Step) -> bool:
     """A tool command that captures nothing (`pip install`, `fc-cache`) belongs to the installing host."""
-    return step.type == "tool_command" and not step.produces
+    return isinstance(step, ToolCommand) and not step.produces
 
 
 def resolve(recipe: Recipe, requested: dict[str, str], hardware: Hardware, *, mode: Mode = "install", force: bool = False) -> Plan:

@@ -6,20 +6,19 @@ The schema is documented in docs/recipes.md.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from manifests.errors import RecipeError
+from manifests.names import IDENTIFIER_RULE, OPTION_VALUE_RULE, is_identifier, is_option_value
+from manifests.steps import EXTRACT_FORMATS, STEP_TYPES, Step, ToolCommand, parse_step
+
+__all__ = ["EXTRACT_FORMATS", "STEP_TYPES", "Choice", "Option", "Recipe", "load_recipe", "parse_recipe"]
 
 SCHEDULES = {"daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "manual": None}
-EXTRACT_FORMATS = ("tar.gz", "tar.zst", "tar.xz", "tar", "zip")
-STEP_TYPES = ("download", "local_copy", "tool_command", "oci_artifact")
 DEFAULT_KEY = "_default"
-ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SHA256_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -47,34 +46,6 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class StepSpec:
-    """One step as written in the recipe; placeholders are still unexpanded."""
-
-    type: Literal["download", "local_copy", "tool_command", "oci_artifact"]
-    dest: str = ""
-    url: str = ""
-    source: str = ""
-    checksum: str | None = None  # "sha256:HEX"
-    checksum_url: str | None = None  # a sha256sum-format file published beside the data
-    size_bytes: int | None = None
-    size_exact: bool = False
-    extract: str | None = None
-    strip_components: int = 0
-    unpacked_size_bytes: int | None = None
-    credentials: str | None = None  # name of a [credentials.NAME] entry
-    command: tuple[str, ...] = ()
-    produces: tuple[str, ...] = ()  # files a tool_command leaves in the data dir
-    ref: str = ""
-    fallback_refs: tuple[str, ...] = ()
-    layer_media_type: str = ""
-
-
-def step_from_json(data: dict) -> StepSpec:
-    """A step as a bundle's manifest carries it (lists for tuples) -> StepSpec."""
-    return StepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-@dataclass(frozen=True)
 class CredentialSpec:
     name: str
     username_env: str
@@ -97,9 +68,9 @@ class Recipe:
     source: str  # the file it came from, for messages
     description: str = ""
     choices: tuple[Choice, ...] = ()
-    install: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
-    bundle: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
-    offline: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
+    install: dict[str, tuple[Step, ...]] = field(default_factory=dict)
+    bundle: dict[str, tuple[Step, ...]] = field(default_factory=dict)
+    offline: dict[str, tuple[Step, ...]] = field(default_factory=dict)
     requires: Requires = Requires()
     update_schedule: str = "manual"
     size_estimate_mb: float | None = None
@@ -166,8 +137,11 @@ def _parse_option(f: _Fields) -> Option:
     req.reject_unknown()
     if gpu_vendor not in (None, "nvidia"):
         raise f.fail("requires.hardware.gpu_vendor", f"only 'nvidia' is supported, got {gpu_vendor!r}")
+    value = f.text("value", required=True)
+    if not is_option_value(value):
+        raise f.fail("value", f"{value!r}: must be {OPTION_VALUE_RULE}")
     option = Option(
-        value=f.text("value", required=True),
+        value=value,
         label=f.text("label", required=True),
         default=f.get("default", bool, False),
         description=f.text("description"),
@@ -191,72 +165,33 @@ def _parse_choice(f: _Fields) -> Choice:
         raise f.fail("options", f"duplicate option values in {values}")
     if sum(o.default for o in options) > 1:
         raise f.fail("options", "more than one option has default = true")
-    choice = Choice(id=f.text("id", required=True), label=f.text("label", required=True), options=options)
+    choice_id = f.text("id", required=True)
+    if not is_identifier(choice_id):
+        raise f.fail("id", f"{choice_id!r}: must be {IDENTIFIER_RULE}")
+    choice = Choice(id=choice_id, label=f.text("label", required=True), options=options)
     f.reject_unknown()
     return choice
 
 
-def _parse_step(f: _Fields) -> StepSpec:
-    kind = f.text("type", required=True)
-    if kind not in STEP_TYPES:
-        raise f.fail("type", f"must be one of {', '.join(STEP_TYPES)}, got {kind!r}")
-    checksum = f.text("checksum") or None
-    if checksum is not None and not SHA256_PATTERN.match(checksum):
-        raise f.fail("checksum", "must be 'sha256:' followed by 64 lowercase hex digits")
-    extract = f.text("extract") or None
-    if extract is not None and extract not in EXTRACT_FORMATS:
-        raise f.fail("extract", f"must be one of {', '.join(EXTRACT_FORMATS)}, got {extract!r}")
-    step = StepSpec(
-        type=kind,
-        dest=f.text("dest"),
-        url=f.text("url"),
-        source=f.text("source"),
-        checksum=checksum,
-        checksum_url=f.text("checksum_url") or None,
-        size_bytes=f.get("size_bytes", int),
-        size_exact=f.get("size_exact", bool, False),
-        extract=extract,
-        strip_components=f.get("strip_components", int, 0),
-        unpacked_size_bytes=f.get("unpacked_size_bytes", int),
-        credentials=f.text("credentials") or None,
-        command=f.strings("command"),
-        produces=f.strings("produces"),
-        ref=f.text("ref"),
-        fallback_refs=f.strings("fallback_refs"),
-        layer_media_type=f.text("layer_media_type"),
-    )
-    f.reject_unknown()
-    required = {
-        "download": ("url", "dest"),
-        "local_copy": ("dest",),
-        "tool_command": ("command",),
-        "oci_artifact": ("ref", "dest", "layer_media_type"),
-    }[kind]
-    for key in required:
-        if not getattr(step, key):
-            raise f.fail(key, f"is required for a {kind} step")
-    if step.size_exact and step.size_bytes is None:
-        raise f.fail("size_exact", "needs size_bytes")
-    if step.size_bytes is not None and step.size_bytes < 0:
-        raise f.fail("size_bytes", "must not be negative")
-    return step
+def _parse_step(f: _Fields, key: str, value: Any) -> Step:
+    return parse_step(value, f._name(key), lambda field, problem: RecipeError(f.source, field, problem))
 
 
-def _parse_steps(f: _Fields, key: str, value: Any) -> tuple[StepSpec, ...]:
+def _parse_steps(f: _Fields, key: str, value: Any) -> tuple[Step, ...]:
     """A step table, a list of step tables, or the seed's bare command list."""
     if isinstance(value, dict):
         if "type" not in value and set(value) == {DEFAULT_KEY}:
             # The seed's spaCy form: {"sm": {"_default": [...command...]}}
             return _parse_steps(f.sub(key, value), DEFAULT_KEY, value[DEFAULT_KEY])
-        return (_parse_step(f.sub(key, value)),)
+        return (_parse_step(f, key, value),)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return (StepSpec(type="tool_command", command=tuple(value)),)
+        return (_parse_step(f, key, {"type": "tool_command", "command": value}),)
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return tuple(_parse_step(f.sub(f"{key}[{i}]", v)) for i, v in enumerate(value))
+        return tuple(_parse_step(f, f"{key}[{i}]", v) for i, v in enumerate(value))
     raise f.fail(key, "must be a step table, a list of step tables, or a command list")
 
 
-def _parse_step_map(f: _Fields, key: str, valid_keys: set[str], required: bool) -> dict[str, tuple[StepSpec, ...]]:
+def _parse_step_map(f: _Fields, key: str, valid_keys: set[str], required: bool) -> dict[str, tuple[Step, ...]]:
     table = f.get(key, dict, None, required)
     if table is None:
         return {}
@@ -270,8 +205,11 @@ def _parse_step_map(f: _Fields, key: str, valid_keys: set[str], required: bool) 
 def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
     f = _Fields(source, "", data)
     pack_id = f.text("id", required=True)
-    if not ID_PATTERN.match(pack_id):
-        raise f.fail("id", "must be lowercase letters, digits, '.', '_' or '-' (at most 64)")
+    if not is_identifier(pack_id):
+        raise f.fail("id", f"{pack_id!r}: must be {IDENTIFIER_RULE}")
+    data_type = f.text("data_type", required=True)
+    if not is_identifier(data_type):
+        raise f.fail("data_type", f"{data_type!r}: must be {IDENTIFIER_RULE} (it names a folder, never a path)")
     choices = tuple(_parse_choice(f.sub(f"choices[{i}]", c)) for i, c in enumerate(f.get("choices", list, [])))
     keys = {DEFAULT_KEY} | ({o.value for o in choices[0].options} if choices else set())
     install = _parse_step_map(f, "install", keys, required=True)
@@ -301,7 +239,7 @@ def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
         id=pack_id,
         label=f.text("label", required=True),
         category=f.text("category", "data"),
-        data_type=f.text("data_type", required=True),
+        data_type=data_type,
         source=source,
         description=f.text("description"),
         choices=choices,
@@ -316,9 +254,13 @@ def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
         tool_hint=f.text("tool_hint"),
     )
     f.reject_unknown()
+    for option, steps in recipe.offline.items():
+        for i, step in enumerate(steps):
+            if not isinstance(step, ToolCommand):
+                raise RecipeError(source, f"offline.{option}[{i}].type", f"an offline step runs a program on the installing host: only tool_command, got {step.type!r}")
     for steps in (*recipe.install.values(), *recipe.bundle.values(), *recipe.offline.values()):
         for step in steps:
-            if step.credentials and step.credentials not in credentials:
+            if getattr(step, "credentials", None) and step.credentials not in credentials:
                 raise RecipeError(source, "credentials", f"step names credentials {step.credentials!r}, which the recipe does not declare")
     return recipe
 

@@ -20,16 +20,15 @@ from executor import extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
+from executor.keys import TrustStore, read_public_key_file
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, copy_file, file_chunks, small_file_writer
 from executor.txn import PackTransaction, tidy_staging
-from manifests import signing
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
-from manifests.hardware import Hardware
-from manifests.recipe import step_from_json  # not bundler.build: sideload needs none of the bundler
+from manifests.hardware import Hardware, gpu_fit
 from sideload.reader import BundleReader, locate, read_parts_index
 
 
@@ -42,9 +41,8 @@ class TrustOptions:
 
 def trusted_keys(trust_files=()) -> list:
     """This host's trust store (config dir/trusted-keys) plus any --trust FILE.pub."""
-    keys = signing.TrustStore(config_dir() / signing.TRUSTED_KEYS_DIRNAME).keys()
-    for path in trust_files:
-        keys.append(signing.load_public_key(Path(path).read_bytes(), source=str(path)))
+    keys = TrustStore.in_config_dir(config_dir()).keys()
+    keys.extend(read_public_key_file(Path(path)) for path in trust_files)  # as strictly as the store's own
     return keys
 
 
@@ -160,21 +158,19 @@ def _check_downgrade(engine: Engine, pack: PackEntry, request: SideloadRequest) 
 
 def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
     _check_downgrade(engine, pack, request)
-    hardware = request.hardware or Hardware()
-    if pack.gpu_vendor and not hardware.has_vendor(pack.gpu_vendor):
-        why = f"{pack.key} requires an {pack.gpu_vendor.upper()} GPU and none was detected on this host"
+    fit = gpu_fit(request.hardware or Hardware(), pack.gpu_vendor, pack.min_vram_mb)
+    if fit.missing_gpu:
+        why = f"{pack.key} {fit.missing_gpu}"
         if not request.force:
             raise HardwareRequirementError(why, hint="pass --force to install it anyway")
         request.warnings.append(why + "; installing anyway because of --force")
-    vram = hardware.max_vram_mb(pack.gpu_vendor or None)
-    if pack.min_vram_mb and (vram or 0) < pack.min_vram_mb:
-        request.warnings.append(f"{pack.key} needs about {pack.min_vram_mb} MiB of GPU memory ({vram or 'none'} MiB detected)")
+    if fit.low_vram:
+        request.warnings.append(f"{pack.key} {fit.low_vram}")
 
 
 def _check_offline_needs(engine: Engine, pack: PackEntry) -> None:
     """The offline steps' programs and `{python}`'s packages (spacy for a spaCy wheel), before anything is placed."""
-    steps = [step_from_json(data) for data in pack.offline_steps]
-    check_tools(sorted({s.command[0] for s in steps if s.type == "tool_command" and s.command and not s.command[0].startswith("{")}), f"{pack.key} (its offline steps)")
+    check_tools(sorted({s.command[0] for s in pack.offline_steps if not s.command[0].startswith("{")}), f"{pack.key} (its offline steps)")
     step_types.check_python_packages(engine.python, pack.python_packages, pack.key)
 
 
@@ -346,10 +342,7 @@ def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry
 def run_offline_steps(engine: Engine, pack: PackEntry, data_dir: Path) -> None:
     """The pack's offline steps (pip install, docker load, ...) against its installed files."""
     values = {"data_dir": str(data_dir), "python": engine.python, "pack": pack.id}
-    for data in pack.offline_steps:
-        step = step_from_json(data)
-        if step.type != "tool_command":
-            raise UsageError(f"{pack.key}: offline step type {step.type!r} cannot run on this host")
+    for step in pack.offline_steps:  # tool commands only: the manifest's parser allows nothing else
         step_types.run_tool_command(engine.step_context(), pack.key, step, values, None)
 
 

@@ -112,6 +112,13 @@ class PackSpec:
         return record_key(self.id, self.choices)
 
 
+def _tool_command(step):
+    """A step written as the manifest's JSON writes it ({"type": "tool_command", ...}), typed."""
+    from manifests.steps import parse_step
+
+    return step if not isinstance(step, dict) else parse_step(step, "offline_steps", lambda field, problem: ValueError(f"{field}: {problem}"))
+
+
 def build_manifest(
     packs: list[PackSpec],
     *,
@@ -135,7 +142,7 @@ def build_manifest(
                 choices=dict(spec.choices),
                 update_schedule=spec.update_schedule,
                 fetched_at=_ts(spec.fetched_at, datetime.fromisoformat(created_s.replace("Z", "+00:00"))),
-                offline_steps=list(spec.offline_steps),
+                offline_steps=tuple(_tool_command(step) for step in spec.offline_steps),
                 source="test",
                 checksum_verified=True,
                 tool_hint="",

@@ -19,7 +19,9 @@ import pytest
 
 from bundle_helpers import PackSpec, Raw, build_manifest, bundle_members, new_key, tree_snapshot, truncate, write_bundle, write_public_key, write_tar_zst
 from conftest import payload
+from executor.keys import read_private_key_file
 from manifests import signing
+from manifests.trust import verify_signature
 from manifests.bundle import to_json
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -62,7 +64,7 @@ def test_keygen_writes_a_0600_key_and_a_pub_and_prints_the_key_id(cli, tmp_path)
     assert b"-----BEGIN PRIVATE KEY-----" in key.read_bytes()
     public = signing.load_public_key(pub.read_bytes())
     assert f"key id: {signing.key_id(public)}" in result.stdout
-    private = signing.read_private_key_file(key, None)
+    private = read_private_key_file(key, None)
     assert signing.key_id(private.public_key()) == signing.key_id(public)
 
 
@@ -194,7 +196,7 @@ def test_bundle_json_and_side_files(cli, keypair, model_pack, tmp_path):
     assert doc["ok"] is True and doc["signer_key_id"] == key_id and doc["packs"] == ["model"] and doc["payload_bytes"] == len(MODEL)
     assert sorted(Path(p).name for p in doc["outputs"]) == ["out.tar.zst", "out.tar.zst.sha256", "out.tar.zst.sha256.sig"]
     listing = (tmp_path / "out.tar.zst.sha256").read_bytes()
-    signing.verify_signature(listing, (tmp_path / "out.tar.zst.sha256.sig").read_bytes(), [signing.load_public_key((tmp_path / "keys" / "site.pub").read_bytes())])
+    verify_signature(listing, (tmp_path / "out.tar.zst.sha256.sig").read_bytes(), [signing.load_public_key((tmp_path / "keys" / "site.pub").read_bytes())])
     assert not list(tmp_path.glob(".out.tar.zst*"))  # no temporary parts left
 
 

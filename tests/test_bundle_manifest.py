@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import manifests.bundle as bundle_mod
+import manifests.codec as codec
+import manifests.trust as trust
 from manifests.bundle import (
     BundleManifest,
     FileEntry,
@@ -36,6 +37,7 @@ from manifests.bundle import (
 )
 from manifests.errors import BundleStructureError, PolicyError, SignatureError
 from manifests.signing import generate_keypair, key_id, public_key_pem, sign
+from manifests.steps import ToolCommand
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 H1, H2, H3 = (hashlib.sha256(s).hexdigest() for s in (b"one", b"two", b"three"))
@@ -60,7 +62,7 @@ def make_manifest(signer: str | None = None, expires: str | None = "2024-07-01T0
         choices={"model_size": "base"},
         update_schedule="manual",
         fetched_at="2024-05-30T08:00:00Z",
-        offline_steps=[],
+        offline_steps=(),
         source="https://openaipublic.azureedge.net/main/whisper/models/base.pt",
         checksum_verified=True,
         tool_hint="whisper downloads it otherwise",
@@ -73,7 +75,7 @@ def make_manifest(signer: str | None = None, expires: str | None = "2024-07-01T0
         choices={},
         update_schedule="daily",
         fetched_at="2024-05-31T23:59:59+00:00",
-        offline_steps=[{"type": "tool_command", "command": ["trivy", "--version"]}],
+        offline_steps=(ToolCommand(command=("trivy", "--version")),),
         source="oci://ghcr.io/aquasecurity/trivy-db:2",
         checksum_verified=False,
         tool_hint="",
@@ -187,7 +189,7 @@ def test_a_file_line_is_what_json_writes():
     for _ in range(500):
         entry = {key: "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))) for key in ("pack_key", "path", "sha256", "member")}
         entry["size"] = rnd.choice([0, 1, 2**63, 10**30])
-        assert bundle_mod._file_line(entry) == json.dumps(entry, sort_keys=True, ensure_ascii=False)
+        assert codec._file_line(entry) == json.dumps(entry, sort_keys=True, ensure_ascii=False)
 
 
 def test_files_share_their_pack_key_string_and_have_no_dict():
@@ -300,7 +302,7 @@ def test_refusals_name_the_field(edit, field, problem):
     d = doc()
     edit(d)
     with pytest.raises(BundleStructureError) as err:
-        parse_manifest(dumps(d))
+        trust.check_manifest(parse_manifest(dumps(d)))  # the strict parse, then the document's own rules
     message = str(err.value)
     assert f"field '{field}'" in message
     assert problem in message
@@ -361,7 +363,7 @@ def test_files_read_in_one_go_or_field_by_field_alike(field, value, monkeypatch)
             return str(err)
 
     shortcut = outcome()
-    monkeypatch.setattr(bundle_mod, "_well_formed_file", lambda item, pack_keys: None)
+    monkeypatch.setattr(codec, "_well_formed_file", lambda item, pack_keys: None)
     assert shortcut == outcome()
 
 
@@ -442,7 +444,7 @@ def test_signature_checked_before_parsing(pair, stranger, monkeypatch):
     def must_not_parse(data):
         raise AssertionError("parsed before the signature verified")
 
-    monkeypatch.setattr(bundle_mod, "parse_manifest", must_not_parse)
+    monkeypatch.setattr(trust, "parse_manifest", must_not_parse)
     data, sig = signed(stranger)
     with pytest.raises(SignatureError):
         verify_manifest(data, sig, [pair[1]], allow_unsigned=False, now=NOW, allow_expired=False)

@@ -111,11 +111,11 @@ def test_every_download_step_has_a_checksum_or_a_checksum_url():
 def test_every_exact_size_is_positive_and_estimates_are_marked():
     for recipe in BUILTIN.values():
         for step in _all_step_specs(recipe):
-            if step.size_exact:
+            if getattr(step, "size_exact", False):
                 assert step.size_bytes and step.size_bytes > 0
             if step.type in ("download", "oci_artifact"):
-                assert step.size_bytes, f"{recipe.id}: {step.url or step.ref} has no size for the space check"
-            if step.extract:
+                assert step.size_bytes, f"{recipe.id}: {getattr(step, 'url', '') or step.ref} has no size for the space check"
+            if getattr(step, "extract", None):
                 assert step.unpacked_size_bytes, f"{recipe.id}: an extracted step needs unpacked_size_bytes"
 
 
@@ -147,6 +147,11 @@ def test_whisper_small_gpu_warns_about_memory_but_installs():
     assert plan.steps and any("5000 MiB" in w for w in plan.warnings)
 
 
+def _paths(step) -> list[str]:
+    """Where a step writes, relative to the pack's data dir: its dest, or what a tool produces."""
+    return [step.dest] if getattr(step, "dest", "") else list(getattr(step, "produces", ()))
+
+
 @pytest.mark.parametrize("param", ALL_OPTIONS, ids=_option_id)
 def test_every_option_resolves_with_an_nvidia_gpu(param):
     pack_id, choices = param
@@ -156,11 +161,11 @@ def test_every_option_resolves_with_an_nvidia_gpu(param):
         assert plan.steps, f"{pack_id} {choices} has nothing to do in {mode} mode"
         assert dict(plan.choices).items() >= choices.items()
         for step in (*plan.steps, *plan.offline_steps):
-            for path in ([step.dest] if step.dest else []) + list(step.produces):
+            for path in _paths(step):
                 pure = PurePosixPath(path)
                 assert not pure.is_absolute() and ".." not in pure.parts and not path.startswith("~"), path
             # plan-time placeholders are gone; only the executor's own remain
-            for text in (step.url, step.checksum_url or "", step.ref, step.dest, *step.command, *step.fallback_refs):
+            for text in (*(getattr(step, f, "") or "" for f in ("url", "checksum_url", "ref", "dest", "source")), *getattr(step, "command", ()), *getattr(step, "fallback_refs", ())):
                 leftover = set(re.findall(r"\{([A-Za-z_]\w*)\}", text))
                 assert leftover <= {"data_dir", "python", "file"}, (pack_id, text)
 
@@ -201,7 +206,7 @@ def test_options_of_one_pack_never_share_a_destination():
         for choices in _options(recipe):
             plan = resolve(recipe, choices, NVIDIA, mode="bundle")
             for step in plan.steps:
-                for path in ([step.dest] if step.dest else []) + list(step.produces):
+                for path in _paths(step):
                     owner = seen.setdefault(path, plan.key)
                     assert owner == plan.key, f"{pack_id}: {path} is written by {owner} and {plan.key}"
 
@@ -403,13 +408,23 @@ command = ["true"]
     assert info.value.field == "choices[0].options[0].requires.hardwares"
 
 
-def test_offline_steps_cannot_name_undeclared_credentials():
+def test_bundle_steps_cannot_name_undeclared_credentials():
     import tomllib
 
-    text = GOOD + '[offline._default]\ntype = "download"\nurl = "https://x.invalid/a"\ndest = "a"\ncredentials = "nope"\n'
+    text = GOOD + '[bundle._default]\ntype = "download"\nurl = "https://x.invalid/a"\ndest = "a"\ncredentials = "nope"\n'
     with pytest.raises(RecipeError) as info:
         parse_recipe(tomllib.loads(text), "p.toml")
     assert "nope" in info.value.problem
+
+
+def test_offline_steps_only_run_programs():
+    """What runs on the installing host is a tool command; anything else there is a recipe error."""
+    import tomllib
+
+    text = GOOD + '[offline._default]\ntype = "download"\nurl = "https://x.invalid/a"\ndest = "a"\n'
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(tomllib.loads(text), "p.toml")
+    assert info.value.field == "offline._default[0].type" and "only tool_command" in info.value.problem
 
 
 # --- dest and placeholders --------------------------------------------------------------------
@@ -445,10 +460,11 @@ type = "tool_command"
 command = ["true"]
 produces = ["{name}/x"]
 """
-    recipe = parse_recipe(tomllib.loads(text), "p.toml")
+    with pytest.raises(RecipeError) as info:  # an option value is a name: refused where it is written
+        parse_recipe(tomllib.loads(text), "p.toml")
+    assert info.value.field == "choices[0].options[1].value"
+    recipe = parse_recipe(tomllib.loads(text.replace('value = ".."', 'value = "up"')), "p.toml")
     assert resolve(recipe, {"name": "ok"}, NO_GPU).steps[0].produces == ("ok/x",)
-    with pytest.raises(RecipeError):
-        resolve(recipe, {"name": ".."}, NO_GPU)
 
 
 def test_the_seed_home_form_is_read_relative_to_the_data_dir():

@@ -14,6 +14,7 @@ mid-download case runs as on a filesystem without fallocate, where the write mee
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -307,6 +308,7 @@ def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env, update_kin
 
     fs.set_disk_usage(50 * 2**20)
     key = new_key()
+    os.chmod("/", 0o755)  # pyfakefs makes its root world-writable: no real host's is, and keys under it are refused
     Path("/keys").mkdir()
     pub = write_public_key(Path("/keys/site.pub"), key)
     old = {"db/a.bin": payload(50_000, seed=1)}

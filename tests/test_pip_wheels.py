@@ -189,7 +189,7 @@ def test_data_only_packs_do_not_check_python_packages(cli, write_recipe, local_s
 def _manifest(python_packages: tuple[str, ...]) -> BundleManifest:
     pack = PackEntry(
         key="spacy-en@model_size=sm", id="spacy-en", label="spaCy", data_type="language_model", choices={"model_size": "sm"},
-        update_schedule="manual", fetched_at="2030-01-01T00:00:00Z", offline_steps=[], source="x", checksum_verified=True,
+        update_schedule="manual", fetched_at="2030-01-01T00:00:00Z", offline_steps=(), source="x", checksum_verified=True,
         tool_hint="", python_packages=python_packages,
     )  # fmt: skip
     return BundleManifest(bundle_id="b" * 32, created="2030-01-01T00:00:00Z", expires=None, tool_version="0.1.0", signer_key_id=None, packs=(pack,), files=())

@@ -14,20 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from manifests.errors import ConfigError, SignatureError, UsageError
+from executor.keys import TrustStore, read_private_key_file, write_keypair
 from manifests.signing import (
     TRUSTED_KEYS_DIRNAME,
-    TrustStore,
     generate_keypair,
     key_id,
     load_private_key,
     load_public_key,
     private_key_pem,
     public_key_pem,
-    read_private_key_file,
     sign,
-    verify_signature,
-    write_keypair,
 )
+from manifests.trust import verify_signature
 
 DATA = b'{"bundle_id": "b1"}\n'
 

@@ -253,7 +253,7 @@ def test_pack_list_gates_options_by_hardware(env, files, client):
     pack = pack_entry(client, "model")
     cpu, gpu = pack["choices"][0]["options"]
     assert cpu["available"] and cpu["default"] and cpu["size_bytes"] == 1000
-    assert not gpu["available"] and gpu["why_not"] == "requires an NVIDIA GPU (none detected)"
+    assert not gpu["available"] and gpu["why_not"] == "requires an NVIDIA GPU and none was detected"
     assert gpu["size_bytes"] == 3000
 
     refused = client.post("/api/jobs/install", json={"pack": "model", "choices": {"variant": "gpu"}}, headers=AUTH)
@@ -358,9 +358,11 @@ def fake_sideload_api(calls: list):
 
 def test_sideload_route_runs_sideload_bundle_as_a_job(env, client, monkeypatch):
     calls: list = []
+    fake = fake_sideload_api(calls)
+    monkeypatch.setitem(sys.modules, "sideload.api", fake)
     import sideload
 
-    monkeypatch.setattr(sideload, "api", fake_sideload_api(calls), raising=False)  # what `from sideload import api` finds
+    monkeypatch.setattr(sideload, "api", fake, raising=False)  # `from sideload import api` reads the package's attribute once it was imported
     (env.bundles / "site.tar.zst").write_bytes(b"bundle")
 
     started = client.post("/api/jobs/sideload", json={"bundle": "site.tar.zst"}, headers=AUTH)
@@ -391,6 +393,7 @@ def test_sideload_a_real_signed_bundle_through_the_route(env, files, client):
     """bundle (online side) -> the bundle dir -> POST /api/jobs/sideload -> installed, with progress."""
     build = pytest.importorskip("bundler.build", reason="the bundler is not in this tree yet")
     from executor.config import config_dir
+    from executor.keys import TrustStore
     from manifests import signing
 
     data = sample(512 * 1024, seed=9)
@@ -403,7 +406,7 @@ def test_sideload_a_real_signed_bundle_through_the_route(env, files, client):
         build.build_bundle(engine, [app.plan("carried")], env.bundles / "unsigned.tar.zst", private_key=None)
     finally:
         engine.close()
-    signing.TrustStore.in_config_dir(config_dir()).add(signing.public_key_pem(public))
+    TrustStore.in_config_dir(config_dir()).add(signing.public_key_pem(public))
 
     refused = client.post("/api/jobs/sideload", json={"bundle": "unsigned.tar.zst"}, headers=AUTH)
     assert refused.status_code == 202 and refused.json()["job"]["packs"] == ["carried"]
