@@ -29,7 +29,7 @@ from bench.measure import loadavg
 from bench.server import Server
 from bench.workloads import Bench, Sizes
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,9 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("curl", "tar", "zstd", "sha256sum", "openssl", "bash", "find", "xargs"):
+    needed = ["curl", "tar", "zstd", "sha256sum", "openssl", "bash", "find", "xargs"] + (["aria2c"] if "W6" in args.only else [])
+    for tool in needed:
         if shutil.which(tool) is None:
-            print(f"python -m bench needs {tool} (Debian: apt-get install curl zstd tar coreutils openssl findutils)", file=sys.stderr)
+            print(f"python -m bench needs {tool} (Debian: apt-get install curl zstd tar coreutils openssl findutils aria2)", file=sys.stderr)
             return 7
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="devops-cp-bench-"))
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.server = server
             bench.write_recipes()
             bench.server_check()
-            steps = {"W1": bench.w1_install, "W2": bench.w2_bundle, "W3": bench.w3_sideload, "W4": bench.w4_small_files, "W5": bench.w5_memory}
+            steps = {"W1": bench.w1_install, "W2": bench.w2_bundle, "W3": bench.w3_sideload, "W4": bench.w4_small_files, "W5": bench.w5_memory, "W6": bench.w6_capped}
             for name in args.only:
                 print(f"\n== {name} (load {loadavg()}) ==", flush=True)
                 steps[name]()

@@ -14,14 +14,17 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"  # support.localserver liv
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, rate_per_connection: int | None = None):
+        """`rate_per_connection`: bytes per second each connection may carry (W6: a CDN's cap)."""
         self.root = root
+        self.rate_per_connection = rate_per_connection
         self.process: subprocess.Popen | None = None
         self.base_url = ""
 
     def __enter__(self) -> "Server":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "support.localserver", str(self.root)],
+            [sys.executable, "-m", "support.localserver", str(self.root)]
+            + (["--rate-per-connection", str(self.rate_per_connection)] if self.rate_per_connection else []),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env(PYTHONPATH=str(TESTS)),
         )
         self.base_url = self.process.stdout.readline().strip().rstrip("/")

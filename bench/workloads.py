@@ -24,6 +24,7 @@ from bench.table import ratio_table, results_table
 
 GIB = 1 << 30
 MIB = 1 << 20
+CAP_PER_CONNECTION = 16 * MIB  # W6's server: bytes per second per connection
 SEED_SCRIPT = Path(__file__).with_name("seed_download.py")
 # The `no sync` rows: what durability costs. UNSAFE outside a benchmark (README "Config").
 NO_SYNC_CONFIG = "[writes]\ndurable = false\n"
@@ -240,6 +241,7 @@ class Bench:
             self.ours("ours: install, no sync", ["data", "install", "bench-big"], no_sync=True, check=_expect_file(installed("ours: install, no sync"), size)),
             Contender("curl -o", _bash(curl), **peer),
             Contender("curl -o + sync", _bash(f"{curl} && sync"), **peer),
+            Contender("curl -o + sync FILE", _bash(f"{curl} && sync {q(str(out))}"), **peer),
             Contender("curl + sha256sum -c", _bash(f"{curl} && echo {self.big_sha}'  '{q(str(out))} | sha256sum -c --quiet -"), **peer),
             Contender("curl + openssl dgst", _bash(f"{curl} && test \"$(openssl dgst -sha256 -r {q(str(out))} | cut -c1-64)\" = {self.big_sha}"), **peer),
             Contender("seed loop (urllib 8 KiB + hash pass)", [sys.executable, str(SEED_SCRIPT), url, str(out), f"sha256:{self.big_sha}"], **peer),
@@ -249,7 +251,7 @@ class Bench:
             "W1: direct install",
             f"Install one {size / MIB:.0f} MiB incompressible file from the local server, sha256 checked against the recipe. "
             "Ours also stages, renames atomically and (by default) makes the pack durable with one syncfs before it becomes visible; "
-            "`no sync` runs with the unsafe config key `[writes] durable = false`.",
+            "`no sync` runs with the unsafe config key `[writes] durable = false`. `sync FILE` flushes only that file (fsync); plain `sync` the whole system.",
             contenders, size,
             {("ours: install", "curl -o"): 1.0, ("ours: install, no sync", "curl -o"): 1.0},
         )
@@ -465,3 +467,39 @@ class Bench:
         section = "### W5: peak memory against pack size\n\nOne signed bundle of one incompressible file, then its sideload (durable), at each size; one run each.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
         self.sections.append(section)
         self.log("\n" + section)
+
+    def w6_capped(self) -> None:
+        """Issue 23: a server capping each connection (CDNs, release storage) against aria2c's eight."""
+        size, rate = self.sizes.big, CAP_PER_CONNECTION
+        out_dir = self.scratch("w6-peers")
+        out = out_dir / "big.bin"
+        q = shlex.quote
+        with Server(self.serve, rate_per_connection=rate) as capped:
+            url = capped.url("big.bin")
+            self.write_recipe("bench-capped", "ml_model", f'type = "download"\nurl = "{url}"\ndest = "bench/big.bin"\nsize_bytes = {size}\nsize_exact = true\nchecksum = "sha256:{self.big_sha}"\n')
+            installed = lambda name: self.home_of(name) / ".cache" / "whisper" / "bench" / "big.bin"  # noqa: E731
+            bundle = self.home_of("ours: bundle, streamed").parent / "out" / "capped.tar.zst"
+            peer = dict(prepare=_fresh(out_dir), check=_expect_file(out, size), cleanup=_remove(out_dir))
+            aria2 = f"aria2c -q -x8 -s8 --checksum=sha-256={self.big_sha} --allow-overwrite=true -d {q(str(out_dir))} -o big.bin {q(url)}"
+            streamed = self.ours("ours: bundle, streamed", ["data", "bundle", "bench-capped", "-o", str(bundle), "--key", f"{self.key}.key"])
+            streamed.prepare, streamed.check = _fresh(Path(streamed.env["HOME"]), bundle.parent), _expect_exists(bundle)
+            contenders = [
+                self.ours("ours: install", ["data", "install", "bench-capped"], check=_expect_file(installed("ours: install"), size)),
+                self.ours("ours: install, no sync", ["data", "install", "bench-capped"], no_sync=True, check=_expect_file(installed("ours: install, no sync"), size)),
+                streamed,
+                Contender("aria2c -x8 -s8 --checksum", _bash(aria2), **peer),
+                Contender("curl -o", _bash(f"curl -sS --noproxy '*' -o {q(str(out))} {q(url)}"), **peer),
+            ]
+            try:
+                compare(contenders, self.runs, self.log)
+            finally:
+                (self.catalog / "bench-capped.toml").unlink(missing_ok=True)
+        self.report(
+            "W6: a server capping each connection",
+            f"Install the {size / MIB:.0f} MiB file of W1 from the same local server run with `--rate-per-connection {rate}` "
+            f"({rate / MIB:.0f} MiB/s per connection, as CDNs and release storage cap them). Ours uses up to "
+            "max_connections_per_download (8) connections and is durable; aria2c checks the sha256 after the download; "
+            "`bundle, streamed` puts the pinned file into a signed bundle through the bounded window (its peak RSS is the point).",
+            contenders, size,
+            {("ours: install", "aria2c -x8 -s8 --checksum"): 1.0, ("ours: install", "curl -o"): 0.2},
+        )

@@ -211,6 +211,7 @@ def _live_files(engine: Engine, plan: Plan) -> list[_File]:
             size_cap=step.size_bytes,
             auth=credentials_auth(ctx, plan.recipe, step.credentials),
             plain=ctx.plain,
+            connections=ctx.connections,
         )
         sha256 = step.checksum.split(":", 1)[1]
         if step.extract:

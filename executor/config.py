@@ -1,6 +1,6 @@
 """The config file: $DEVOPS_CP_CONFIG, else $XDG_CONFIG_HOME/devops-cp/config.toml.
 
-Keys: catalog_dirs, max_parallel_downloads, [data_dirs], [mirrors],
+Keys: catalog_dirs, max_parallel_downloads, max_connections_per_download, [data_dirs], [mirrors],
 [credentials.NAME] (username, password), [web] (token, bundle_dirs),
 [writes] (plain; durable, UNSAFE when false).
 """
@@ -19,7 +19,7 @@ import platformdirs
 from manifests.errors import ConfigError
 
 APP = "devops-cp"
-KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "writes"}
+KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "writes"}
 PLAIN_WRITES_ENV = "DEVOPS_CP_PLAIN_WRITES"  # =1: the same as [writes] plain = true
 
 
@@ -52,6 +52,7 @@ class Config:
     path: Path
     catalog_dirs: tuple[Path, ...] = ()
     max_parallel_downloads: int = 2
+    max_connections_per_download: int = 8  # one large file over up to this many connections; 1: one stream
     data_dirs: dict[str, Path] = field(default_factory=dict)
     mirrors: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -98,6 +99,9 @@ def load_config(path: Path | None = None) -> Config:
     parallel = data.get("max_parallel_downloads", 2)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise _fail(path, "max_parallel_downloads", "must be a whole number of at least 1")
+    connections = data.get("max_connections_per_download", 8)
+    if not isinstance(connections, int) or isinstance(connections, bool) or not 1 <= connections <= 64:
+        raise _fail(path, "max_connections_per_download", "must be a whole number from 1 (one stream per file) to 64")
     catalog_dirs = data.get("catalog_dirs", [])
     if not isinstance(catalog_dirs, list) or not all(isinstance(d, str) for d in catalog_dirs):
         raise _fail(path, "catalog_dirs", "must be a list of directory paths")
@@ -114,6 +118,7 @@ def load_config(path: Path | None = None) -> Config:
         path=path,
         catalog_dirs=tuple(Path(d).expanduser() for d in catalog_dirs),
         max_parallel_downloads=parallel,
+        max_connections_per_download=connections,
         data_dirs={k: Path(v).expanduser() for k, v in _str_table(path, data, "data_dirs").items()},
         mirrors=_str_table(path, data, "mirrors"),
         credentials=credentials,

@@ -62,9 +62,15 @@ def write_behind(out: BinaryIO, keep: int) -> None:
     then has little left to do, and the page cache holds only the last `keep` bytes of a 50 GB
     copy instead of pushing everything else out. A no-op where sync_file_range is missing.
     """
+    write_behind_fd(out.fileno(), out.tell(), keep)
+
+
+def write_behind_fd(fd: int, end: int, keep: int) -> None:
+    """write_behind for an open descriptor whose first `end` bytes are done with: a file written
+    out of order (executor/segmented.py) passes the end of what it has hashed, so no page it has
+    yet to read back is dropped."""
     if _sync_file_range is None:
         return
-    fd, end = out.fileno(), out.tell()
     _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
     behind = end - keep
     if behind > 0:

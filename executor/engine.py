@@ -95,7 +95,10 @@ class Engine:
         transport: httpx.BaseTransport | None = None,
         python: str = sys.executable,
         writes: WriteSettings | None = None,  # None: the config's [writes]
+        connections_per_download: int | None = None,
     ):
+        """`connections_per_download`: how many connections one large file may use (None: the
+        config's max_connections_per_download). A site mirror serving a fleet passes 1."""
         self.store = store
         self.config: Config = store.config
         self.listener = LockedListener(listener)
@@ -103,6 +106,7 @@ class Engine:
         self.transport = transport
         self.python = python
         self.writes = writes if writes is not None else self.config.writes
+        self.connections_per_download = connections_per_download or self.config.max_connections_per_download
         self._client: httpx.Client | None = None
 
     def client(self) -> httpx.Client:
@@ -117,8 +121,10 @@ class Engine:
             self._client.close()
 
     def step_context(self, *, will_sync: bool = False) -> step_types.StepContext:
-        return step_types.StepContext(self.config, self.client, self.listener, self.settings, self.python,
-                                      will_sync=will_sync and self.writes.durable, plain=self.writes.plain)
+        return step_types.StepContext(
+            self.config, self.client, self.listener, self.settings, self.python,
+            will_sync=will_sync and self.writes.durable, plain=self.writes.plain, connections=self.connections_per_download,
+        )
 
     # --- decide -------------------------------------------------------------------------
 

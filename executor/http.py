@@ -24,10 +24,12 @@ from typing import BinaryIO, Callable, Iterator
 
 import httpx
 
+from executor import durable
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
+from executor import segmented
 from executor.http_fastpath import body_chunks
-from executor.transfer import Copy, closing_output, hash_file
+from executor.transfer import Copy, closing_output, hash_file, translate_write_error
 from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, ConfigError, LengthError, NetworkError
 
@@ -165,6 +167,10 @@ class Download:
     space_check: Callable[[int], None] = lambda remaining: None
     writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
     plain: bool = False  # WriteSettings.plain: no fast paths in the copy (executor/transfer.py)
+    connections: int = 1  # at most this many at once for one large file (executor/segmented.py); 1: one stream
+    connections_used: int = 0  # the most the last run() or stream_into() had open at once
+    _single: bool = False  # ranges were answered inconsistently: one stream from now on
+    _changes: int = 0  # times the file changed under a segmented download
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
 
@@ -177,15 +183,35 @@ class Download:
         self.meta_path.unlink(missing_ok=True)
         self._copy = None
 
-    def _resume_state(self) -> tuple[int, str | None]:
+    def _journal(self) -> dict:
+        """The JSON beside the partial file: url, validator, and for a segmented file its size and
+        the byte ranges that arrived ({} when there is nothing to resume)."""
         try:
             meta = json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
             meta = {}
-        if meta.get("url") != self.url or not self.partial.exists():
+        if not isinstance(meta, dict) or meta.get("url") != self.url or not self.partial.exists():
             self.discard()
+            return {}
+        return meta
+
+    def _resume_state(self) -> tuple[int, str | None]:
+        """Where one stream would resume: the file's size, or a segmented file's contiguous start."""
+        meta = self._journal()
+        if not meta:
             return 0, None
-        return self.partial.stat().st_size, meta.get("validator")
+        ranges = meta.get("ranges")
+        if ranges is None:
+            return self.partial.stat().st_size, meta.get("validator")
+        return (ranges[0][1] if ranges and ranges[0][0] == 0 else 0), meta.get("validator")
+
+    def _as_one_stream(self, offset: int) -> None:
+        """A segmented partial file continued by one stream: only its contiguous start is kept."""
+        meta = self._journal()
+        if meta.get("ranges") is not None:
+            os.truncate(self.partial, offset)
+            self.meta_path.write_text(json.dumps({"url": self.url, "validator": meta.get("validator")}))
+            self._copy = None
 
     def _copy_at(self, offset: int) -> Copy:
         """The running hash of the first `offset` bytes, kept in memory between attempts."""
@@ -200,7 +226,7 @@ class Download:
         restarts = 0
         while True:
             try:
-                copy = self._attempt(attempts)
+                copy = self._attempt(attempts, expected_sha256)
                 break
             except _Restart:
                 restarts += 1
@@ -221,12 +247,24 @@ class Download:
             raise
         return copy
 
-    def _attempt(self, attempts: _Attempts) -> Copy:
+    def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
         with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
-            return self._receive(response, offset, attempts)
+            first = None
+            if self.connections > 1 and not self._single:
+                meta = self._journal()
+                first = segmented.first_answer(response, offset, pinned=expected_sha256 is not None, resuming="ranges" in meta)
+                if first is not None and "ranges" in meta:  # a segmented partial file: on with its journal
+                    if meta.get("size") != first.size or meta.get("validator") != first.if_range:
+                        raise _Restart()
+                    body = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
+                    return self._segments(first, body, response.request, [tuple(r) for r in meta["ranges"]], attempts)
+            self._as_one_stream(offset)
+            return self._receive(response, offset, attempts, first)
 
-    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts) -> Copy:
+    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts, first: segmented.First | None = None) -> Copy:
+        """One stream into the partial file. `first`: ranges would let several connections help;
+        after segmented.PROBE seconds, they take over if the stream is slow enough to need them."""
         code = response.status_code
         if code == 416:
             match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("content-range", ""))
@@ -243,15 +281,77 @@ class Download:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps({"url": self.url, "validator": _validator(response)}))
         reserve = copy.limit - copy.done if copy.limit is not None else 0
+        chunks = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
+        probe = segmented.Probe(first.size, offset) if first is not None else None
         with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve, plain=self.plain) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
-                copy.feed(attempts.until_deadline(body_chunks(response, self.settings.stall_timeout)))
+                copy.feed(probe.watch(chunks) if probe else chunks)
             finally:
                 copy.out = None
+        if probe is not None and probe.switch:
+            return self._segments(first, chunks, response.request, [(0, copy.done)], attempts, copy, probe.rate)
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
         return copy
+
+    def _segments(
+        self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, ranges: list, attempts: _Attempts,
+        copy: Copy | None = None, lead_rate: float | None = None,
+    ) -> Copy:
+        """The rest of the file over several connections, into the preallocated partial file; `body`
+        goes on as the first of them. `copy` has hashed the bytes before them already (a stream that
+        was slow for one connection), else the partial file's arrived ranges are read back to hash."""
+        size = first.size
+        if self.size_cap is not None and size > self.size_cap:
+            raise LengthError(f"{self.what} is {size} bytes, longer than the {self.size_cap} declared for it", hint="nothing was installed")
+        plan = segmented.Plan(size, ranges, window=None)
+        if copy is None:
+            copy = Copy(None, what=self.what, limit=size, plain=self.plain)
+            self.space_check(size - plan.received)
+            if self.meter is not None:
+                self.meter.restart(plan.received, size)
+        copy.meter, plan.consumed = None, copy.done  # progress counts arrived bytes, not hashed ones
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        journal = {"url": self.url, "validator": first.if_range, "size": size}
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not self.plain:
+                with open(fd, "r+b", buffering=0, closefd=False) as out:
+                    durable.reserve(out, size)
+            os.ftruncate(fd, size)
+            segmented.write_journal(self.meta_path, {**journal, "ranges": ranges})
+            run = segmented.Segmented(
+                self._fetch_for_segments(attempts, self.meter),
+                first, plan, segmented.FileSink(fd), copy.feed, piece=segmented.PIECE,
+                journal=lambda arrived: segmented.write_journal(self.meta_path, {**journal, "ranges": arrived}),
+                writeback_fd=fd if self.writeback and not self.plain else None,
+            )
+            try:
+                run.run(body, request, lead_rate)
+            finally:
+                self.connections_used = max(self.connections_used, run.used)
+        except segmented.Inconsistent as exc:
+            self._after_inconsistent(exc)
+            raise _Restart() from None
+        except OSError as exc:
+            raise translate_write_error(exc, str(self.partial), size) from exc
+        finally:
+            os.close(fd)
+        self._copy = None
+        return copy
+
+    def _after_inconsistent(self, exc: segmented.Inconsistent) -> None:
+        """A new version may go on over several connections once; a server whose ranges cannot be
+        trusted (or whose validator keeps changing) gets one stream from now on."""
+        self._single = not isinstance(exc, segmented.Changed) or self._changes > 0
+        self._changes += 1
+
+    def _fetch_for_segments(self, attempts: _Attempts, meter: Meter | None) -> segmented.Fetch:
+        return segmented.Fetch(
+            self.client, self.url, self.auth, self.settings.stall_timeout, self.connections, attempts,
+            retryable=lambda exc: isinstance(exc, (httpx.TransportError, _Retry)), check_status=_check_status, meter=meter,
+        )
 
     def _expect(self, copy: Copy, total: int | None) -> None:
         """Before a body's first byte: its length cap, the space it needs, the meter's new start."""
@@ -300,10 +400,29 @@ class Download:
                 raise NetworkError(f"{self.url} is now {total} bytes, fewer than the {done} already written: it changed", hint=_FORWARD_ONLY)
             self._validator = self._validator or _validator(response)
             self._expect(copy, total)
-            body = _skip(body_chunks(response, self.settings.stall_timeout), done - start)  # after a 200: what was written already
-            copy.feed(attempts.until_deadline(body))
+            first = segmented.first_answer(response, 0, pinned=True) if self.connections > 1 and not self._single and not done else None
+            body = attempts.until_deadline(_skip(body_chunks(response, self.settings.stall_timeout), done - start))  # after a 200: what was written already
+            probe = segmented.Probe(first.size, 0) if first is not None else None
+            copy.feed(probe.watch(body) if probe else body)
+            if probe is not None and probe.switch:
+                self._stream_segments(first, body, response.request, copy, attempts, probe.rate)
         if total is not None and copy.done < total:
             raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+
+    def _stream_segments(self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, copy: Copy, attempts: _Attempts, lead_rate: float) -> None:
+        """The rest over several connections into a bounded window in memory, written out in order."""
+        self._validator = first.if_range
+        plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
+        plan.consumed = copy.done
+        piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
+        run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
+        try:
+            run.run(body, request, lead_rate)
+        except segmented.Inconsistent as exc:
+            self._after_inconsistent(exc)  # what was written stays; one stream goes on from there (If-Range)
+            raise _Retry(str(exc)) from None
+        finally:
+            self.connections_used = max(self.connections_used, run.used)
 
 
 _FORWARD_ONLY = "the bytes already streamed cannot be taken back: run the same command again to start over"

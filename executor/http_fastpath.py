@@ -32,10 +32,11 @@ def supported(httpcore_version: str = httpcore.__version__) -> bool:
 ENABLED = supported()  # tests set it False to run the plain path
 
 
-def body_chunks(response: httpx.Response, stall_timeout: float) -> Iterator[bytes]:
-    """The raw bytes of a response's body; httpcore's read errors surface as httpx's."""
+def body_chunks(response: httpx.Response, stall_timeout: float, *, keep_connection: bool = False) -> Iterator[bytes]:
+    """The raw bytes of a response's body; httpcore's read errors surface as httpx's.
+    `keep_connection`: through h11, so that the connection can serve the next request (ranges)."""
     chunks = response.iter_raw()
-    stream, length = raw_stream(response) if ENABLED else (None, 0)
+    stream, length = raw_stream(response) if ENABLED and not keep_connection else (None, 0)
     if stream is None:
         yield from chunks
         return

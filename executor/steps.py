@@ -45,6 +45,7 @@ class StepContext:
     # as they arrive (Copy's writeback). Not bundle staging, which is never synced: there it only costs.
     will_sync: bool = False
     plain: bool = False  # WriteSettings.plain: no fast paths (see executor/transfer.py)
+    connections: int = 1  # per large download (executor/segmented.py): the engine's connections_per_download
     _client: httpx.Client | None = None
 
     @property
@@ -131,6 +132,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
         plain=ctx.plain,
+        connections=ctx.connections,
     )
     try:
         try:

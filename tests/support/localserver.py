@@ -79,6 +79,7 @@ class Fault:
     wrong_length: int | None = None  # declare this Content-Length instead of the real one (send the real body)
     extra_body: bytes = b""  # append these bytes beyond the declared length
     range_shift: int = 0  # a 206 whose Content-Range and body start this many bytes off the asked offset
+    range_shift_from: int = 0  # ... only for ranges asked from this byte on (the first answers stay right)
     statuses: list[int] = field(default_factory=list)  # answer these first, one per request, then normally
     retry_after: int | None = None  # Retry-After header sent with those statuses
     redirect_to: str | None = None  # answer 302 with this Location
@@ -521,7 +522,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             if parsed is not None:
                 status, (start, end) = 206, parsed  # type: ignore[misc]
-                if fault and fault.range_shift:
+                if fault and fault.range_shift and start >= fault.range_shift_from:
                     start = min(max(start + fault.range_shift, 0), size - 1)
                     end = min(max(end + fault.range_shift, start), size - 1)
         length = end - start + 1 if size else 0
@@ -549,12 +550,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         slow = fault is not None and (drop_at is not None or fault.trickle_bps or fault.delay_per_chunk
                                       or fault.stall_after is not None)
-        if slow:
-            self._send_paced(snap, start, length, fault, drop_at)  # type: ignore[arg-type]
-        elif snap.fd is not None:
-            self._send_file(snap.fd, start, length)
-        else:
-            self._send_bytes(snap.data[start:start + length])  # type: ignore[index]
+        owner = self.server.owner
+        owner._body_started()
+        try:
+            if slow:
+                self._send_paced(snap, start, length, fault, drop_at)  # type: ignore[arg-type]
+            elif snap.fd is not None:
+                self._send_file(snap.fd, start, length)
+            else:
+                self._send_bytes(snap.data[start:start + length])  # type: ignore[index]
+        finally:
+            owner._body_finished()
         if fault is not None and fault.extra_body:
             self._send_bytes(memoryview(fault.extra_body))
 
@@ -563,7 +569,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_bytes(self, view: memoryview) -> None:
         sock = self.connection
         while view:
-            n = min(len(view), _SEND_CHUNK)
+            n = min(len(view), _SEND_CHUNK, self._capped_chunk())
+            self._wait_for_rate(n)
             self.rec.body_bytes_sent += n
             try:
                 k = sock.send(view[:n])
@@ -586,7 +593,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         out = sock.fileno()
         while count > 0:
-            n = min(count, _SENDFILE_CHUNK)
+            n = min(count, _SENDFILE_CHUNK, self._capped_chunk())
+            self._wait_for_rate(n)
             self.rec.body_bytes_sent += n
             try:
                 k = os.sendfile(out, fd, offset, n)
@@ -598,6 +606,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise _Abort("file shrank while being served")
             offset += k
             count -= k
+
+    def _capped_chunk(self) -> int:
+        rate = self.server.owner.rate_per_connection
+        return max(16 * 1024, rate // 64) if rate else _SENDFILE_CHUNK
+
+    def _wait_for_rate(self, n: int) -> None:
+        """LocalServer(rate_per_connection=...): this connection's bytes go out no faster than that,
+        whatever the request (a CDN's per-connection cap); idle time earns no credit."""
+        rate = self.server.owner.rate_per_connection
+        if not rate:
+            return
+        now = time.monotonic()
+        due = max(getattr(self, "_rate_due", now), now)
+        self._pause(due - now)
+        self._rate_due = due + n / rate
 
     def _send_paced(self, snap: _Snapshot, start: int, length: int, fault: Fault, drop_at: int | None) -> None:
         chunk = _CHUNK
@@ -690,10 +713,14 @@ class LocalServer:
     ``start()`` after ``stop()`` is an error.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: "ssl.SSLContext | None" = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: "ssl.SSLContext | None" = None, rate_per_connection: int | None = None) -> None:
         """``tls``: a server-side context with its certificate loaded; the server then speaks https
-        (without sendfile; the faults that pause, trickle_bps, stall_after and delay_per_chunk, need http)."""
+        (without sendfile; the faults that pause, trickle_bps, stall_after and delay_per_chunk, need http).
+        ``rate_per_connection``: bytes per second each connection may carry, as a CDN caps them."""
         self.tls = tls
+        self.rate_per_connection = rate_per_connection
+        self.bodies_in_flight = 0
+        self.peak_bodies_in_flight = 0  # the most response bodies sent at once: connections used in parallel
         self._lock = threading.Lock()
         self._resources: dict[str, _Resource] = {}
         self._faults: dict[str, _FaultState] = {}
@@ -759,6 +786,15 @@ class LocalServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _body_started(self) -> None:
+        with self._lock:
+            self.bodies_in_flight += 1
+            self.peak_bodies_in_flight = max(self.peak_bodies_in_flight, self.bodies_in_flight)
+
+    def _body_finished(self) -> None:
+        with self._lock:
+            self.bodies_in_flight -= 1
 
     def _connection_closed(self, conn: socket.socket) -> None:
         with self._lock:
@@ -865,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request to stderr")
+    parser.add_argument("--rate-per-connection", type=int, default=None, metavar="BYTES", help="cap each connection at BYTES per second")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"not a directory: {args.dir}")
@@ -874,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    server = LocalServer(args.host, args.port)
+    server = LocalServer(args.host, args.port, rate_per_connection=args.rate_per_connection)
     count = _serve_directory(server, args.dir.resolve())
     with server:
         print(server.base_url, flush=True)
