@@ -8,6 +8,7 @@ as they are fetched; the archive writer reads each staged file once.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from typing import BinaryIO, Callable
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bundler import bootstrap, tool_wheels
+from bundler import bootstrap, delta, tool_wheels
 from bundler.stream_walk import STREAMABLE, StreamWalk, Tee
 from bundler.writer import Member, write_archive
 from executor import durable
@@ -32,12 +33,18 @@ from executor.events import Meter
 from executor.extract import iter_archive, unpack_bound
 from executor.preflight import check_space
 from executor.steps import credentials_auth, step_label, uses_python
-from executor.transfer import Copy
+from executor.transfer import Copy, file_chunks
 from executor.txn import KeptArchive, PackTransaction, recover
 from manifests import signing
 from manifests.bundle import (
+    FOR_HOST_VERSION,
+    FORMAT_VERSION,
+    KEPT,
+    REBUILT,
     BundleManifest,
     FileEntry,
+    ForHost,
+    FromHost,
     PackEntry,
     PartEntry,
     PartsIndex,
@@ -49,6 +56,8 @@ from manifests.bundle import (
     to_json,
 )
 from manifests.errors import UnsafeArchiveError, UsageError
+from manifests.hoststate import HostState
+from manifests.fmt import fmt_size
 from manifests.plan import Plan
 from manifests.version import VERSION
 from manifests.steps import Download
@@ -244,18 +253,21 @@ def build_bundle(
     split_size: int | None = None,
     confirm=None,
     include_tool: tool_wheels.Target | None = None,
+    for_host: HostState | None = None,
 ) -> BundleResult:
     """Fetch, stage and archive. Nothing named OUT* exists until the archive is complete.
 
     `include_tool`: also carry wheels of this tool and its dependencies for that target
     (bundler/tool_wheels.py), and write OUT.bootstrap.sh beside the bundle.
+    `for_host`: an update for that host only: what it has is kept or rebuilt from its chunks
+    (bundler/delta.py); a pack it has unpacked is compared on its unpacked files.
     """
     out = out.resolve()
     work = staging_dir()
     engine.store.ensure_writable(out.parent)
     if include_tool is not None and private_key is None:
         raise UsageError("--include-tool needs a signed bundle: the air-gapped host checks it with openssl before running anything", hint="pass --key PREFIX.key")
-    live = _choose_live(plans)
+    live = _choose_live(plans) if for_host is None else None  # every file is staged: it is compared with the host's
     engine.preflight(
         plans, confirm or (lambda *_: True), target_dir=work, streamed={live.key} if live else (), kept_whole={p.key for p in plans if _keeps_archives(p)}
     )
@@ -267,7 +279,7 @@ def build_bundle(
     try:
         held.enter_context(engine.store.locked([work]))
         recover(engine.store, work)  # staged copies that a killed bundle left behind
-        txns = [PackTransaction(engine.store, work, plan.key, keep_archives=_keeps_archives(plan), writes=engine.writes) for plan in plans]
+        txns = [PackTransaction(engine.store, work, plan.key, keep_archives=_keeps_archives(plan) and not _host_has(for_host, plan), writes=engine.writes) for plan in plans]
         tool = None
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
@@ -282,7 +294,7 @@ def build_bundle(
                 contents.append(_PackContent(plan, _pack_entry(plan, sources, checksum_verified=True), _live_files(engine, plan), []))
             else:
                 contents.append(staged[plan.key])
-        return _write(engine, out, contents, private_key, expires_in, split_size, tool)
+        return _write(engine, out, contents, private_key, expires_in, split_size, tool, for_host)
     finally:
         for txn in txns:
             txn.abort()
@@ -291,7 +303,11 @@ def build_bundle(
         held.close()
 
 
-def _write(engine, out, contents: list[_PackContent], private_key, expires_in, split_size, tool=None) -> BundleResult:
+def _host_has(for_host: HostState | None, plan: Plan) -> bool:
+    return for_host is not None and for_host.pack(plan.key) is not None
+
+
+def _write(engine, out, contents: list[_PackContent], private_key, expires_in, split_size, tool=None, for_host: HostState | None = None) -> BundleResult:
     files, members, packs = [], [], [c.entry for c in contents]
     if tool is not None:  # the wheels go first: the bootstrap's tar stops reading right after them
         tool_pack, files, tool_members = tool_wheels.manifest_entries(tool, format_timestamp(datetime.now(timezone.utc)), TOOL_VERSION)
@@ -299,13 +315,23 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
         members = [Member(name, path, size) for name, path, size in tool_members]
     for content in contents:
         key = content.plan.key
+        host_pack = for_host.pack(key) if for_host is not None else None
+        host_files = {hf.path: hf for hf in host_pack.files} if host_pack is not None else {}
         for f in content.files:
+            if f.unpack is None and f.path is not None and host_files:
+                meter = functools.partial(Meter, engine.listener, key, 0, f"chunks of {f.rel}", f.size)
+                entry, member = _from_host(key, f, delta.decide(f.path, f.size, f.sha256, host_files.get(f.rel), meter))
+                files.append(entry)
+                members += [member] if member is not None else []
+                continue
             name = f"archives/{key}/{f.rel}.{f.unpack.format}" if f.unpack else f"packs/{key}/{f.rel}"
             files.append(FileEntry(key, f.rel, f.size, f.sha256, name, f.unpack))
             members.append(Member(name, f.path, f.size, f.sha256, f.fetch))
     now = datetime.now(timezone.utc)
     signer = signing.key_id(private_key.public_key()) if private_key else None
     manifest = BundleManifest(
+        format_version=FOR_HOST_VERSION if for_host is not None else FORMAT_VERSION,
+        for_host=ForHost(for_host.host_name, for_host.export_id, for_host.created) if for_host is not None else None,
         bundle_id=uuid.uuid4().hex,
         created=format_timestamp(now),
         expires=format_timestamp(now + expires_in) if expires_in else None,
@@ -335,7 +361,39 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
         listed.append((script.name, digest))
         paths.append(script)
     paths += _write_side_files(out, parts, private_key, signer, split_size is not None, listed)
-    return BundleResult(manifest, paths, parts, [n for c in contents for n in c.notes])
+    return BundleResult(manifest, paths, parts, [n for c in contents for n in c.notes] + _host_space_notes(for_host, contents, manifest))
+
+
+def _host_space_notes(for_host: HostState | None, contents: list[_PackContent], manifest: BundleManifest) -> list[str]:
+    """The free space the host reported against what sideload will write there (rebuilt and whole files)."""
+    if for_host is None:
+        return []
+    needs: dict[str, int] = {}
+    for content in contents:
+        written = sum(f.size for f in manifest.files_for(content.plan.key) if f.delivery != "kept")
+        needs[content.entry.data_type] = needs.get(content.entry.data_type, 0) + written
+    return [
+        f"{for_host.host_name} reported {fmt_size(for_host.free_space[kind])} free for {kind}; this update writes about {fmt_size(need)} there"
+        for kind, need in sorted(needs.items())
+        if kind in for_host.free_space and need > for_host.free_space[kind]
+    ]
+
+
+def _from_host(key: str, f: _File, found: delta.Delivery) -> tuple[FileEntry, Member | None]:
+    """A file of a pack the host has: kept (no member), rebuilt (the recipe and the carried chunks), or whole."""
+    if found.kind == "whole":
+        name = f"packs/{key}/{f.rel}"
+        return FileEntry(key, f.rel, f.size, f.sha256, name), Member(name, f.path, f.size, f.sha256)
+    if found.kind == "kept":
+        return FileEntry(key, f.rel, f.size, f.sha256, "", from_host=FromHost(KEPT, f.size, f.sha256)), None
+    name = f"chunks/{key}/{f.rel}"
+    from_host = FromHost(REBUILT, found.base_size, found.base_sha256, found.member_size, found.member_sha256, found.chunks, found.carried_chunks)
+
+    def fetch(out: BinaryIO) -> Copy:
+        with open(found.spill, "rb") as spill:
+            return Copy(out, what=name, limit=found.member_size).feed(itertools.chain((found.recipe,), file_chunks(spill)))
+
+    return FileEntry(key, f.rel, f.size, f.sha256, name, from_host=from_host), Member(name, None, found.member_size, found.member_sha256, fetch)
 
 
 def bootstrap_info(manifest: BundleManifest, bundle_name: str, parts: list[str]) -> bootstrap.BootstrapInfo:

@@ -97,8 +97,9 @@ def trust_remove(key_id: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("packs", nargs=-1, required=True)
+@click.argument("packs", nargs=-1)
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The bundle: OUT.tar.zst.")
+@click.option("--for", "for_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An update for the host that wrote this file (`status --export`): carries only what it lacks. Without PACK: every pack it has and wants.")
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The signing key (PREFIX.key).")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned bundle (sideload then needs --allow-unsigned).")
 @click.option("--split-size", help="Split into parts of at most SIZE (4G, 700MiB, fat32).")
@@ -110,7 +111,7 @@ def trust_remove(key_id: str, as_json: bool) -> None:
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_tool, target_python, target_platform, progress, as_json) -> None:
+def bundle(packs, out, for_file, key_path, unsigned, split_size, expires, yes, include_tool, target_python, target_platform, progress, as_json) -> None:
     """Fetch PACK[:KEY=VALUE,...]... into one signed .tar.zst for an air-gapped host."""
     from bundler.build import build_bundle
     from bundler.tool_wheels import Target
@@ -130,10 +131,18 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
     if key_path is not None:
         private_key = read_private_key_file(key_path, _key_passphrase(key_path))
     app = App()
+    for_host, skipped = None, []
+    if for_file is not None:
+        for_host = _read_export(for_file)
+        packs, skipped = _packs_for(app, for_host, packs)
+    elif not packs:
+        raise UsageError("name the packs to bundle", hint="for example `devops-cp data bundle trivy-db -o stick.tar.zst --key site.key`, or pass --for FILE")
     plans = [app.plan(p, mode="bundle") for p in packs]
     for plan in plans:
         for warning in plan.warnings:
             click.echo(f"warning: {warning}", err=True)
+    for key in skipped:
+        click.echo(f"warning: {key}: the host has it, but this machine's catalog has no such pack; not updated", err=True)
     with progress_renderer(progress) as listener:
         engine = app.engine(listener)
         try:
@@ -146,18 +155,62 @@ def bundle(packs, out, key_path, unsigned, split_size, expires, yes, include_too
                 split_size=parse_size(split_size) if split_size else None,
                 confirm=confirm_on_terminal(yes),
                 include_tool=tool_target,
+                for_host=for_host,
             )
         finally:
             engine.close()
     m = result.manifest
+    deliveries = {kind: sum(1 for f in m.files if f.delivery == kind) for kind in ("kept", "rebuilt", "whole")}
     if as_json:
-        emit_json({"ok": True, "bundle_id": m.bundle_id, "signer_key_id": m.signer_key_id, "packs": [p.key for p in m.packs], "files": len(m.files), "payload_bytes": m.total_size, "outputs": [str(p) for p in result.paths], "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in result.parts], "notes": result.notes})
+        emit_json({"ok": True, "bundle_id": m.bundle_id, "signer_key_id": m.signer_key_id, "packs": [p.key for p in m.packs], "files": len(m.files), "payload_bytes": m.total_size, "carried_bytes": m.carried_size, "for_host": m.for_host.name if m.for_host else None, **deliveries, "outputs": [str(p) for p in result.paths], "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in result.parts], "notes": result.notes})
         return
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"bundle {m.bundle_id}: {len(m.packs)} pack(s), {len(m.files)} file(s), {fmt_size(m.total_size)} of data")
+    if m.for_host is not None:
+        click.echo(f"  for host {m.for_host.name} only (export of {m.for_host.exported_at}): {_delivery_line(deliveries)}; carries {fmt_size(m.carried_size)} of {fmt_size(m.total_size)}")
     for path in result.paths:
         click.echo(f"  {path}")
+
+
+def _read_export(path: Path):
+    """The host's export, read with a size cap before it is parsed (untrusted input)."""
+    from manifests.hoststate import MAX_EXPORT_BYTES, parse_export
+    from manifests.model import FOR_HOST_VERSION
+
+    with open(path, "rb") as f:
+        data = f.read(MAX_EXPORT_BYTES + 1)
+    state = parse_export(data, name=str(path))
+    if FOR_HOST_VERSION not in state.reads_manifest_formats:
+        raise UsageError(
+            f"the host that wrote {path} runs devops-cp {state.tool_version}, which cannot read an update bundle (manifest version {FOR_HOST_VERSION})",
+            hint="make a full bundle (without --for), with --include-tool to bring it a newer devops-cp",
+        )
+    return state
+
+
+def _packs_for(app: App, state, packs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """With PACK arguments, those; without, every pack the host has (its choices) and every pack it wants."""
+    if packs:
+        return list(packs), []
+    chosen, skipped = [], []
+    for pack in state.packs:
+        if pack.id not in app.catalog.recipes:
+            skipped.append(pack.key)
+            continue
+        chosen.append(_pack_arg(pack.id, pack.choices))
+    chosen += [_pack_arg(w.pack, w.choices) for w in state.wants]
+    if not chosen:
+        raise UsageError("the host has no packs this catalog knows and wants none", hint="name the packs: `devops-cp data bundle --for FILE PACK...`")
+    return list(dict.fromkeys(chosen)), skipped
+
+
+def _pack_arg(pack_id: str, choices: dict[str, str]) -> str:
+    return pack_id + (":" + ",".join(f"{k}={v}" for k, v in sorted(choices.items())) if choices else "")
+
+
+def _delivery_line(counts: dict[str, int]) -> str:
+    return f"{counts['kept']} file(s) kept, {counts['rebuilt']} rebuilt from chunks, {counts['whole']} whole"
 
 
 def _key_passphrase(key_path: Path) -> bytes | None:
@@ -180,9 +233,13 @@ def inspect(bundle_path: Path, trust_files, as_json: bool) -> None:
     state = f"signed by {doc['signer_key_id']} ({'trusted here' if doc['trusted'] else 'NOT trusted here'})" if doc["signed"] else "UNSIGNED"
     click.echo(f"bundle {doc['bundle_id']}: {state}")
     click.echo(f"  created {doc['created']}, expires {doc['expires'] or 'never'}, tool {doc['tool_version']}, {len(doc['parts'])} part(s)")
+    if doc["for_host"] is not None:
+        host = doc["for_host"]
+        click.echo(f"  made for host {host['name']} only (export {host['export_id'][:12]} of {host['exported_at']}): carries {fmt_size(doc['carried_bytes'])}, a full bundle {fmt_size(doc['total_size'])}")
     for pack in doc["packs"]:
         unpacks = f", {pack['archives_to_unpack']} of them archive(s) to unpack" if pack["archives_to_unpack"] else ""
-        click.echo(f"  {pack['key']:<40} {pack['files']:>5} file(s) {fmt_size(pack['size']):>10}  fetched {pack['fetched_at']}{unpacks}")
+        how = f"; {_delivery_line(pack)}" if doc["for_host"] is not None else ""
+        click.echo(f"  {pack['key']:<40} {pack['files']:>5} file(s) {fmt_size(pack['size']):>10}  fetched {pack['fetched_at']}{unpacks}{how}")
 
 
 def _trust_options(trust_files, allow_unsigned=False, allow_expired=False):
@@ -205,10 +262,14 @@ def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progre
 
     with progress_renderer(progress) as listener:
         manifest, signer = verify_bundle(bundle_path, _trust_options(trust_files, allow_unsigned, allow_expired), listener)
+    deliveries = {kind: sum(1 for f in manifest.files if f.delivery == kind) for kind in ("kept", "rebuilt", "whole")}
     if as_json:
-        emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size})
+        for_host = {"carried_bytes": manifest.carried_size, "for_host": manifest.for_host.name, **deliveries} if manifest.for_host is not None else {}
+        emit_json({"ok": True, "bundle_id": manifest.bundle_id, "verified_by": signer, "files": len(manifest.files), "bytes": manifest.total_size, **for_host})
     else:
         click.echo(f"OK: bundle {manifest.bundle_id}, {len(manifest.files)} file(s), {fmt_size(manifest.total_size)}, signed by {signer or '(unsigned)'}")
+        if manifest.for_host is not None:
+            click.echo(f"  made for host {manifest.for_host.name} only: {_delivery_line(deliveries)}; carries {fmt_size(manifest.carried_size)} of {fmt_size(manifest.total_size)} (the host's own files are checked when it sideloads)")
 
 
 def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, progress="auto", as_json=False, python: str | None = None) -> int:

@@ -245,10 +245,15 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, python,
 
 
 @data.command()
+@click.option("--export", "export_to", type=click.Path(dir_okay=False, path_type=Path), help="Write what this host has (with a chunk index of each large file) for `bundle --for FILE`.")
+@click.option("--want", "wants", multiple=True, metavar="PACK[:K=V,...]", help="With --export: a pack this host wants added; repeatable.")
+@click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def status(as_json: bool) -> None:
+def status(export_to: Path | None, wants: tuple[str, ...], progress: str, as_json: bool) -> None:
     """Installed packs and disk usage per data directory and per pack."""
+    if export_to is not None or wants:
+        sys.exit(_export_status(export_to, wants, progress, as_json))
     document = reports.status_document(App())
     if as_json:
         emit_json(document)
@@ -259,6 +264,29 @@ def status(as_json: bool) -> None:
         click.echo(f"{p['key']:<40} {p['size_human']:>10}  {p['files']} file(s)  fetched {p['fetched_at']}  {p['data_dir']}")
     for u in document["data_dirs"]:
         click.echo(f"  {u['path']}: {u['size_human']}")
+
+
+def _export_status(export_to: Path | None, wants: tuple[str, ...], progress: str, as_json: bool) -> int:
+    from devops_cp.render import progress_renderer
+    from executor import durable
+    from executor.hostexport import export_state
+    from manifests.hoststate import Want, to_json
+    from manifests.plan import parse_choice_args
+
+    if export_to is None:
+        raise UsageError("--want goes with --export FILE")
+    app = App()
+    parsed = [Want(*parse_choice_args(w)) for w in wants]
+    with progress_renderer(progress) as listener:
+        state = export_state(app.store, app.hardware, parsed, listener)
+    data = to_json(state)
+    durable.write_atomic(export_to, data)
+    summary = {"ok": True, "export": str(export_to), "bytes": len(data), "packs": [p.key for p in state.packs], "describes_bytes": state.data_size, "wants": list(wants)}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"wrote {export_to}: {len(state.packs)} pack(s) ({fmt_size(state.data_size)} of data) in {fmt_size(len(data))}; carry it to the online machine for `devops-cp data bundle --for {export_to.name}`")
+    return 0
 
 
 @data.command("check-updates")

@@ -9,6 +9,7 @@ from manifests.units import fmt_size
 
 
 def status_document(app: App) -> dict:
+    records = app.store.records()  # once: the packs and the usage per data dir both come from them
     return {
         "packs": [
             {
@@ -26,9 +27,9 @@ def status_document(app: App) -> dict:
                 "source": r.source,
                 "checksum_verified": r.checksum_verified,
             }
-            for r in app.store.records()
+            for r in records
         ],
-        "data_dirs": [{**u, "size_human": fmt_size(u["size_bytes"])} for u in app.store.usage()],
+        "data_dirs": [{**u, "size_human": fmt_size(u["size_bytes"])} for u in app.store.usage(records)],
     }
 
 

@@ -131,11 +131,11 @@ class Store:
     def data_dir(self, data_type: str) -> Path:
         return self.config.data_dirs.get(data_type) or resolve_default_dir(data_type)
 
-    def known_data_dirs(self) -> list[Path]:
+    def known_data_dirs(self, records: list[InstallRecord] | None = None) -> list[Path]:
         from manifests.datatypes import DEFAULT_DATA_DIRS
 
         dirs = {self.data_dir(t) for t in DEFAULT_DATA_DIRS} | set(self.config.data_dirs.values())
-        dirs |= {Path(r.data_dir) for r in self.records()}
+        dirs |= set(map(Path, {r.data_dir for r in (self.records() if records is None else records)}))
         return sorted(dirs)
 
     # --- records ------------------------------------------------------------------
@@ -158,9 +158,23 @@ class Store:
         return self._load(path) if path.is_file() else None
 
     def records(self) -> list[InstallRecord]:
+        """Every install record. Each file is parsed once while it stays the same file: a record is
+        only ever replaced by a rename, so its inode, size and mtime tell a new one from a known one
+        (a web audit with 200 packs installed stats 200 files instead of parsing them)."""
         if not self.records_dir.is_dir():
             return []
-        return [self._load(p) for p in sorted(self.records_dir.glob("*.json"))]
+        found = []
+        for entry in sorted(os.scandir(self.records_dir), key=lambda e: e.name):
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            stat = entry.stat()
+            stamp = (entry.path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            record = _parsed.get(stamp)
+            if record is None:
+                record = self._load(Path(entry.path))
+                _parsed.put(stamp, record)
+            found.append(record)
+        return found
 
     def records_for_pack(self, pack_id: str) -> list[InstallRecord]:
         return [r for r in self.records() if r.pack_id == pack_id]
@@ -267,13 +281,13 @@ class Store:
             "next_update_seconds": 0 if stale else int(schedule_seconds - age),
         }
 
-    def usage(self) -> list[dict]:
-        result = []
-        for directory in self.known_data_dirs():
-            if directory.is_dir():
-                size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
-                result.append({"path": str(directory), "size_bytes": size})
-        return result
+    def usage(self, records: list[InstallRecord] | None = None) -> list[dict]:
+        """Bytes of installed packs per data dir that exists, from the records: no walk of the disk."""
+        records = self.records() if records is None else records
+        sizes: dict[str, int] = {}
+        for record in records:
+            sizes[record.data_dir] = sizes.get(record.data_dir, 0) + record.size
+        return [{"path": str(d), "size_bytes": sizes.get(str(d), 0)} for d in self.known_data_dirs(records) if d.is_dir()]
 
 
 @contextmanager
@@ -334,3 +348,26 @@ class _StagingHere:
 
 
 _staging_here = _StagingHere()
+
+
+class _ParsedRecords:
+    """Parsed install records by (path, inode, size, mtime), shared by the Stores of one process."""
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_stamp: dict[tuple, InstallRecord] = {}
+
+    def get(self, stamp: tuple) -> InstallRecord | None:
+        with self._lock:
+            return self._by_stamp.get(stamp)
+
+    def put(self, stamp: tuple, record: InstallRecord) -> None:
+        with self._lock:
+            if len(self._by_stamp) >= self.LIMIT:
+                self._by_stamp.clear()
+            self._by_stamp[stamp] = record
+
+
+_parsed = _ParsedRecords()

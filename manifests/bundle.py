@@ -7,7 +7,10 @@ from __future__ import annotations
 from manifests import codec
 from manifests.codec import parse_manifest, parse_parts_index, sha256sum_lines, unpack_doc
 from manifests.model import (
+    FOR_HOST_VERSION,
     FORMAT_VERSION,
+    KEPT,
+    REBUILT,
     MANIFEST_NAME,
     PARTS_INDEX_SUFFIX,
     SIGNATURE_NAME,
@@ -18,6 +21,8 @@ from manifests.model import (
     UNPACK_FORMATS,
     BundleManifest,
     FileEntry,
+    ForHost,
+    FromHost,
     PackEntry,
     PartEntry,
     PartsIndex,
@@ -30,7 +35,12 @@ from manifests.model import (
 from manifests.trust import check_manifest, verify_manifest, verify_parts_index
 
 __all__ = [
+    "FOR_HOST_VERSION",
     "FORMAT_VERSION",
+    "KEPT",
+    "REBUILT",
+    "ForHost",
+    "FromHost",
     "MANIFEST_NAME",
     "PARTS_INDEX_SUFFIX",
     "SIGNATURE_NAME",

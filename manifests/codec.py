@@ -18,12 +18,17 @@ from typing import Any
 
 from manifests.errors import BundleStructureError
 from manifests.model import (
-    FORMAT_VERSION,
+    FOR_HOST_VERSION,
+    KEPT,
     MANIFEST_NAME,
+    READ_VERSION,
+    REBUILT,
     RESERVED_MEMBERS,
     UNPACK_FORMATS,
     BundleManifest,
     FileEntry,
+    ForHost,
+    FromHost,
     PackEntry,
     PartEntry,
     PartsIndex,
@@ -115,10 +120,22 @@ def _manifest_doc(m: BundleManifest) -> dict[str, Any]:
             for p in m.packs
         ],
         "files": [
-            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member, **unpack_doc(f.unpack)}
+            {"pack_key": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "member": f.member or None, **unpack_doc(f.unpack), **_from_host_doc(f.from_host)}
             for f in m.files
         ],
+        **({"for_host": {"name": m.for_host.name, "export_id": m.for_host.export_id, "exported_at": m.for_host.exported_at}} if m.for_host else {}),
     }
+
+
+def _from_host_doc(value: FromHost | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if value.kind == KEPT:
+        return {"from_host": {"kind": KEPT}}
+    return {"from_host": {
+        "kind": REBUILT, "base_size": value.base_size, "base_sha256": value.base_sha256, "carried_size": value.carried_size,
+        "carried_sha256": value.carried_sha256, "chunks": value.chunks, "carried_chunks": value.carried_chunks,
+    }}  # fmt: skip
 
 
 def unpack_doc(unpack: Unpack | None) -> dict[str, Any]:
@@ -284,9 +301,9 @@ def _check_format_version(top: _Obj) -> int:
     if "format_version" not in top.value:
         raise top.fail("format_version", "missing")
     version = top.get("format_version", int, what="an integer")
-    if not 1 <= version <= FORMAT_VERSION:
-        newer = " (made by a newer devops-cp: upgrade this one)" if version > FORMAT_VERSION else ""
-        raise top.fail("format_version", f"version {version} is not supported, this tool reads versions 1 to {FORMAT_VERSION}{newer}")
+    if not 1 <= version <= READ_VERSION:
+        newer = " (made by a newer devops-cp: upgrade this one)" if version > READ_VERSION else ""
+        raise top.fail("format_version", f"version {version} is not supported, this tool reads versions 1 to {READ_VERSION}{newer}")
     return version
 
 
@@ -305,7 +322,7 @@ def _check_file_name(obj: _Obj, key: str, name: str) -> None:
 def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManifest:
     top = _Obj(MANIFEST_NAME, "", doc)
     version = _check_format_version(top)
-    top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files")
+    top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files", *(["for_host"] if "for_host" in top.value else []))
     created = top.timestamp("created")
     if top.value["expires"] is not None and top.timestamp("expires") <= created:
         raise top.fail("expires", "must be later than 'created'")
@@ -313,6 +330,11 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
     files = _files_from_doc(top, packs, release_files)
     if version < 2 and any(f.unpack for f in files):
         raise top.fail("format_version", "version 1 manifests carry no archives to unpack")
+    for_host = _for_host_from_doc(top.child("for_host")) if "for_host" in top.value else None
+    if for_host is not None and version < FOR_HOST_VERSION:
+        raise top.fail("for_host", f"only version {FOR_HOST_VERSION} manifests are made for one host")
+    if for_host is None and any(f.from_host for f in files):
+        raise top.fail("files", "a file kept or rebuilt from the host's copy needs 'for_host': the host the bundle was made for")
     return BundleManifest(
         format_version=version,
         bundle_id=top.text("bundle_id"),
@@ -322,6 +344,7 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
         signer_key_id=top.key_id("signer_key_id"),
         packs=packs,
         files=files,
+        for_host=for_host,
     )
 
 
@@ -406,15 +429,43 @@ def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
 
 
 def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
-    f.only("pack_key", "path", "size", "sha256", "member", *(["unpack"] if "unpack" in f.value else []))
-    path, member = f.text("path"), f.text("member")
+    f.only("pack_key", "path", "size", "sha256", "member", *[k for k in ("unpack", "from_host") if k in f.value])
+    path, size, sha256 = f.text("path"), f.integer("size"), f.sha256("sha256")
+    from_host = _from_host_from_doc(f.child("from_host"), size, sha256) if "from_host" in f.value else None
     _check_rel_path(f, "path", path)
-    _check_rel_path(f, "member", member)
+    if from_host is not None and from_host.kind == KEPT:  # carried by nobody: the host has it
+        if f.value["member"] is not None:
+            raise f.fail("member", "must be null for a file kept from the host")
+        member = ""
+    else:
+        member = f.text("member")
+        _check_rel_path(f, "member", member)
     if member in RESERVED_MEMBERS:
         raise f.fail("member", f"{member!r} is reserved for the manifest and its signature")
     pack_key = f.text("pack_key")
     unpack = _unpack_from_doc(f.child("unpack")) if "unpack" in f.value else None
-    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=f.integer("size"), sha256=f.sha256("sha256"), member=member, unpack=unpack)
+    if unpack is not None and from_host is not None:
+        raise f.fail("from_host", "an archive to unpack is carried whole")
+    return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=size, sha256=sha256, member=member, unpack=unpack, from_host=from_host)
+
+
+def _from_host_from_doc(h: _Obj, size: int, sha256: str) -> FromHost:
+    kind = h.text("kind")
+    if kind == KEPT:
+        h.only("kind")
+        return FromHost(KEPT, size, sha256)
+    if kind != REBUILT:
+        raise h.fail("kind", f"must be {KEPT!r} or {REBUILT!r}, got {kind!r}")
+    h.only("kind", "base_size", "base_sha256", "carried_size", "carried_sha256", "chunks", "carried_chunks")
+    chunks, carried_chunks = h.integer("chunks", minimum=1), h.integer("carried_chunks")
+    if carried_chunks > chunks:
+        raise h.fail("carried_chunks", f"is more than the file's {chunks} chunks")
+    return FromHost(REBUILT, h.integer("base_size"), h.sha256("base_sha256"), h.integer("carried_size"), h.sha256("carried_sha256"), chunks, carried_chunks)
+
+
+def _for_host_from_doc(h: _Obj) -> ForHost:
+    h.only("name", "export_id", "exported_at")
+    return ForHost(h.text("name"), h.text("export_id"), h.text("exported_at"))
 
 
 def _unpack_from_doc(u: _Obj) -> Unpack:

@@ -18,6 +18,11 @@ from datetime import datetime, timedelta, timezone
 from manifests.steps import ToolCommand
 
 FORMAT_VERSION = 2  # 2: a file may be an archive to unpack (`unpack`); version 1 documents are still read
+# 3: a bundle made for one host (`bundle --for`): `for_host`, and files kept or rebuilt from the host's
+# copy (`from_host`). Only such bundles are written as 3, so full bundles stay readable by older hosts.
+FOR_HOST_VERSION = 3
+READ_VERSION = FOR_HOST_VERSION  # the newest version this tool reads
+KEPT, REBUILT = "kept", "rebuilt"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_NAME = MANIFEST_NAME + SIGNATURE_SUFFIX
@@ -42,6 +47,32 @@ class Unpack:
     unpacked_size_bytes: int | None = None  # the recipe's estimate: the space check, and the bomb bound
 
 
+@dataclass(frozen=True, slots=True)
+class FromHost:
+    """How the host gets a file without the bundle carrying it whole (a bundle made for one host):
+    - KEPT: its copy is the new version already (same size and sha256); no member;
+    - REBUILT: from its copy (`base_size`, `base_sha256`) and the member, which holds the recipe and
+      the chunks the host lacks (`carried_size`, `carried_sha256`; manifests/chunk_format.py)."""
+
+    kind: str  # KEPT or REBUILT
+    base_size: int
+    base_sha256: str
+    carried_size: int = 0
+    carried_sha256: str = ""
+    chunks: int = 0
+    carried_chunks: int = 0
+
+
+@dataclass(frozen=True)
+class ForHost:
+    """The host a bundle was made for and the export it was made from: the bundle carries only what
+    that host lacked, so it is useless anywhere else (`mirror` refuses it)."""
+
+    name: str  # the host's name when it exported, for people: sideload checks its files
+    export_id: str
+    exported_at: str
+
+
 @dataclass(frozen=True, slots=True)  # slots: one per file, 20,000 in a big pack
 class FileEntry:
     pack_key: str
@@ -50,6 +81,24 @@ class FileEntry:
     sha256: str
     member: str  # the archive member that holds the bytes; never decides where they go
     unpack: Unpack | None = None  # an archive: its files go below `path`, a folder the pack owns
+    from_host: FromHost | None = None  # a bundle made for one host: kept ("" member) or rebuilt from its copy
+
+    @property
+    def delivery(self) -> str:
+        return self.from_host.kind if self.from_host is not None else "whole"
+
+    @property
+    def in_archive(self) -> bool:
+        return self.from_host is None or self.from_host.kind == REBUILT
+
+    @property
+    def member_size(self) -> int:
+        """The bytes its member holds: the file, a rebuilt file's recipe and carried chunks, or none."""
+        return self.size if self.from_host is None else self.from_host.carried_size
+
+    @property
+    def member_sha256(self) -> str:
+        return self.sha256 if self.from_host is None else self.from_host.carried_sha256
 
 
 @dataclass(frozen=True)
@@ -83,10 +132,17 @@ class BundleManifest:
     signer_key_id: str | None
     packs: tuple[PackEntry, ...]
     files: tuple[FileEntry, ...]
+    for_host: ForHost | None = None  # made for one host: useless to any other
 
     @property
     def total_size(self) -> int:
+        """The files' bytes: what a full bundle carries."""
         return sum(f.size for f in self.files)
+
+    @property
+    def carried_size(self) -> int:
+        """The payload's bytes: less than total_size when made for one host."""
+        return sum(f.member_size for f in self.files)
 
     def files_for(self, pack_key: str) -> tuple[FileEntry, ...]:
         return tuple(f for f in self.files if f.pack_key == pack_key)

@@ -217,7 +217,8 @@ def check_manifest(manifest: BundleManifest) -> None:
             folders_to_unpack[entry.pack_key].add(entry.path)
         if entry.member in members:
             raise _fail(f"files[{i}].member", f"duplicate archive member {entry.member!r}")
-        members.add(entry.member)
+        if entry.member:  # a file kept from the host has none
+            members.add(entry.member)
         _check_tool_member(i, entry, tool_keys)
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once (unless 'a' is an archive's folder).
     for key, in_pack in paths.items():

@@ -23,6 +23,7 @@ from executor.engine import Engine, Outcome, PackIdentity
 from executor.keys import TrustStore, read_public_key_file
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
+from executor.rebuild import check_host_file, rebuild
 from executor.store import parse_iso
 from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, copy_file, file_chunks, small_file_writer
 from executor.txn import PackTransaction, tidy_staging
@@ -79,16 +80,33 @@ def inspect_bundle(path: Path, trust_files=()) -> dict:
         "split": location.split,
         "parts": [p.name for p in index.parts] if index else [location.parts[0].name],
         "total_size": manifest.total_size,
+        "format_version": manifest.format_version,
+        "for_host": _for_host_doc(manifest),
+        "carried_bytes": manifest.carried_size,  # the payload this bundle holds; total_size: what a full bundle would hold
         "packs": [
             {
                 "key": p.key, "id": p.id, "label": p.label, "data_type": p.data_type, "choices": p.choices, "fetched_at": p.fetched_at,
                 "files": len(manifest.files_for(p.key)), "size": sum(f.size for f in manifest.files_for(p.key)),
                 "archives_to_unpack": sum(1 for f in manifest.files_for(p.key) if f.unpack),
+                **_deliveries(manifest.files_for(p.key)),
             }  # fmt: skip
             for p in manifest.packs
         ],
-        "files": [{"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, **unpack_doc(f.unpack)} for f in manifest.files],
+        "files": [
+            {"pack": f.pack_key, "path": f.path, "size": f.size, "sha256": f.sha256, "delivery": f.delivery, "carried": f.member_size, **unpack_doc(f.unpack)}
+            for f in manifest.files
+        ],
     }
+
+
+def _for_host_doc(manifest: BundleManifest) -> dict | None:
+    host = manifest.for_host
+    return None if host is None else {"name": host.name, "export_id": host.export_id, "exported_at": host.exported_at}
+
+
+def _deliveries(files: tuple[FileEntry, ...]) -> dict:
+    """How many files are kept from the host, rebuilt from its chunks, or carried whole."""
+    return {kind: sum(1 for f in files if f.delivery == kind) for kind in ("kept", "rebuilt", "whole")}
 
 
 def _read_verified_header(reader: BundleReader, keys, options: TrustOptions) -> tuple[BundleManifest, str | None]:
@@ -104,14 +122,14 @@ def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: 
     keys = trusted_keys(options.trust_files)
     with _open(path, keys, options) as reader:
         manifest, signer = _read_verified_header(reader, keys, options)
-        meter = Meter(listener, "verify", 0, Path(path).name, manifest.total_size)
+        meter = Meter(listener, "verify", 0, Path(path).name, manifest.carried_size)
         done = 0
         for entry, source in reader.payload(manifest):
             if entry.unpack is not None and entry.unpack.format != "zip":  # a zip is read from its end: hashed only
                 _read_archive(entry, source, _Progress(meter, done), functools.partial(_walk, unpack=entry.unpack, name=entry.member))
-            else:
-                _check_member(entry, file_chunks(source, entry.size))
-            done += entry.size
+            else:  # a rebuilt file's member (recipe and carried chunks) is checked here; the host's chunks only on the host
+                _check_member(entry, file_chunks(source, entry.member_size))
+            done += entry.member_size
             meter.update(done)
         reader.finish()
         meter.done(done)
@@ -183,6 +201,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         for pack in selected:
             _check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
+        current = _check_host_files(engine, manifest, selected, data_dirs)  # a bundle made for this host: what it builds on is here, unchanged
         needs = {d: 0 for d in data_dirs.values()}
         for pack in selected:
             needs[data_dirs[pack.key]] += sum(_space_needed(f) for f in manifest.files_for(pack.key))
@@ -197,7 +216,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                 for directory in sorted(set(data_dirs.values())):
                     stack.enter_context(engine.store.staging(directory))
                 txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
-                _stream_payload(engine, reader, manifest, txns)
+                _stream_payload(engine, reader, manifest, txns, current)
                 reader.finish()  # trailing data and every part's hash, before anything becomes visible
                 bundle_id, created = manifest.bundle_id, manifest.created
                 del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
@@ -214,11 +233,33 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
 
 def _check_member(entry: FileEntry, chunks) -> None:
     """A member's bytes against its manifest entry: length and sha256, nothing written."""
-    Copy(None, what=entry.member, limit=entry.size).feed(chunks).check(entry.sha256, entry.size)
+    Copy(None, what=entry.member, limit=entry.member_size).feed(chunks).check(entry.member_sha256, entry.member_size)
+
+
+def _check_host_files(engine: Engine, manifest: BundleManifest, selected: list[PackEntry], data_dirs: dict[str, Path]) -> set[str]:
+    """Before anything is written: every file a bundle made for this host keeps or rebuilds from is
+    here and is the file the host exported (its size and sha256); exit 4 naming the pack and file otherwise.
+    Returns the members of rebuilt files that are the new version already (the update was applied before)."""
+    needed = [(pack, f) for pack in selected for f in manifest.files_for(pack.key) if f.from_host is not None]
+    current: set[str] = set()
+    if not needed:
+        return current
+    meter = Meter(engine.listener, "sideload", 0, "files this update builds on", sum(f.from_host.base_size for _, f in needed))
+    done = 0
+    for pack, f in needed:
+        found = check_host_file(data_dirs[pack.key] / f.path, f"{pack.key}: {f.path}", _Progress(meter, done), (f.from_host.base_size, f.from_host.base_sha256), (f.size, f.sha256))
+        if found == 1 and f.delivery == "rebuilt":
+            current.add(f.member)
+        done += f.from_host.base_size
+    meter.done(done)
+    return current
 
 
 def _space_needed(entry: FileEntry) -> int:
-    """An archive needs room for what it unpacks to (the recipe's estimate), a zip also for itself (it is staged first)."""
+    """An archive needs room for what it unpacks to (the recipe's estimate), a zip also for itself (it is staged first);
+    a rebuilt file room for itself, a kept one none (it is linked)."""
+    if entry.from_host is not None:
+        return entry.size if entry.delivery == "rebuilt" else 0
     if entry.unpack is None:
         return entry.size
     return (entry.unpack.unpacked_size_bytes or entry.size) + (entry.size if entry.unpack.format == "zip" else 0)
@@ -240,15 +281,29 @@ def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
         raise NotWritableError(str(directory), f"{parent} is not writable")
 
 
-def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction]) -> None:
+def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction], current: set[str] = frozenset()) -> None:
+    """`current`: members of rebuilt files the host has in their new version already: checked, then kept."""
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     done, writes = 0, engine.writes
     try:
         with small_file_writer(writes.plain) as small_files:
+            for entry in manifest.files:
+                if entry.delivery == "kept" and entry.pack_key in txns:
+                    _keep(txns[entry.pack_key], entry)
+                    done += entry.size
             for entry, source in reader.payload(manifest):
                 txn = txns.get(entry.pack_key)
                 if txn is None:  # a pack not chosen: still verified, written nowhere
-                    _check_member(entry, file_chunks(source, entry.size))
+                    _check_member(entry, file_chunks(source, entry.member_size))
+                elif entry.member in current:
+                    _check_member(entry, file_chunks(source, entry.member_size))
+                    _keep(txn, entry)
+                elif entry.from_host is not None:  # rebuilt from the host's old file and the carried chunks
+                    hashed = HashingReader(source, what=entry.member)
+                    h = entry.from_host
+                    copy = rebuild(txn.path_for(entry.path), txn.data_dir / entry.path, hashed, size=entry.size, sha256=entry.sha256, base_size=h.base_size, carried_size=h.carried_size, what=f"{entry.pack_key}: {entry.path}", plain=txn.writes.plain)
+                    hashed.drain().check(h.carried_sha256, h.carried_size)
+                    txn.add(entry.path, copy.done, copy.sha256)
                 elif entry.unpack is not None:
                     _unpack(entry, source, txn, _Progress(meter, done))
                 elif entry.size <= SMALL_FILE:  # read whole, checked, then created by the small-file writer
@@ -270,6 +325,18 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         needed = sum(_space_needed(f) for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
         raise NoSpaceError(str(data_dir), needed, exc.free) from exc
     meter.done(done)
+
+
+def _keep(txn: PackTransaction, entry: FileEntry) -> None:
+    """A file the new version shares with the installed one: linked into the staging area (checked
+    by _check_host_files), so the swap moves it with the rest and nothing is copied."""
+    staged = txn.path_for(entry.path)
+    try:
+        os.link(txn.data_dir / entry.path, staged)
+    except OSError:  # a filesystem without hard links
+        with open(txn.data_dir / entry.path, "rb") as old:
+            copy_file(old, Path(staged), what=entry.path, size=entry.size, limit=entry.size, plain=txn.writes.plain).check(entry.sha256, entry.size)
+    txn.add(entry.path, entry.size, entry.sha256)
 
 
 class _Progress:

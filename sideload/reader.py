@@ -359,10 +359,11 @@ class BundleReader:
 
     def payload(self, manifest: BundleManifest) -> Iterator[tuple[FileEntry, BinaryIO]]:
         """Each listed file's entry and a reader of exactly its bytes, in manifest order."""
-        self.stream.limit = self.stream.count + sum(f.size + MEMBER_OVERHEAD for f in manifest.files) + 2 * 10240
-        listed = {f.member for f in manifest.files}
+        carried = [f for f in manifest.files if f.in_archive]  # a file kept from the host has no member
+        self.stream.limit = self.stream.count + sum(f.member_size + MEMBER_OVERHEAD for f in carried) + 2 * 10240
+        listed = {f.member for f in carried}
         seen: set[str] = set()
-        for entry in manifest.files:
+        for entry in carried:
             member = self._pending or self._next_payload_member()
             self._pending = None
             if member is None:
@@ -440,9 +441,9 @@ def _check_member(member: tarfile.TarInfo, entry: FileEntry, listed: set[str], s
     if name != entry.member:
         why = "is out of order" if name in listed else "is not listed in the manifest"
         raise BundleStructureError(f"bundle member {name!r} {why} (expected {entry.member!r})", hint="the bundle was altered; nothing was installed")
-    if member.size != entry.size:
-        longer = "longer" if member.size > entry.size else "shorter"
-        raise BundleStructureError(f"bundle member {name!r} is {longer} than declared ({member.size} bytes, manifest says {entry.size})", hint="the bundle was altered; nothing was installed")
+    if member.size != entry.member_size:
+        longer = "longer" if member.size > entry.member_size else "shorter"
+        raise BundleStructureError(f"bundle member {name!r} is {longer} than declared ({member.size} bytes, manifest says {entry.member_size})", hint="the bundle was altered; nothing was installed")
 
 
 def looks_like_bundle(path: Path) -> bool:

@@ -551,7 +551,53 @@ class SideloadScenario(Scenario):
         self.command = ["data", "sideload", str(self.bundles["v2"]), "--trust", str(self.pub), "--progress", "none"]
 
 
-SCENARIOS = {"install": InstallScenario, "sideload": SideloadScenario}
+# v1 and v2 of `bigdb` for an update bundle made for the host (`bundle --for`): main.db is rebuilt
+# from the host's copy and 128 KiB of carried chunks, meta.json carried whole, same.bin kept.
+_MAIN_V1 = blob(3_000_000, 31)
+BIGDB = {
+    "v1": {"main.db": _MAIN_V1, "meta.json": b'{"week": 1}', "same.bin": blob(200_000, 33)},
+    "v2": {"main.db": _MAIN_V1[:1_000_000] + blob(131_072, 32) + _MAIN_V1[1_131_072:], "meta.json": b'{"week": 2}', "same.bin": blob(200_000, 33)},
+}
+
+
+class RebuildScenario(Scenario):
+    """`devops-cp data sideload` of an update bundle made for this host: a file rebuilt chunk by chunk
+    from the installed one into staging, killed while rebuilding and at every later phase."""
+
+    name = "rebuild"
+
+    def __init__(self, root: Path, server, **kw):
+        super().__init__(root, server, **kw)
+        self.packs = [_pack("bigdb", "bigdb", BIGDB)]
+        self.urls = {(v, rel): server.add(f"/{self.root.name}/{v}/{rel}", data) for v, files in BIGDB.items() for rel, data in files.items()}
+        self.bytes_total = len(BIGDB["v2"]["main.db"]) + len(BIGDB["v2"]["meta.json"])  # same.bin is linked, not copied
+
+    def recipe(self, version: str) -> str:
+        steps = "".join(
+            f'[[install._default]]\ntype = "download"\nurl = "{self.urls[(version, rel)]}"\ndest = "bigdb/{rel}"\nsize_bytes = {len(data)}\nchecksum = "sha256:{sha(data)}"\n'
+            for rel, data in sorted(BIGDB[version].items())
+        )
+        return f'id = "bigdb"\nlabel = "Crash test DB, rebuilt"\ndata_type = "sample"\nupdate_schedule = "daily"\n{steps}'
+
+    def setup(self) -> None:
+        (self.root / "catalog" / "bigdb.toml").write_text(self.recipe("v1"))
+        for args in (("data", "install", "bigdb", "--progress", "none"), ("data", "status", "--export", str(self.root / "host.json"), "--progress", "none")):
+            done = self.run(*args)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(args)} failed: {done.stderr}")
+        builder = make_env(self.root / "builder")
+        Path(builder["DEVOPS_CP_CATALOG"]).mkdir(parents=True)
+        Path(builder["DEVOPS_CP_CATALOG"], "bigdb.toml").write_text(self.recipe("v2"))
+        bundle, key = self.root / "update.tar.zst", self.root / "site"
+        for args in (("data", "keygen", "--no-passphrase", "-o", str(key)), ("data", "bundle", "--for", str(self.root / "host.json"), "-o", str(bundle), "--key", f"{key}.key", "--progress", "none")):
+            done = subprocess.run([self.python, str(TESTS / "crash_driver.py"), "none", *args], cwd=REPO, env=builder, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(args)} failed: {done.stderr}")
+        self.save_template()
+        self.command = ["data", "sideload", str(bundle), "--trust", f"{key}.pub", "--progress", "none"]
+
+
+SCENARIOS = {"install": InstallScenario, "sideload": SideloadScenario, "rebuild": RebuildScenario}
 
 
 if __name__ == "__main__":

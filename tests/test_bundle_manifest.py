@@ -254,7 +254,7 @@ def _set(path, value):
 
 REFUSALS = [
     # (edit, field the message names, words in the problem)
-    (_set(["format_version"], 3), "format_version", "newer devops-cp"),
+    (_set(["format_version"], 4), "format_version", "newer devops-cp"),
     (_set(["format_version"], "1"), "format_version", "must be an integer"),
     (_set(["format_version"], True), "format_version", "must be an integer"),
     (_set(["format_version"], KeyError), "format_version", "missing"),

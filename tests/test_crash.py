@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from crash_driver import REPO, STAGING, InstallScenario, SideloadScenario
+from crash_driver import REPO, STAGING, InstallScenario, RebuildScenario, SideloadScenario
 from executor.config import PLAIN_WRITES_ENV
 from support.localserver import Fault
 
@@ -22,7 +22,7 @@ def _failures(results) -> str:
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-@pytest.mark.parametrize("scenario_class", [InstallScenario, SideloadScenario], ids=["install", "sideload"])
+@pytest.mark.parametrize("scenario_class", [InstallScenario, SideloadScenario, RebuildScenario], ids=["install", "sideload", "rebuild"])
 def test_kill_at_a_handful_of_points(scenario_class, plain, tmp_path, local_server):
     """Both ways: the fast writers (threads, a child process, syncfs) and the plain reference path."""
     scenario = scenario_class(tmp_path / "crash", local_server)
@@ -35,6 +35,18 @@ def test_kill_at_a_handful_of_points(scenario_class, plain, tmp_path, local_serv
     # The kills before the journal keep v1, the ones after it end in v2: both sides were hit.
     seen = {v for r in results for v in r.versions_after_kill.values()}
     assert seen == {"v1", "v2"}
+
+
+def test_a_kill_while_rebuilding_from_chunks_leaves_a_whole_version(tmp_path, local_server):
+    """Killed at every 256 kB of the rebuilt file (the host's chunks and the carried ones) and at
+    each phase after it: the old version stays whole until the journal, the new one after it."""
+    scenario = RebuildScenario(tmp_path / "crash", local_server)
+    scenario.setup()
+    points = [f"bytes:{n}" for n in range(1, scenario.bytes_total, 256_000)] + scenario.phase_points()
+    results = [scenario.run_point(point) for point in points]
+    assert not _failures(results), _failures(results)
+    assert all(r.killed for r in results), [r.point for r in results if not r.killed]
+    assert {v for r in results for v in r.versions_after_kill.values()} == {"v1", "v2"}
 
 
 @pytest.mark.parametrize("scenario_class", [InstallScenario, SideloadScenario], ids=["install", "sideload"])
