@@ -205,6 +205,13 @@ class Bench:
         return Contender(name, cli_path() + args + ["--yes", "--progress", "none"], ours=True, env=self.ours_env(home, no_sync=no_sync),
                          prepare=_fresh(home), check=check, cleanup=cleanup)
 
+    def one_connection(self, contender: Contender) -> Contender:
+        """`max_connections_per_download = 1` in a config file of its own: one stream, as before issue 23."""
+        config = self.work / "one-connection.toml"
+        config.write_text("max_connections_per_download = 1\n")
+        contender.env["DEVOPS_CP_CONFIG"] = str(config)
+        return contender
+
     def report(self, title: str, intro: str, contenders: list[Contender], size: int, targets: dict[tuple[str, str], float]) -> None:
         section = f"### {title}\n\n{intro}\n\n{results_table(contenders, size)}\n\n{ratio_table(contenders, targets)}\n"
         self.sections.append(section)
@@ -239,6 +246,7 @@ class Bench:
         contenders = [
             self.ours("ours: install", ["data", "install", "bench-big"], check=_expect_file(installed("ours: install"), size)),
             self.ours("ours: install, no sync", ["data", "install", "bench-big"], no_sync=True, check=_expect_file(installed("ours: install, no sync"), size)),
+            self.one_connection(self.ours("ours: install, 1 connection", ["data", "install", "bench-big"], check=_expect_file(installed("ours: install, 1 connection"), size))),
             Contender("curl -o", _bash(curl), **peer),
             Contender("curl -o + sync", _bash(f"{curl} && sync"), **peer),
             Contender("curl -o + sync FILE", _bash(f"{curl} && sync {q(str(out))}"), **peer),

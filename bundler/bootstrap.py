@@ -44,6 +44,10 @@ def script_name(bundle_name: str) -> str:
 _TEMPLATE = r"""#!/bin/sh
 # Bootstrap devops-cp from the bundle beside this script, then sideload the bundle.
 #
+# This script came on the stick with the bundle: check it BEFORE running it. In its folder:
+#   openssl pkeyutl -verify -pubin -inkey SITE.pub -rawin -in @BUNDLE@.sha256 -sigfile @BUNDLE@.sha256.sig
+#   sha256sum -c @BUNDLE@.sha256      (the signed checksum list covers this script too)
+# Only then:
 #   sh @SCRIPT@ DIR SITE.pub [sideload options...]
 #
 # DIR: where the tool goes (created if missing): the manifest, the tool's wheels and a

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -57,6 +58,7 @@ from manifests.errors import (
     UsageError,
 )
 from manifests.hardware import Hardware
+from manifests.names import IDENTIFIER_RULE, is_identifier, is_pack_key
 from manifests.plan import Plan, resolve
 from manifests.recipe import Recipe
 from manifests.units import estimated_times, fmt_size
@@ -485,6 +487,8 @@ class ControlPanel:
         pack = body.get("pack")
         if not isinstance(pack, str) or not pack:
             raise ApiError(400, "'pack' is required", "e.g. {\"pack\": \"whisper-model\", \"choices\": {\"model_size\": \"base\"}}")
+        if not is_identifier(pack):
+            raise ApiError(400, f"'pack' must be a pack id ({IDENTIFIER_RULE})", "the page's pack list has them")
         choices = _string_map(body, "choices")
         confirm, force = _flag(body, "confirm"), _flag(body, "force")
         app = self.fresh_app()
@@ -542,12 +546,12 @@ class ControlPanel:
                 f"copy it there or add its directory to [web] bundle_dirs in {where}",
             )
         for path in allowed:
-            siblings = [Path(p) for p in glob.glob(glob.escape(str(path)) + ".*")]  # split parts, the parts index
-            if not (path.is_file() or siblings):
+            files = _bundle_files(path)
+            if not files:
                 continue
-            for sibling in siblings:
-                if not inside(Path(os.path.realpath(sibling))):
-                    raise ApiError(403, f"{sibling.name} points outside the bundle directories", "copy the bundle's files themselves, not links to them")
+            for file in files:  # every file the reader may open: the archive or each part, the parts index and its signature
+                if not inside(Path(os.path.realpath(file))):
+                    raise ApiError(403, f"{file.name} points outside the bundle directories", "copy the bundle's files themselves, not links to them")
             return path
         raise ApiError(404, f"no bundle at {raw}", f"bundles are read from {', '.join(map(str, self.settings.bundle_dirs))}")
 
@@ -558,8 +562,8 @@ class ControlPanel:
     def _sideload(self, body: dict) -> Response:
         path = self.bundle_path(body.get("bundle"))
         packs = body.get("packs") or []
-        if not isinstance(packs, list) or not all(isinstance(p, str) for p in packs):
-            raise ApiError(400, "'packs' must be a list of pack ids")
+        if not isinstance(packs, list) or not all(is_pack_key(p) for p in packs):
+            raise ApiError(400, "'packs' must be a list of pack ids or keys", f"a pack id is {IDENTIFIER_RULE}")
         flags = {name: _flag(body, name) for name in ("allow_unsigned", "allow_expired", "allow_downgrade", "force")}
         from sideload import api  # the bundle reader loads only when a sideload is asked for
 
@@ -633,6 +637,30 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _bundle_files(path: Path) -> list[Path]:
+    """The files reading the bundle at `path` may open, whichever of its names was given (X.tar.zst,
+    X.tar.zst.001, ...): X itself and everything named X.* beside it; [] when there is none."""
+    from sideload.reader import bundle_name  # the reader's own rule for which name the parts share
+
+    name = path.with_name(bundle_name(path))
+    siblings = [Path(p) for p in glob.glob(glob.escape(str(name)) + ".*")]
+    return ([name] if os.path.lexists(name) else []) + siblings
+
+
+class _NoTokenInLogs(logging.Filter):
+    """uvicorn's access log prints each request's path with its query, and the page's first URL
+    carries ?token=: the value never reaches a log."""
+
+    _TOKEN = re.compile(r"(?i)(token=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self._TOKEN.sub(r"\1[redacted]", record.msg)
+        return True
+
+
 def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool = True):
     import uvicorn
 
@@ -645,6 +673,10 @@ def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool 
         server_header=False,
         timeout_graceful_shutdown=2,  # open SSE streams must not hold Ctrl-C hostage
     )
+    for name in ("uvicorn.access", "uvicorn.error", "uvicorn"):  # configured by uvicorn.Config just now
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTokenInLogs) for f in logger.filters):
+            logger.addFilter(_NoTokenInLogs())
     return uvicorn.Server(config)
 
 

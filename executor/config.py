@@ -3,6 +3,7 @@
 Keys: catalog_dirs, max_parallel_downloads, max_connections_per_download, [data_dirs], [mirrors],
 [credentials.NAME] (username, password), [web] (token, bundle_dirs),
 [writes] (plain; durable, UNSAFE when false).
+[site] (source: the site mirror packs are installed from; plain_http: it speaks HTTP off loopback).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import platformdirs
 from manifests.errors import ConfigError
 
 APP = "devops-cp"
-KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "writes"}
+KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "site", "writes"}
 PLAIN_WRITES_ENV = "DEVOPS_CP_PLAIN_WRITES"  # =1: the same as [writes] plain = true
 
 
@@ -58,6 +59,8 @@ class Config:
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     web: dict = field(default_factory=dict)
     lock_timeout: float = 60.0
+    site_source: str | None = None
+    site_plain_http: bool = False
     writes: WriteSettings = WriteSettings()
 
     def env_catalog_dirs(self) -> list[Path]:
@@ -114,6 +117,11 @@ def load_config(path: Path | None = None) -> Config:
     lock_timeout = data.get("lock_timeout", 60.0)
     if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
         raise _fail(path, "lock_timeout", "must be a number of seconds")
+    site = data.get("site", {})
+    if not isinstance(site, dict) or set(site) - {"source", "plain_http"}:
+        raise _fail(path, "site", "must be a table with `source` (oci://HOST[:PORT]/REPO or an http(s) URL) and optionally `plain_http`")
+    if not isinstance(site.get("source", ""), str) or not isinstance(site.get("plain_http", False), bool):
+        raise _fail(path, "site", "needs `source` as a string and `plain_http` as true or false")
     return Config(
         path=path,
         catalog_dirs=tuple(Path(d).expanduser() for d in catalog_dirs),
@@ -124,6 +132,8 @@ def load_config(path: Path | None = None) -> Config:
         credentials=credentials,
         web=web,
         lock_timeout=float(lock_timeout),
+        site_source=site.get("source") or None,
+        site_plain_http=site.get("plain_http", False),
         writes=_writes(path, data),
     )
 
@@ -146,4 +156,5 @@ class HttpSettings:
     backoff: float = 1.0
     max_backoff: float = 30.0
     deadline: float | None = None  # overall seconds for one file; the partial file stays resumable
+    jitter: float = 0.0  # each wait grows by a random 0..jitter of itself: many hosts on one registry do not retry in step
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)

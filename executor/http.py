@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import random
 import re
 import ssl
 import sys
@@ -414,7 +415,7 @@ class Download:
         self._validator = first.if_range
         plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
         plan.consumed = copy.done
-        piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
+        piece = segmented.STREAM_WINDOW // self.connections  # every connection's piece fits in the window at once
         run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
         try:
             run.run(body, request, lead_rate)
@@ -451,7 +452,7 @@ class _Attempts:
             ) from exc
         wait = getattr(exc, "wait", None)
         backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (self.failures - 1))
-        pause = min(wait, 300.0) if wait is not None else backoff
+        pause = (min(wait, 300.0) if wait is not None else backoff) * (1 + random.uniform(0, self.settings.jitter))
         if self.deadline is not None and time.monotonic() + pause > self.deadline:
             raise self.past_deadline() from exc  # waiting would only overrun it
         self.settings.sleep(pause)

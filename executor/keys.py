@@ -4,8 +4,9 @@ The trust store is only as trusted as its permissions (ssh's StrictModes): a pub
 read only from a regular file owned by this user or root that neither group nor others may
 write, in folders that are not writable by them either (a sticky folder such as /tmp aside);
 otherwise exit 4, naming the file and the `chmod` that fixes it. A FIFO or a device is never
-opened. `--trust FILE` gets the same checks, and what `trust add` and `keygen` write passes
-them whatever the umask.
+opened. `--trust FILE` gets the same checks, so do the recipes that let a bundle's offline
+steps run (check_strict_modes), and what `trust add` and `keygen` write passes them whatever
+the umask.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from manifests.errors import ConfigError, PolicyError, UsageError
 from manifests.signing import TRUSTED_KEYS_DIRNAME, generate_keypair, is_key_id, key_id, load_private_key, load_public_key, private_key_pem, public_key_pem
 
-__all__ = ["TrustStore", "read_private_key_file", "read_public_key_file", "write_keypair"]
+__all__ = ["TrustStore", "check_strict_modes", "read_private_key_file", "read_public_key_file", "write_keypair", "write_private_file"]
 
 _MAX_KEY_FILE = 64 * 1024  # a PEM public key is a few hundred bytes
 
 
-# --- reading a key the way ssh's StrictModes would --------------------------------------------
+# --- reading a file the way ssh's StrictModes would --------------------------------------------
 
 
 def _unsafe_folder(path: Path) -> tuple[Path, os.stat_result] | None:
@@ -40,31 +41,46 @@ def _unsafe_folder(path: Path) -> tuple[Path, os.stat_result] | None:
     return None
 
 
-def _refuse(path: Path, problem: str, fix: str) -> PolicyError:
+def _refuse(path: Path, what: str, problem: str, fix: str) -> PolicyError:
     return PolicyError(
-        f"trusted key {path} {problem}: another user could change which keys this host trusts",
-        hint=f"{fix}; a key on a stick that cannot be chmod'ed (FAT) must be copied to a folder of your own first",
+        f"{what} {path} {problem}: another user could change what this host trusts",
+        hint=f"{fix}; a file on a stick that cannot be chmod'ed (FAT) must be copied to a folder of your own first",
     )
+
+
+def check_strict_modes(path: Path, what: str = "trusted key", info: os.stat_result | None = None) -> os.stat_result:
+    """`path` is a regular file that only this user (or root) can have written, in folders only
+    they can change; PolicyError (exit 4) naming the file and the chmod that fixes it otherwise.
+
+    For the trust store, --trust FILE, and the recipes that decide which offline steps may run.
+    """
+    path = Path(path).absolute()
+    if info is None:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError as exc:
+            raise UsageError(f"no such file: {path}") from exc
+        except OSError as exc:
+            raise PolicyError(f"{what} {path} cannot be checked: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):  # never opened: a FIFO would block, a device would feed anything
+        raise PolicyError(f"{what} {path} is not a regular file", hint="remove whatever is at that name and put the file itself there")
+    if info.st_uid not in (os.getuid(), 0):
+        raise _refuse(path, what, f"belongs to another user (uid {info.st_uid})", f"copy it to a file of your own, or `chown {os.getuid()} {path}`")
+    if info.st_mode & 0o022:
+        raise _refuse(path, what, f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})", f"run `chmod go-w {path}`")
+    unsafe = _unsafe_folder(path.parent)
+    if unsafe is not None:
+        folder, folder_info = unsafe
+        if folder_info.st_uid not in (os.getuid(), 0):
+            raise _refuse(path, what, f"is in folder {folder}, which belongs to another user (uid {folder_info.st_uid})", "keep it in folders of your own")
+        raise _refuse(path, what, f"is in folder {folder}, which group or others may write (mode {stat.S_IMODE(folder_info.st_mode):04o})", f"run `chmod go-w {folder}`")
+    return info
 
 
 def read_public_key_file(path: Path) -> Ed25519PublicKey:
     """A trusted public key, read only if only this user (or root) can have put it there."""
     path = Path(path).absolute()
-    try:
-        info = os.stat(path)
-    except FileNotFoundError as exc:
-        raise UsageError(f"no such key file: {path}") from exc
-    except OSError as exc:
-        raise PolicyError(f"trusted key {path} cannot be checked: {exc.strerror}") from exc
-    if not stat.S_ISREG(info.st_mode):  # never opened: a FIFO would block, a device would feed anything
-        raise PolicyError(f"trusted key {path} is not a regular file", hint="a key is a .pub file; remove whatever is at that name")
-    _check_owner_and_mode(path, info)
-    unsafe = _unsafe_folder(path.parent)
-    if unsafe is not None:
-        folder, folder_info = unsafe
-        if folder_info.st_uid not in (os.getuid(), 0):
-            raise _refuse(path, f"is in folder {folder}, which belongs to another user (uid {folder_info.st_uid})", "keep trusted keys in folders of your own")
-        raise _refuse(path, f"is in folder {folder}, which group or others may write (mode {stat.S_IMODE(folder_info.st_mode):04o})", f"run `chmod go-w {folder}`")
+    info = check_strict_modes(path)
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
@@ -74,20 +90,11 @@ def read_public_key_file(path: Path) -> Ed25519PublicKey:
         opened = os.fstat(f.fileno())
         if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):  # swapped since it was checked
             raise PolicyError(f"trusted key {path} changed while it was read", hint="check who else writes there and retry")
-        _check_owner_and_mode(path, opened)
+        check_strict_modes(path, info=opened)
         data = f.read(_MAX_KEY_FILE + 1)
     if len(data) > _MAX_KEY_FILE:
         raise UsageError(f"{path} is too large to be a public key")
     return load_public_key(data, source=str(path))
-
-
-def _check_owner_and_mode(path: Path, info: os.stat_result) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise PolicyError(f"trusted key {path} is not a regular file", hint="a key is a .pub file; remove whatever is at that name")
-    if info.st_uid not in (os.getuid(), 0):
-        raise _refuse(path, f"belongs to another user (uid {info.st_uid})", f"copy it to a file of your own, or `chown {os.getuid()} {path}`")
-    if info.st_mode & 0o022:
-        raise _refuse(path, f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})", f"run `chmod go-w {path}`")
 
 
 # --- key files: keygen and bundle --key ------------------------------------------------------
@@ -151,6 +158,16 @@ def read_private_key_file(path: Path, passphrase: bytes | None) -> Ed25519Privat
     except PermissionError as exc:
         raise UsageError(f"cannot read key file {path}: permission denied") from exc
     return load_private_key(data, passphrase, source=f"private key {path}")
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """A secret (the web panel's token) readable by this user only, replaced whole: mode 0600 from its first byte."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    _create_exclusive(tmp, data, 0o600)
+    os.replace(tmp, path)
 
 
 # --- the trust store ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "identifier_problem",
     "is_identifier",
     "is_option_value",
+    "is_pack_key",
     "is_relative_path",
     "pack_key",
     "record_file_name",
@@ -58,6 +59,17 @@ def pack_key(pack_id: str, choices: dict[str, str]) -> str:
     if not choices:
         return pack_id
     return pack_id + "@" + ",".join(f"{k}={v}" for k, v in sorted(choices.items()))
+
+
+def is_pack_key(text: object) -> bool:
+    """A pack id, or a pack key as pack_key() writes it (`whisper-model@model_size=base.en`)."""
+    if not isinstance(text, str):
+        return False
+    pack_id, at, rest = text.partition("@")
+    if not at:
+        return is_identifier(pack_id)
+    pairs = [pair.partition("=") for pair in rest.split(",")]
+    return is_identifier(pack_id) and all(eq and is_identifier(k) and is_option_value(v) for k, eq, v in pairs)
 
 
 def identifier_problem(text: str) -> str | None:

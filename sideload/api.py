@@ -20,7 +20,7 @@ from executor import extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
-from executor.keys import TrustStore, read_public_key_file
+from executor.keys import TrustStore, check_strict_modes, read_public_key_file
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.rebuild import check_host_file, rebuild
@@ -29,7 +29,9 @@ from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, c
 from executor.txn import PackTransaction, tidy_staging
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
+from manifests.catalog import Catalog, load_catalog
 from manifests.hardware import Hardware, gpu_fit
+from manifests.trust import check_pack_for_host
 from sideload.reader import BundleReader, locate, read_parts_index
 
 
@@ -38,6 +40,7 @@ class TrustOptions:
     trust_files: tuple[Path, ...] = ()
     allow_unsigned: bool = False
     allow_expired: bool = False
+    bundle_sha256: str | None = None  # install --source BUNDLE --checksum: the archive file's sha256, checked as it is read
 
 
 def trusted_keys(trust_files=()) -> list:
@@ -49,8 +52,13 @@ def trusted_keys(trust_files=()) -> list:
 
 def _open(path: Path, keys, options: TrustOptions) -> BundleReader:
     location = locate(path)
+    if location.split and options.bundle_sha256:
+        raise UsageError(
+            f"{location.name} is split into parts: one --checksum cannot name it",
+            hint="leave --checksum out: every part is checked against the signed parts index (or run `sha256sum -c` on its .sha256 list first)",
+        )
     index = read_parts_index(location, keys, options.allow_unsigned) if location.split else None
-    return BundleReader(location, index)
+    return BundleReader(location, index, sha256=options.bundle_sha256)
 
 
 def inspect_bundle(path: Path, trust_files=()) -> dict:
@@ -146,6 +154,10 @@ class SideloadRequest:
     dry_run: bool = False
     hardware: Hardware | None = None
     warnings: list[str] = field(default_factory=list)
+    # Packs (ids or keys) whose offline steps may run although this host's catalog does not
+    # define them (--allow-commands); never with allow_unsigned, never from the web panel.
+    allow_commands: tuple[str, ...] = ()
+    catalog: Catalog | None = None  # this host's own; loaded from the config when None
 
 
 def _select(manifest: BundleManifest, wanted: tuple[str, ...]) -> list[PackEntry]:
@@ -197,6 +209,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
     with _open(request.path, keys, request.trust) as reader:
         manifest, signer = _read_verified_header(reader, keys, request.trust)
         selected = _select(manifest, request.packs)
+        commands_allowed = check_code_from_host(engine, manifest, selected, request)
         data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
         for pack in selected:
             _check_policy(engine, pack, request)
@@ -225,7 +238,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                         engine.recover(directory)
                     for pack in selected:
                         _check_downgrade(engine, pack, request)
-                    return [_commit(engine, bundle_id, created, pack, txns[pack.key], request) for pack in selected]
+                    return [_commit(engine, bundle_id, created, pack, txns[pack.key], request, commands_allowed[pack.key]) for pack in selected]
         finally:
             for directory in set(data_dirs.values()):
                 tidy_staging(engine.store, directory)
@@ -386,7 +399,7 @@ def _read_archive(entry: FileEntry, source, progress: _Progress, read) -> None:
     reader.drain().check(entry.sha256, entry.size)
 
 
-def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry, txn: PackTransaction, request: SideloadRequest) -> Outcome:
+def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry, txn: PackTransaction, request: SideloadRequest, operator_allowed: bool) -> Outcome:
     identity = PackIdentity(pack.key, pack.id, pack.label, pack.data_type, dict(pack.choices), pack.update_schedule)
     record = engine.commit(
         identity,
@@ -398,7 +411,7 @@ def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry
     )
     notes = [w for w in request.warnings if w.startswith(pack.key)]
     try:
-        run_offline_steps(engine, pack, Path(record.data_dir))
+        run_offline_steps(engine, pack, Path(record.data_dir), announce=operator_allowed)
     except DataPackError as exc:
         return Outcome(pack.key, record=record, error=exc, notes=notes)
     for note in notes:
@@ -406,11 +419,41 @@ def _commit(engine: Engine, bundle_id: str, bundle_created: str, pack: PackEntry
     return Outcome(pack.key, record=record, notes=notes)
 
 
-def run_offline_steps(engine: Engine, pack: PackEntry, data_dir: Path) -> None:
-    """The pack's offline steps (pip install, docker load, ...) against its installed files."""
+def run_offline_steps(engine: Engine, pack: PackEntry, data_dir: Path, *, announce: bool = False) -> None:
+    """The pack's offline steps (pip install, docker load, ...) against its installed files.
+
+    `announce`: they run because the operator named the pack with --allow-commands, not because
+    this host defines them: each command is printed before it runs."""
     values = {"data_dir": str(data_dir), "python": engine.python, "pack": pack.id}
     for step in pack.offline_steps:  # tool commands only: the manifest's parser allows nothing else
+        if announce:
+            command = " ".join(step_types.expand_runtime(arg, values) for arg in step.command)
+            engine.listener(Notice(pack.key, "warning", f"running a command this host's catalog does not define (--allow-commands): {command}"))
         step_types.run_tool_command(engine.step_context(), pack.key, step, values, None)
+
+
+def check_code_from_host(engine: Engine, manifest: BundleManifest, selected: list[PackEntry], request: SideloadRequest) -> dict[str, bool]:
+    """Issue 18 rules 2, 3 and 7 for each selected pack, before anything is written: its choice
+    values are the host's, and its offline steps are the host's own (defined by a recipe file
+    only this user or root can change, with the pinned files the bundle carries) or the operator
+    named the pack with --allow-commands. Returns, per pack key, whether the operator did."""
+    if request.allow_commands and request.trust.allow_unsigned:
+        raise UsageError(
+            "--allow-commands cannot be used with --allow-unsigned: commands nobody signed would run on this host",
+            hint="get a signed bundle, or add the pack's recipe to catalog_dirs in the config file and leave --allow-commands out",
+        )
+    named = set(request.allow_commands)
+    unknown = sorted(named - {p.id for p in selected} - {p.key for p in selected})
+    if unknown:
+        raise UsageError(f"--allow-commands {unknown[0]}: no such pack is being sideloaded", hint="name a pack of the bundle: " + ", ".join(p.id for p in selected))
+    catalog = request.catalog or load_catalog(engine.config.env_catalog_dirs())
+    allowed = {}
+    for pack in selected:
+        allowed[pack.key] = bool(pack.offline_steps) and bool(named & {pack.id, pack.key})
+        recipe = check_pack_for_host(pack, manifest.files_for(pack.key), catalog, allow_commands=allowed[pack.key])
+        if pack.offline_steps and not allowed[pack.key]:
+            check_strict_modes(Path(recipe.source), "recipe")  # the file that vouches for the commands
+    return allowed
 
 
 def read_verified_manifest(path: Path, options: TrustOptions = TrustOptions()) -> tuple[BundleManifest, tuple[str, ...]]:

@@ -45,12 +45,17 @@ class BundleLocation:
         return self.index_path is not None
 
 
+def bundle_name(path: Path) -> str:
+    """OUT.tar.zst for OUT.tar.zst itself or any of its parts' names (OUT.tar.zst.001, ...)."""
+    match = _PART_NAME.match(path.name)
+    return match.group(1) if match and not path.name.endswith(".tar.zst") else path.name
+
+
 def locate(path: Path) -> BundleLocation:
     """OUT.tar.zst, or any of its parts' names, -> where its bytes are."""
     path = Path(path)
     directory = path.parent
-    match = _PART_NAME.match(path.name)
-    name = match.group(1) if match and not path.name.endswith(".tar.zst") else path.name
+    name = bundle_name(path)
     index = directory / parts_index_name(name)
     if index.is_file():
         return BundleLocation(name, directory, (), index)
@@ -168,7 +173,8 @@ class FrameWalker:
 class PartsStream:
     """The raw bytes of every part in order; each part's size and sha256 checked as it ends."""
 
-    def __init__(self, parts: list[tuple[Path, PartEntry | None]]):
+    def __init__(self, parts: list[tuple[Path, PartEntry | None]], against: str = "the signed parts index"):
+        self.against = against  # what the sha256 of each part comes from, for the error
         for path, entry in parts:
             if not path.is_file():
                 raise BundleStructureError(f"part {path.name} is missing from {path.parent}", hint="copy every part of the bundle, then try again")
@@ -197,7 +203,10 @@ class PartsStream:
         self.file.close()
         path, entry = self.parts[self.index]
         if entry is not None and self.hasher.hexdigest() != entry.sha256:
-            raise BundleStructureError(f"part {path.name} is damaged: its sha256 does not match the signed parts index", hint="copy that part again")
+            raise BundleStructureError(f"{self.what(path.name)} is damaged: its sha256 does not match {self.against}", hint="copy it again; nothing was installed")
+
+    def what(self, name: str) -> str:
+        return name if self.against == "--checksum" else f"part {name}"
 
     def read(self, size: int = -1) -> bytes:
         while self.file is not None:
@@ -279,12 +288,17 @@ class _MemberReader(MemberBytes):
 
 
 class BundleReader:
-    def __init__(self, location: BundleLocation, index: PartsIndex | None = None):
+    def __init__(self, location: BundleLocation, index: PartsIndex | None = None, *, sha256: str | None = None):
+        """`sha256`: what the operator says the single archive's sha256 is (--checksum), checked
+        as its bytes are read, before anything from it can be committed."""
         if location.split:
             parts = [(location.directory / p.name, p) for p in index.parts]
+            against = "the signed parts index"
         else:
-            parts = [(location.parts[0], None)]
-        self.raw = PartsStream(parts)
+            path = location.parts[0]
+            parts = [(path, PartEntry(path.name, path.stat().st_size, sha256) if sha256 else None)]
+            against = "--checksum"
+        self.raw = PartsStream(parts, against)
         self.stream = _Bounded(zstandard.ZstdDecompressor().stream_reader(self.raw, read_size=1 << 20, read_across_frames=True), MAX_MANIFEST + 2 * MEMBER_OVERHEAD)
         self._pending: tarfile.TarInfo | None = None
         try:
@@ -314,10 +328,10 @@ class BundleReader:
         if not isinstance(exc, TrustError) or self.raw.parts[0][1] is None:  # one archive: nothing to name
             return exc
         name = self.raw.damaged_part()
-        if name is None or exc.message.startswith(f"part {name} "):
+        if name is None or exc.message.startswith(f"{self.raw.what(name)} "):
             return exc
         return BundleStructureError(
-            f"part {name} is damaged: its sha256 does not match the signed parts index ({exc.message})",
+            f"{self.raw.what(name)} is damaged: its sha256 does not match {self.raw.against} ({exc.message})",
             hint="copy that part again; nothing was installed",
         )
 

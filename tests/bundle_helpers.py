@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import tarfile
 import uuid
@@ -300,6 +301,17 @@ def bundle_members(built_or_manifest: Built | bytes, signature: bytes | None = N
     return header_members(built_or_manifest, signature) + [Raw(n, d) for n, d in payload or []]
 
 
+def hostile_bundle(path: Path, packs: list[PackSpec], *, key: Ed25519PrivateKey | None, edit: Callable[[dict], None] | None = None) -> Path:
+    """A bundle whose manifest JSON `edit` changed after the writer's own checks, then signed by
+    `key` (None: unsigned): what a compromised or careless signer can put on a stick."""
+    manifest, payload = build_manifest(packs, key=key)
+    doc = json.loads(to_json(manifest))
+    if edit is not None:
+        edit(doc)
+    data = (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return write_tar_zst(path, bundle_members(data, signing.sign(key, data) if key is not None else None, payload))
+
+
 def resign(manifest: BundleManifest, key: Ed25519PrivateKey | None, *, change: Callable[[BundleManifest], BundleManifest] | None = None) -> tuple[bytes, bytes | None]:
     """(manifest bytes, signature) after an optional dataclasses.replace-style change."""
     if change is not None:
@@ -360,6 +372,35 @@ def tree_snapshot(*roots: Path) -> dict[str, str]:
                 else:
                     snap[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return snap
+
+
+def is_state_lock(path: str) -> bool:
+    """Lock files in the state directory may appear on any run (a pack's lock is made on first use): no data."""
+    return "/devops-cp/locks/" in path and path.endswith(".lock")
+
+
+def changed_paths(before: dict[str, str], after: dict[str, str], *, ignore=is_state_lock) -> list[str]:
+    """What differs between two tree_snapshot()s, as 'PATH (before -> after)', lock files aside
+    (and the folders made to hold them)."""
+    kept = [k for k in after if ignore(k)]
+    holders = {str(parent) for k in kept for parent in Path(k).parents}
+    keys = sorted(
+        k for k in set(before) | set(after)
+        if before.get(k) != after.get(k) and not ignore(k) and not (k not in before and after.get(k) == "dir" and k in holders)
+    )  # fmt: skip
+    return [f"{k} ({before.get(k, 'absent')} -> {after.get(k, 'absent')})" for k in keys]
+
+
+class Untouched:
+    """The roots (a HOME and the places around it a hostile bundle aims at), snapshotted now;
+    `changes()` says what is different since, byte for byte, lock files in the state dir aside."""
+
+    def __init__(self, *roots: Path):
+        self.roots = roots
+        self.before = tree_snapshot(*roots)
+
+    def changes(self, ignore=is_state_lock) -> list[str]:
+        return changed_paths(self.before, tree_snapshot(*self.roots), ignore=ignore)
 
 
 # --- another host: a fresh HOME --------------------------------------------------------------

@@ -268,8 +268,10 @@ def gets(server: LocalServer, path: str | None = None) -> list:
     return [r for r in server.requests if r.method == "GET" and (path is None or r.path == path)]
 
 
-def fresh_host(monkeypatch, root: Path) -> Path:
-    """Another machine: a new HOME and XDG dirs, an empty catalog, no config. Returns XDG_CACHE_HOME."""
+def fresh_host(monkeypatch, root: Path, recipes: tuple[Path, ...] = ()) -> Path:
+    """Another machine: a new HOME and XDG dirs, no config, a catalog holding only copies of
+    `recipes` (a bundle's offline steps run there only when its own catalog defines them).
+    Returns XDG_CACHE_HOME."""
     home = root / "home"
     dirs = {
         "HOME": home,
@@ -282,6 +284,8 @@ def fresh_host(monkeypatch, root: Path) -> Path:
     for name, path in dirs.items():
         path.mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv(name, str(path))
+    for recipe in recipes:
+        (dirs["DEVOPS_CP_CATALOG"] / recipe.name).write_bytes(recipe.read_bytes())
     return dirs["XDG_CACHE_HOME"]
 
 

@@ -39,6 +39,7 @@ from bundle_helpers import (
     Raw,
     build_manifest,
     bundle_members,
+    changed_paths,
     tar_bytes,
     tree_snapshot,
     write_bundle,
@@ -440,11 +441,6 @@ class Outcome:
         return self.exit_code == 0 and not self.problems
 
 
-def _a_lock_file(path: str) -> bool:
-    """Lock files in the state directory may appear (a pack's lock is made on first use): they hold no data."""
-    return "/devops-cp/locks/" in path and path.endswith(".lock")
-
-
 class Host:
     """The current HOME (its environment is set by the caller), with FIRST sideloaded.
 
@@ -485,10 +481,9 @@ class Host:
             outcome.problems.append(f"exit {exit_code}, expected {case.exit_code}: {output.strip()[-1500:]}")
         elif case.needle and case.needle not in output:
             outcome.problems.append(f"the refusal does not say {case.needle!r}: {output.strip()}")
-        after = tree_snapshot(self.home)
-        changed = sorted(k for k in set(after) | set(self.before) if after.get(k) != self.before.get(k) and not _a_lock_file(k))
+        changed = changed_paths(self.before, tree_snapshot(self.home))
         if changed:
-            outcome.problems.append("HOME changed: " + ", ".join(f"{k} ({self.before.get(k, 'absent')} -> {after.get(k, 'absent')})" for k in changed[:8]))
+            outcome.problems.append("HOME changed: " + ", ".join(changed[:8]))
             self.restore()
         return outcome
 

@@ -216,7 +216,7 @@ def test_install_steps_that_capture_nothing_run_on_the_offline_host(cli, isolate
     assert pack["offline_steps"] == [{"type": "tool_command", "command": ["{python}", "-c", MARK, "register", "{data_dir}"]}]
 
     python = named_python(tmp_path)
-    fresh_host(monkeypatch, tmp_path / "offline")
+    fresh_host(monkeypatch, tmp_path / "offline", recipes=(isolated_env.catalog / "split-steps.toml",))  # its offline step is the host's own
     result = cli("sideload", str(out), "--trust", str(pub), "--python", str(python), "--progress", "none")
     assert result.exit_code == 0, result.stderr
     target = tmp_path / "offline" / "home" / ".local" / "share" / "devops-cp" / "samples"
@@ -251,7 +251,7 @@ def test_recipe_bundle_and_offline_tables_replace_the_install_steps(cli, isolate
     assert [f["path"] for f in manifest["files"]] == ["carried.bin"]
     assert [s["command"][3] for s in manifest["packs"][0]["offline_steps"]] == ["offline"]
 
-    fresh_host(monkeypatch, tmp_path / "offline")
+    fresh_host(monkeypatch, tmp_path / "offline", recipes=(isolated_env.catalog / "three-ways.toml",))
     result = cli("sideload", str(out), "--trust", str(pub), "--progress", "none")
     assert result.exit_code == 0, result.stderr
     target = tmp_path / "offline" / "home" / ".local" / "share" / "devops-cp" / "samples"

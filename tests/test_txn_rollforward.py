@@ -176,7 +176,7 @@ def _journaled(store, data, files=FILES) -> PackTransaction:
     stage(txn, files)
     rec = record(data)
     rec.files = sorted(txn.files.values(), key=lambda f: f.path)
-    journal = txn._journal(None, txn._new_folders())
+    journal = txn._journal(None, txn._new_folders(), set())
     (txn.root / JOURNAL).write_text(json.dumps({**journal, "record": rec.to_json()}))
     return txn
 

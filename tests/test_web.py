@@ -481,9 +481,10 @@ def test_serve_prints_a_url_with_a_fresh_token(env):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )
     try:
-        line = proc.stdout.readline()
+        line = proc.stdout.readline()  # not a terminal: the token is in a 0600 file (tests/test_web_secrets.py)
         assert line.startswith("devops-cp control panel: http://127.0.0.1:"), line
-        url, _, token = line.split(": ", 1)[1].strip().partition("?token=")
+        url = line.split(": ", 1)[1].split()[0]
+        token = Path(line.split("(token in ", 1)[1].split(",", 1)[0]).read_text().strip()
         assert len(token) >= 24
         with httpx.Client(base_url=url, timeout=10, trust_env=False) as http:
             page = wait_for(lambda: _get_or_none(http, "/"))
