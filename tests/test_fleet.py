@@ -21,7 +21,7 @@ import httpx
 import pytest
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from conftest import REPO, fast_settings, gets, payload
-from oci_registry import free_port, registry, run_registry  # noqa: F401  (registry: the fixture)
+from support.oci_registry import free_port, run_registry
 from support.localserver import Fault, LocalServer
 
 from fleet import artifact
@@ -183,7 +183,7 @@ def http_server():
                 return url
             except httpx.TransportError:
                 if process.poll() is not None:
-                    raise RuntimeError("python -m http.server did not start")
+                    raise RuntimeError("python -m http.server did not start") from None
                 time.sleep(0.1)
         raise RuntimeError("python -m http.server did not answer")
 
