@@ -1,6 +1,6 @@
 """mirror -> a real registry (Debian's docker-registry) or an OCI image layout -> install --from.
 
-The registry is the real one (tests/oci_registry.py); a served layout is `python -m http.server`
+The registry is the real one (tests/support/oci_registry.py); a served layout is `python -m http.server`
 or, where a fault is needed (429, a dropped connection), the test suite's LocalServer.
 """
 
