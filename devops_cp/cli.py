@@ -7,7 +7,6 @@ those commands, so `--help`, `list` or `status` do not pay their start-up time.
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 from typing import assert_never
@@ -36,15 +35,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def _reuse_freed_memory() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default a block over the mmap threshold (128 KiB at first) is mapped fresh and unmapped
-    when freed, and more than twice that, free at the top of the heap, is trimmed. Each page taken
-    again costs a fault, dear on a VM that returns free memory to its host: a 1 GiB install took
-    19,000-23,000 of them (its 256 KiB socket reads, freed in batches by the hash thread) and
-    7,500 with blocks up to 4 MiB kept on the heap and up to 64 MiB of free heap kept; 0.07 s less
-    CPU, the same peak RSS (bench/RESULTS.md). Nothing where mallopt is missing (not glibc).
-    """
+    """Have glibc's malloc keep freed blocks up to 4 MiB for reuse instead of mapping each read
+    fresh: every page taken again is a fault (the one process-wide tweak kept: bench/RESULTS.md,
+    "House round"). Nothing where mallopt is missing (not glibc)."""
     import ctypes
 
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
@@ -57,11 +50,6 @@ class _Cli(click.Group):
     """The `devops-cp` command: what a run of it (console script, `python -m devops_cp`) sets first."""
 
     def __call__(self, *args, **kwargs):
-        # httpx's __init__ imports httpx._main, its own command-line client, which imports rich and
-        # pygments when they are installed (~30-50 ms of start-up); nothing here calls it. None in
-        # sys.modules makes that import fail, and httpx then defines a stub instead. Here, when the
-        # command runs (before anything imports httpx), not when our modules are imported.
-        sys.modules.setdefault("httpx._main", None)
         _reuse_freed_memory()  # this process is the command's: a library user's allocator is left alone
         from executor.interrupt import stop_on_ctrl_c
 
@@ -261,6 +249,7 @@ def _site_options(func):
 @click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
 @click.option("--reinstall", is_flag=True, help="Download the pack again even if it is installed and intact.")
 @click.option("--verify", is_flag=True, help="Tell an intact install by re-hashing its files (default: size and modification time).")
+@click.option("--overwrite", is_flag=True, help="Replace files already there that the pack does not own (the record says so).")
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
@@ -273,7 +262,7 @@ def _site_options(func):
 @progress_options
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, reinstall, verify, source, checksum, checksum_file, from_site, trust_files, plain_http, version, allow_downgrade, allow_expired, allow_commands, python, progress, quiet, as_json) -> None:
+def install(packs, choices, yes, force, reinstall, verify, overwrite, source, checksum, checksum_file, from_site, trust_files, plain_http, version, allow_downgrade, allow_expired, allow_commands, python, progress, quiet, as_json) -> None:
     """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...).
 
     With --from SITE (or [site] source in the config) the packs come from the site's mirror,
@@ -294,7 +283,7 @@ def install(packs, choices, yes, force, reinstall, verify, source, checksum, che
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
         expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
-        sys.exit(run_sideload(app, source, trust_files=trust_files, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, quiet=quiet, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+        sys.exit(run_sideload(app, source, trust_files=trust_files, packs=[p.partition(":")[0] for p in packs], force=force, overwrite=overwrite, progress=progress, quiet=quiet, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
     if allow_commands:
         raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     if (checksum or checksum_file) and source is None:
@@ -306,7 +295,7 @@ def install(packs, choices, yes, force, reinstall, verify, source, checksum, che
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
     with progress_renderer(progress, quiet=quiet) as listener:
-        engine = app.engine(listener, python=python)
+        engine = app.engine(listener, python=python, overwrite=overwrite)
         try:
             outcomes = engine.install(plans, confirm=confirm_on_terminal(yes), source=local, reinstall=reinstall, verify=verify)
         finally:
@@ -410,14 +399,16 @@ def remove(pack: str, as_json: bool) -> None:
     if not records:
         raise UsageError(f"{pack} is not installed", hint="`devops-cp data status` lists what is")
     engine = app.engine()
-    notes = {record.key: engine.remove(record) for record in records}
+    removed = {record.key: engine.remove(record) for record in records}  # (what it said, files it kept and why)
     if as_json:
-        emit_json({"ok": True, "removed": [r.key for r in records], "notes": notes})
+        emit_json({"ok": True, "removed": [r.key for r in records], "notes": {k: v[0] for k, v in removed.items()}, "kept": [k for r in records for k in removed[r.key][1]]})
     else:
         for r in records:
             click.echo(f"removed {r.key} ({fmt_size(r.size)})")
-            for note in notes[r.key]:
+            for note in removed[r.key][0]:
                 click.echo(f"  {note}")
+            for why in removed[r.key][1]:
+                click.echo(f"  kept {why}")
 
 
 # --- the commands in the modules beside this one -------------------------------------------
