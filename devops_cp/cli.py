@@ -59,10 +59,6 @@ class _Cli(click.Group):
         except Interrupted as exc:  # a command without reports_errors (demo)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        finally:
-            # The process ends next. Its last garbage collection would walk every object left (a
-            # manifest of 20,000 files, every module): 25-50 ms. Frozen, they are skipped.
-            gc.freeze()
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

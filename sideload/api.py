@@ -237,7 +237,6 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                 txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
                 _stream_payload(engine, reader, manifest, txns, current)
                 reader.finish()  # trailing data and every part's hash, before anything becomes visible
-                engine.store.keep_bundle_manifest(manifest.bundle_id, *header)
                 bundle_id, created = manifest.bundle_id, manifest.created
                 del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
                 with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
@@ -245,7 +244,10 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
                         engine.recover(directory)
                     for pack in selected:
                         _check_downgrade(engine, pack, request)
-                    return [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request, commands_allowed[pack.key]) for pack in selected]
+                    outcomes = [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request, commands_allowed[pack.key]) for pack in selected]
+                    if any(o.record is not None for o in outcomes):  # kept with the records it describes, never for a refused bundle
+                        engine.store.keep_bundle_manifest(bundle_id, *header)
+                    return outcomes
         finally:
             for directory in set(data_dirs.values()):
                 tidy_staging(engine.store, directory)
