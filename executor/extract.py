@@ -14,6 +14,7 @@ import gzip
 import lzma
 import os
 import re
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -25,17 +26,30 @@ from typing import BinaryIO, Iterable, Iterator
 import zstandard
 
 from executor.events import Meter
+from executor.preflight import SPACE_MARGIN, existing_parent
 from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, SmallFileWriter, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
 from manifests.names import archive_member_path
 
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
+DEFAULT_BOUND = 20  # without an estimate: twenty times the archive
 
 
-def unpack_bound(estimate: int | None) -> int | None:
-    """The most bytes an archive whose recipe estimates `estimate` may unpack to (None: no estimate, no bound)."""
-    return estimate * UNPACK_BOUND if estimate else None
+def unpack_bound(estimate: int | None, archive_size: int | None = None, where: Path | None = None) -> int | None:
+    """The most bytes an archive may unpack to. With the recipe's estimate: twice it (an estimate);
+    without one: DEFAULT_BOUND times the archive. Where it unpacks (`where`), never more than the
+    free space there less the margin. Past it, extraction stops with LengthError (exit 3)."""
+    if estimate:
+        bound = estimate * UNPACK_BOUND
+    elif archive_size is not None:
+        bound = max(archive_size, 1) * DEFAULT_BOUND
+    else:
+        bound = None
+    if where is not None:
+        room = int(shutil.disk_usage(existing_parent(where)).free / SPACE_MARGIN)
+        bound = room if bound is None else min(bound, room)
+    return bound
 
 
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:
