@@ -246,6 +246,10 @@ class Engine:
         made = missing_dirs(data_dirs)
         try:
             self.preflight(plans, confirm, local=source is not None)
+        except DataPackError:
+            remove_if_empty(made)
+            raise
+        try:
             workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key]), plans))

@@ -14,7 +14,6 @@ import gzip
 import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -26,7 +25,6 @@ from typing import BinaryIO, Iterable, Iterator
 import zstandard
 
 from executor.events import Meter
-from executor.preflight import SPACE_MARGIN, existing_parent
 from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, SmallFileWriter, closing_output, file_chunks
 from manifests.errors import LengthError, UnsafeArchiveError
 from manifests.names import archive_member_path
@@ -37,19 +35,16 @@ DEFAULT_BOUND = 20  # without an estimate: twenty times the archive,
 SMALL_ARCHIVE_BOUND = 16 * 2**20  # but at least this: a tiny archive's headers alone may be 20 times its size
 
 
-def unpack_bound(estimate: int | None, archive_size: int | None = None, where: Path | None = None) -> int | None:
+def unpack_bound(estimate: int | None, archive_size: int | None = None) -> int | None:
     """The most bytes an archive may unpack to. With the recipe's estimate: twice it (an estimate);
-    without one: DEFAULT_BOUND times the archive (at least SMALL_ARCHIVE_BOUND). Where it unpacks (`where`), never more than the
-    free space there less the margin. Past it, extraction stops with LengthError (exit 3)."""
+    without one: DEFAULT_BOUND times the archive (at least SMALL_ARCHIVE_BOUND). Past it, extraction
+    stops with LengthError (exit 3); a disk that fills up first stops it with NoSpaceError (exit 5)."""
     if estimate:
         bound = estimate * UNPACK_BOUND
     elif archive_size is not None:
         bound = max(archive_size * DEFAULT_BOUND, SMALL_ARCHIVE_BOUND)
     else:
         bound = None
-    if where is not None:
-        room = int(shutil.disk_usage(existing_parent(where)).free / SPACE_MARGIN)
-        bound = room if bound is None else min(bound, room)
     return bound
 
 

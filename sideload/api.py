@@ -380,7 +380,7 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
     it is staged whole (and checked) first.
     """
     unpack = entry.unpack
-    bound = extract.unpack_bound(unpack.unpacked_size_bytes, entry.size, txn.data_dir)
+    bound = extract.unpack_bound(unpack.unpacked_size_bytes, entry.size)
     if unpack.format == "zip":
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
         copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress).check(entry.sha256, entry.size)
