@@ -7,7 +7,6 @@ those commands, so `--help`, `list` or `status` do not pay their start-up time.
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 from typing import assert_never
@@ -35,15 +34,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def _reuse_freed_memory() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default a block over the mmap threshold (128 KiB at first) is mapped fresh and unmapped
-    when freed, and more than twice that, free at the top of the heap, is trimmed. Each page taken
-    again costs a fault, dear on a VM that returns free memory to its host: a 1 GiB install took
-    19,000-23,000 of them (its 256 KiB socket reads, freed in batches by the hash thread) and
-    7,500 with blocks up to 4 MiB kept on the heap and up to 64 MiB of free heap kept; 0.07 s less
-    CPU, the same peak RSS (bench/RESULTS.md). Nothing where mallopt is missing (not glibc).
-    """
+    """Have glibc's malloc keep freed blocks up to 4 MiB for reuse instead of mapping each read
+    fresh: every page taken again is a fault (the one process-wide tweak kept: bench/RESULTS.md,
+    "House round"). Nothing where mallopt is missing (not glibc)."""
     import ctypes
 
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
@@ -56,18 +49,8 @@ class _Cli(click.Group):
     """The `devops-cp` command: what a run of it (console script, `python -m devops_cp`) sets first."""
 
     def __call__(self, *args, **kwargs):
-        # httpx's __init__ imports httpx._main, its own command-line client, which imports rich and
-        # pygments when they are installed (~30-50 ms of start-up); nothing here calls it. None in
-        # sys.modules makes that import fail, and httpx then defines a stub instead. Here, when the
-        # command runs (before anything imports httpx), not when our modules are imported.
-        sys.modules.setdefault("httpx._main", None)
         _reuse_freed_memory()  # this process is the command's: a library user's allocator is left alone
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            # The process ends next. Its last garbage collection would walk every object left (a
-            # manifest of 20,000 files, every module): 25-50 ms. Frozen, they are skipped.
-            gc.freeze()
+        return super().__call__(*args, **kwargs)
 
 
 @click.group(cls=_Cli)

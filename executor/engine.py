@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, assert_never
 
 from executor import steps as step_types
-from executor.config import Config
+from executor.config import Config, WriteSettings
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import FileRecord, InstallRecord, Store, now_iso
@@ -28,7 +28,7 @@ from manifests.plan import Plan
 from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand, sizes
 from manifests.units import estimated_times, fmt_size
 
-if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
+if TYPE_CHECKING:  # httpx is loaded by the first download, never by a sideload
     import httpx
 
     from executor.config import HttpSettings
@@ -96,7 +96,7 @@ class Engine:
         settings: HttpSettings | None = None,  # None: the defaults
         transport: httpx.BaseTransport | None = None,
         python: str = sys.executable,
-        use_syncfs: bool = True,
+        writes: WriteSettings | None = None,  # None: the config's [writes]
         connections_per_download: int | None = None,
         overwrite: bool = False,
     ):
@@ -108,7 +108,7 @@ class Engine:
         self.settings = settings if settings is not None else _default_settings()
         self.transport = transport
         self.python = python
-        self.use_syncfs = use_syncfs
+        self.writes = writes if writes is not None else self.config.writes
         self.overwrite = overwrite  # replace files a pack does not own (--overwrite), recorded as such
         self.connections_per_download = connections_per_download or self.config.max_connections_per_download
         self._client: httpx.Client | None = None
@@ -126,7 +126,8 @@ class Engine:
 
     def step_context(self, *, will_sync: bool = False) -> step_types.StepContext:
         return step_types.StepContext(
-            self.config, self.client, self.listener, self.settings, self.python, will_sync=will_sync, connections=self.connections_per_download
+            self.config, self.client, self.listener, self.settings, self.python,
+            will_sync=will_sync and self.writes.durable, plain=self.writes.plain, connections=self.connections_per_download,
         )
 
     # --- decide -------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class Engine:
             bundle_created=bundle_created,
         )
         # Under the commit lock: who owns which file is decided against the records as they are now.
-        txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs, others=self.store.records(), overwrite=self.overwrite)
+        txn.commit(record, self.store.read_record(pack.key), others=self.store.records(), overwrite=self.overwrite)
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
@@ -268,7 +269,7 @@ class Engine:
                     note = f"installed by another devops-cp run while this one waited ({current.installed_at})"
                     self.listener(Notice(plan.key, "info", note))
                     return Outcome(plan.key, record=current, notes=[note])
-                with PackTransaction(self.store, data_dir, plan.key) as txn:
+                with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
                     outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
                     with self.store.locked([data_dir], on_wait=say):
                         self.recover(data_dir)

@@ -377,6 +377,7 @@ def _pull(ctx: StepContext, key: str, index: int, step: OciArtifact, txn: PackTr
         auth=artifact.auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
+        plain=ctx.plain,
         connections=ctx.connections,
     )
     tried.append(download)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from executor import durable
+from executor.config import WriteSettings
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from executor.transfer import hash_file
 from manifests.errors import LockTimeout, PolicyError, UnsafeArchiveError
@@ -52,10 +53,12 @@ class KeptArchive:
 
 
 class PackTransaction:
-    def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False):
+    def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False, writes: WriteSettings = WriteSettings()):
         """`keep_archives`: a download step's archive is staged whole (see `keep_archive`),
-        not extracted: a bundle carries it as it is, sparing a file per member."""
+        not extracted: a bundle carries it as it is, sparing a file per member.
+        `writes`: the engine's; whether commit() syncs, and whether the writers may use fast paths."""
         self.store = store
+        self.writes = writes
         self.data_dir = data_dir
         self.key = key
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)[:80]
@@ -98,7 +101,7 @@ class PackTransaction:
         self.archives.append(KeptArchive(kept, size, sha256, fmt, dest, strip, unpacked_size))
 
     def commit(
-        self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True, others: Iterable[InstallRecord] = (), overwrite: bool = False
+        self, record: InstallRecord, previous: InstallRecord | None, *, others: Iterable[InstallRecord] = (), overwrite: bool = False
     ) -> None:
         """Under the data dir's commit lock. `others`: the other packs' records (who owns what);
         `overwrite`: replace files this pack does not own (recorded) instead of refusing."""
@@ -107,7 +110,8 @@ class PackTransaction:
         ours = _owned(previous, self.data_dir)
         self._refuse_foreign_files_in_the_way(ours, folders)
         record.adopted, record.overwritten = self._claim(ours, folders, others, overwrite)
-        durable.sync_files(self.root, self._to_sync(folders), use_syncfs=use_syncfs)
+        if self.writes.durable:  # the one filesystem sync per pack, before its swap
+            durable.sync_files(self.root, self._to_sync(folders), plain=self.writes.plain)
         journal = self._journal(previous, folders, set(record.adopted))
         durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
         roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record})

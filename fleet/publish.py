@@ -28,6 +28,7 @@ from fleet.site import Endpoint, refused
 from manifests.errors import NetworkError, NotWritableError
 
 CHUNK = 16 << 20
+PIECE = 1 << 20  # what one socket write is handed
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
 
 
@@ -114,8 +115,8 @@ class RegistryUpload:
                     "PATCH",
                     self.location,
                     auth=self.endpoint.auth,
-                    content=bytes(self.buffer[offset:]),
-                    headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end}"},
+                    content=self._pieces(offset),
+                    headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end}", "Content-Length": str(end - start + 1)},
                 )
             except httpx.TransportError as exc:
                 failures += 1
@@ -131,6 +132,12 @@ class RegistryUpload:
                 raise refused(response, f"uploading to {self.where}")
         self.sent += len(self.buffer)
         self.buffer.clear()
+
+    def _pieces(self, offset: int):
+        """The chunk from `offset` a piece at a time: one bytes object of the whole chunk would be
+        copied again and again as the socket takes it, and the process grew by hundreds of MiB."""
+        for at in range(offset, len(self.buffer), PIECE):
+            yield bytes(self.buffer[at : at + PIECE])
 
     def _resume_point(self, failures: int, exc: Exception) -> int:
         """After a failed PATCH: how much of the buffered chunk the registry holds (GET the upload's status)."""

@@ -1,6 +1,6 @@
 """mirror -> a real registry (Debian's docker-registry) or an OCI image layout -> install --from.
 
-The registry is the real one (tests/oci_registry.py); a served layout is `python -m http.server`
+The registry is the real one (tests/support/oci_registry.py); a served layout is `python -m http.server`
 or, where a fault is needed (429, a dropped connection), the test suite's LocalServer.
 """
 
@@ -21,7 +21,7 @@ import httpx
 import pytest
 from bundle_helpers import PackSpec, new_key, write_bundle, write_public_key
 from conftest import REPO, fast_settings, gets, payload
-from oci_registry import free_port, registry, run_registry  # noqa: F401  (registry: the fixture)
+from support.oci_registry import free_port, run_registry
 from support.localserver import Fault, LocalServer
 
 from fleet import artifact
@@ -183,7 +183,7 @@ def http_server():
                 return url
             except httpx.TransportError:
                 if process.poll() is not None:
-                    raise RuntimeError("python -m http.server did not start")
+                    raise RuntimeError("python -m http.server did not start") from None
                 time.sleep(0.1)
         raise RuntimeError("python -m http.server did not answer")
 

@@ -1,6 +1,6 @@
 """A real registry for tests: Debian's `docker-registry` (github.com/docker/distribution) on
 127.0.0.1, and the distribution API calls that push an artifact into it. Used by
-tests/test_oci.py and tests/test_trivy_bundle.py (`from oci_registry import registry, push`).
+tests/test_oci.py and tests/test_trivy_bundle.py. The `registry` fixture is registered in conftest.py.
 """
 
 from __future__ import annotations
