@@ -292,12 +292,16 @@ def _export_status(export_to: Path | None, wants: tuple[str, ...], progress: str
     from executor import durable
     from executor.hostexport import export_state
     from manifests.hoststate import Want, to_json
+    from manifests.names import IDENTIFIER_RULE, is_identifier
     from manifests.plan import parse_choice_args
 
     if export_to is None:
         raise UsageError("--want goes with --export FILE")
     app = App()
     parsed = [Want(*parse_choice_args(w)) for w in wants]
+    for want in parsed:
+        if not is_identifier(want.pack):
+            raise UsageError(f"--want {want.pack!r}: a pack id is {IDENTIFIER_RULE}", hint="for example --want whisper-model:model_size=base")
     with progress_renderer(progress) as listener:
         state = export_state(app.store, app.hardware, parsed, listener)
     data = to_json(state)

@@ -25,15 +25,13 @@ from manifests.chunk_format import (
     index_count,
 )
 from manifests.errors import UsageError
+from manifests.names import IDENTIFIER_RULE, is_identifier, is_relative_path
 
 EXPORT_FORMAT = 1
 MAX_EXPORT_BYTES = 64 << 20  # a host with 2 TiB of indexed files writes about 5 MiB per 10 GiB: room to spare
 MAX_ITEMS = 100_000  # packs, files, wants, data types, GPUs: each list
 CHUNKER_DOC = {"algorithm": CHUNKER, "min": MIN_CHUNK, "avg": AVG_CHUNK, "max": MAX_CHUNK, "hash_bytes": HASH_SIZE}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PACK_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
-_REL_PATH = re.compile(f"{_PART}(?:/{_PART})*")
 
 
 class ExportError(UsageError):
@@ -228,13 +226,13 @@ class _Reader:
 
     def pack_id(self, key: str) -> str:
         value = self.get(key, str)
-        if not _PACK_ID.fullmatch(value):
-            raise self.fail(key, "must be lowercase letters, digits, '.', '_' and '-'")
+        if not is_identifier(value):
+            raise self.fail(key, f"must be {IDENTIFIER_RULE}, got {value!r}")
         return value
 
     def path(self, key: str) -> str:
         value = self.text(key)
-        if not _REL_PATH.fullmatch(value):
+        if not is_relative_path(value):
             raise self.fail(key, f"{value!r} is not a relative path inside the pack")
         return value
 

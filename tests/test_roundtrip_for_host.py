@@ -304,3 +304,21 @@ def test_the_builder_notes_when_the_host_reported_too_little_space(trip):
     export.write_text(json.dumps(doc))
     _, made = trip.bundle(export)
     assert any("reported 1000 B free for sample" in note for note in made["notes"]), made["notes"]
+
+
+def test_the_space_check_counts_rebuilt_files_not_carried_chunks():
+    from manifests.bundle import KEPT, REBUILT, FileEntry, FromHost
+    from sideload.api import _space_needed
+
+    rebuilt = FileEntry("p", "a.bin", 5 * MIB, "a" * 64, "chunks/p/a.bin", from_host=FromHost(REBUILT, 5 * MIB, "b" * 64, 70_000, "c" * 64, 1300, 20))
+    kept = FileEntry("p", "b.bin", 3 * MIB, "d" * 64, "", from_host=FromHost(KEPT, 3 * MIB, "d" * 64))
+    whole = FileEntry("p", "c.bin", 1000, "e" * 64, "packs/p/c.bin")
+    assert [_space_needed(f) for f in (rebuilt, kept, whole)] == [5 * MIB, 0, 1000]
+    assert [f.member_size for f in (rebuilt, kept, whole)] == [70_000, 0, 1000]
+
+
+def test_a_wanted_pack_with_a_bad_name_is_a_usage_error(trip):
+    trip.host.enter(trip.monkeypatch.setenv)
+    result = trip.cli("status", "--export", str(trip.tmp / "x.json"), "--want", "Not A Pack!")
+    assert result.exit_code == 2 and "'Not A Pack!'" in result.stderr
+    assert not (trip.tmp / "x.json").exists()
