@@ -26,7 +26,8 @@ GIB = 1 << 30
 MIB = 1 << 20
 CAP_PER_CONNECTION = 16 * MIB  # W6's server: bytes per second per connection
 SEED_SCRIPT = Path(__file__).with_name("seed_download.py")
-NO_SYNC_ENV = "DEVOPS_CP_NO_SYNC"
+# The `no sync` rows: what durability costs. UNSAFE outside a benchmark (README "Config").
+NO_SYNC_CONFIG = "[writes]\ndurable = false\n"
 ZSTD_TAR = "tar -I 'zstd -3 -T0' -cf"
 
 
@@ -185,10 +186,12 @@ class Bench:
 
     def ours_env(self, home: Path, *, no_sync: bool = False) -> dict[str, str]:
         env = clean_env(HOME=str(home), DEVOPS_CP_CATALOG=str(self.catalog), DEVOPS_CP_NO_GPU="1")
-        for key in ("XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "DEVOPS_CP_CONFIG", NO_SYNC_ENV):
+        for key in ("XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "DEVOPS_CP_CONFIG", "DEVOPS_CP_PLAIN_WRITES"):
             env.pop(key, None)
-        if no_sync:
-            env[NO_SYNC_ENV] = "1"
+        if no_sync:  # beside the catalog: HOME is emptied before every run
+            config = self.catalog.parent / "no-sync.toml"
+            config.write_text(NO_SYNC_CONFIG)
+            env["DEVOPS_CP_CONFIG"] = str(config)
         return env
 
     def ours(self, name: str, args: list[str], *, no_sync: bool = False, check: Callable[[], None] | None = None, keep: Callable[[], None] | None = None) -> Contender:
@@ -201,6 +204,13 @@ class Bench:
 
         return Contender(name, cli_path() + args + ["--yes", "--progress", "none"], ours=True, env=self.ours_env(home, no_sync=no_sync),
                          prepare=_fresh(home), check=check, cleanup=cleanup)
+
+    def one_connection(self, contender: Contender) -> Contender:
+        """`max_connections_per_download = 1` in a config file of its own: one stream, as before issue 23."""
+        config = self.work / "one-connection.toml"
+        config.write_text("max_connections_per_download = 1\n")
+        contender.env["DEVOPS_CP_CONFIG"] = str(config)
+        return contender
 
     def report(self, title: str, intro: str, contenders: list[Contender], size: int, targets: dict[tuple[str, str], float]) -> None:
         section = f"### {title}\n\n{intro}\n\n{results_table(contenders, size)}\n\n{ratio_table(contenders, targets)}\n"
@@ -236,6 +246,7 @@ class Bench:
         contenders = [
             self.ours("ours: install", ["data", "install", "bench-big"], check=_expect_file(installed("ours: install"), size)),
             self.ours("ours: install, no sync", ["data", "install", "bench-big"], no_sync=True, check=_expect_file(installed("ours: install, no sync"), size)),
+            self.one_connection(self.ours("ours: install, 1 connection", ["data", "install", "bench-big"], check=_expect_file(installed("ours: install, 1 connection"), size))),
             Contender("curl -o", _bash(curl), **peer),
             Contender("curl -o + sync", _bash(f"{curl} && sync"), **peer),
             Contender("curl -o + sync FILE", _bash(f"{curl} && sync {q(str(out))}"), **peer),
@@ -248,7 +259,7 @@ class Bench:
             "W1: direct install",
             f"Install one {size / MIB:.0f} MiB incompressible file from the local server, sha256 checked against the recipe. "
             "Ours also stages, renames atomically and (by default) makes the pack durable with one syncfs before it becomes visible; "
-            f"`no sync` sets {NO_SYNC_ENV}=1. `sync FILE` flushes only that file (fsync); plain `sync` the whole system.",
+            "`no sync` runs with the unsafe config key `[writes] durable = false`. `sync FILE` flushes only that file (fsync); plain `sync` the whole system.",
             contenders, size,
             {("ours: install", "curl -o"): 1.0, ("ours: install, no sync", "curl -o"): 1.0},
         )
@@ -353,7 +364,7 @@ class Bench:
             "W3: sideload",
             "Sideload W2's bundle into empty data dirs: signature, every member's length and sha256, every part's hash, "
             "structure rules, staging, then (by default) one syncfs per pack before the atomic renames and the install records; "
-            f"`no sync` sets {NO_SYNC_ENV}=1. The peers unpack the peer archive of W2 and check it with a checksum list; "
+            "`no sync` runs with the unsafe config key `[writes] durable = false`. The peers unpack the peer archive of W2 and check it with a checksum list; "
             "`+ sync` makes their result durable too.",
             contenders, self.sizes.big + self.text_size,
             {

@@ -219,6 +219,7 @@ def _live_files(engine: Engine, plan: Plan) -> list[_File]:
             meter=Meter(ctx.listener, plan.key, index, step_label(step), step.size_bytes),
             size_cap=step.size_bytes,
             auth=credentials_auth(ctx, plan.recipe, step.credentials),
+            plain=ctx.plain,
             connections=ctx.connections,
         )
         sha256 = step.checksum.split(":", 1)[1]
@@ -278,7 +279,7 @@ def build_bundle(
     try:
         held.enter_context(engine.store.locked([work]))
         recover(engine.store, work)  # staged copies that a killed bundle left behind
-        txns = [PackTransaction(engine.store, work, plan.key, keep_archives=_keeps_archives(plan) and not _host_has(for_host, plan)) for plan in plans]
+        txns = [PackTransaction(engine.store, work, plan.key, keep_archives=_keeps_archives(plan) and not _host_has(for_host, plan), writes=engine.writes) for plan in plans]
         tool = None
         if include_tool is not None:  # first: a missing index fails in seconds, before gigabytes are fetched
             wheel_dir = Path(tempfile.mkdtemp(prefix="devops-cp-tool-wheels-"))  # tens of MB; not in the staging cache
@@ -351,7 +352,7 @@ def _write(engine, out, contents: list[_PackContent], private_key, expires_in, s
         done += n
         meter.update(done)
 
-    parts = write_archive(out, manifest_bytes, signature, members, split_size=split_size, on_bytes=on_bytes)
+    parts = write_archive(out, manifest_bytes, signature, members, split_size=split_size, on_bytes=on_bytes, plain=engine.writes.plain)
     meter.done(done)
     paths = [out.with_name(p.name) for p in parts]
     listed = []  # besides the parts, in the signed checksum list

@@ -1,8 +1,8 @@
 """Large members that do not compress go around the compressor, as zstd frames of raw blocks.
 
 Most large packs are compressed already (a vulnerability DB's .tar.gz, a quantized model, an
-image layer): zstd -3 spends about 0.8 s of CPU per GiB on them finding nothing, then stores
-their bytes as raw blocks anyway. Here a member's bytes are sampled as they pass (the first
+image layer): zstd spends CPU on them finding nothing, then stores their bytes as raw blocks
+anyway. Here a member's bytes are sampled as they pass (the first
 SAMPLE bytes of every SEGMENT); where the samples stop compressing, the compressor's frame is
 ended and the bytes are written straight to the archive's parts as a frame of raw blocks, until
 they compress again. The archive stays one valid .tar.zst: zstd, `tar -I zstd` and sideload

@@ -18,7 +18,7 @@ import zstandard
 from bundler import raw_frames
 from executor import durable
 from executor.extract import tar_checksum
-from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, file_chunks, translate_write_error
+from executor.transfer import WRITEBACK_KEEP, WRITEBACK_STEP, Copy, HashThread, InlineHash, file_chunks, hash_worker, translate_write_error
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, PartEntry, part_name
 from manifests.errors import FileTooLargeError
 
@@ -33,13 +33,15 @@ class PartWriter:
     bundle never leaves something that looks like a bundle.
     """
 
-    def __init__(self, out: Path, split_size: int | None):
+    def __init__(self, out: Path, split_size: int | None, *, plain: bool = False):
+        """`plain`: the part's hash in this thread, no write-behind (WriteSettings.plain)."""
         self.out = out
         self.split_size = split_size
+        self.plain = plain
         self.parts: list[PartEntry] = []
         self._tmp_paths: list[Path] = []
         self._file: BinaryIO | None = None
-        self._hash: HashThread | None = None  # the part's sha256, on a second core: the writing thread is the bundle's busiest
+        self._hash: HashThread | InlineHash | None = None  # the part's sha256, on a second core unless plain
         self._size = 0
         self._behind = 0  # bytes of the current part not yet handed to write_behind
 
@@ -51,7 +53,7 @@ class PartWriter:
         tmp = self.out.with_name(f".{self._final_name(len(self.parts) + 1)}.tmp")
         self._tmp_paths.append(tmp)
         self._file = open(tmp, "wb")
-        self._hash, self._size, self._behind = HashThread(hashlib.sha256()), 0, 0
+        self._hash, self._size, self._behind = hash_worker(hashlib.sha256(), plain=self.plain), 0, 0
 
     def _close_current(self) -> None:
         if self._file is None:
@@ -84,7 +86,7 @@ class PartWriter:
             self._size += room
             self._behind += room
             view = view[room:]
-        if self._behind >= WRITEBACK_STEP:  # each part is fsynced when it ends: start on it now
+        if self._behind >= WRITEBACK_STEP and not self.plain:  # each part is fsynced when it ends: start on it now
             self._file.flush()
             durable.write_behind(self._file, WRITEBACK_KEEP)
             self._behind = 0
@@ -195,12 +197,13 @@ class TarWriter:
     has it (a download) instead of pulled from a file object, and nothing is buffered here.
     """
 
-    def __init__(self, out: BinaryIO, *, parts: BinaryIO | None = None, level: int = ZSTD_LEVEL):
+    def __init__(self, out: BinaryIO, *, parts: BinaryIO | None = None, level: int = ZSTD_LEVEL, plain: bool = False):
         """`parts`: where `out`, a zstd writer at `level`, writes the archive. Given, a large member
         that does not compress goes around `out` into it (bundler/raw_frames.py)."""
         self.out = out
         self.member_out = _NoFlush(out)
         self.parts, self.level = parts, level
+        self.plain = plain
         self.offset = 0
 
     def _write(self, data: bytes) -> None:
@@ -221,7 +224,7 @@ class TarWriter:
             on_bytes(copy.done)
         else:
             with open(member.path, "rb") as raw:
-                copy = Copy(out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes)).feed(file_chunks(raw, member.size))
+                copy = Copy(out, what=member.name, limit=member.size, meter=_ArchiveMeter(on_bytes), plain=self.plain).feed(file_chunks(raw, member.size))
         if routed is not None:
             routed.end()
         copy.check(member.sha256, member.size)
@@ -245,15 +248,16 @@ def write_archive(
     split_size: int | None = None,
     level: int = ZSTD_LEVEL,
     on_bytes: Callable[[int], None] = lambda n: None,
+    plain: bool = False,
 ) -> list[PartEntry]:
-    parts = PartWriter(out, split_size)
+    parts = PartWriter(out, split_size, plain=plain)
     try:
         # Every core compresses, in jobs of ZSTD_JOB_SIZE: libzstd's default job at level 3 is
         # several MiB and its worker pool then holds about 110 MiB; 2 MiB jobs hold about 30.
         params = zstandard.ZstdCompressionParameters.from_level(level, threads=-1, job_size=ZSTD_JOB_SIZE, write_checksum=True)
         compressor = zstandard.ZstdCompressor(compression_params=params)
         with compressor.stream_writer(parts, closefd=False) as zst:
-            tar = TarWriter(zst, parts=parts, level=level)
+            tar = TarWriter(zst, parts=parts, level=level, plain=plain)
             tar.add_bytes(MANIFEST_NAME, manifest)
             if signature is not None:
                 tar.add_bytes(SIGNATURE_NAME, signature)

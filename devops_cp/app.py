@@ -49,13 +49,14 @@ class App:
 
         return hw.detect()
 
-    def engine(self, listener: Listener | None = None, *, python: str | None = None) -> Engine:
-        """`python`: the interpreter that `{python}` steps (a wheel's pip install) use; default this one."""
+    def engine(self, listener: Listener | None = None, *, python: str | None = None, overwrite: bool = False) -> Engine:
+        """`python`: the interpreter that `{python}` steps (a wheel's pip install) use; default this one.
+        `overwrite`: replace files a pack does not own (--overwrite)."""
         from executor.engine import Engine
         from executor.events import ignore
         from executor.config import HttpSettings
 
-        return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(), python=python or sys.executable)
+        return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(), python=python or sys.executable, overwrite=overwrite)
 
     def plan(self, pack_arg: str, extra_choices: tuple[str, ...] = (), *, mode: str = "install", force: bool = False) -> Plan:
         pack_id, choices = parse_choice_args(pack_arg, extra_choices)

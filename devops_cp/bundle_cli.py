@@ -272,13 +272,13 @@ def verify(bundle_path: Path, trust_files, allow_unsigned, allow_expired, progre
             click.echo(f"  made for host {manifest.for_host.name} only: {_delivery_line(deliveries)}; carries {fmt_size(manifest.carried_size)} of {fmt_size(manifest.total_size)} (the host's own files are checked when it sideloads)")
 
 
-def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, progress="auto", as_json=False, python: str | None = None, allow_commands=(), bundle_sha256: str | None = None) -> int:
+def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_run=False, allow_downgrade=False, allow_expired=False, allow_unsigned=False, force=False, overwrite=False, progress="auto", as_json=False, python: str | None = None, allow_commands=(), bundle_sha256: str | None = None) -> int:
     from sideload.api import SideloadRequest, TrustOptions, sideload_bundle
 
     trust = TrustOptions(tuple(trust_files), allow_unsigned, allow_expired, bundle_sha256)
     request = SideloadRequest(bundle_path, trust, tuple(packs), allow_downgrade, force, dry_run, app.hardware, allow_commands=tuple(allow_commands), catalog=app.catalog)
     with progress_renderer(progress) as listener:
-        engine = app.engine(listener, python=python)
+        engine = app.engine(listener, python=python, overwrite=overwrite)
         outcomes = sideload_bundle(engine, request)
     if dry_run and not as_json:
         for o in outcomes:
@@ -297,14 +297,15 @@ def run_sideload(app: App, bundle_path: Path, *, trust_files=(), packs=(), dry_r
 @click.option("--allow-unsigned", is_flag=True)
 @click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="Run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable; not with --allow-unsigned.")
 @click.option("--force", is_flag=True, help="Install options whose GPU requirement is not met here.")
+@click.option("--overwrite", is_flag=True, help="Replace files already there that a pack does not own (the record says so).")
 @click.option("--yes", "-y", is_flag=True, help="Accepted for symmetry with install; sideload asks nothing.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_expired, allow_unsigned, allow_commands, force, yes, python, progress, as_json) -> None:
+def sideload(bundle_path, trust_files, packs, dry_run, allow_downgrade, allow_expired, allow_unsigned, allow_commands, force, overwrite, yes, python, progress, as_json) -> None:
     """Verify BUNDLE against the trusted keys, then install its packs."""
-    sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands))
+    sys.exit(run_sideload(App(), bundle_path, trust_files=trust_files, packs=packs, dry_run=dry_run, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_unsigned=allow_unsigned, force=force, overwrite=overwrite, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands))
 
 
 @click.command("bootstrap-script")

@@ -1,20 +1,19 @@
 """`devops-cp data ...`: parsing and rendering only; the work is in executor/, bundler/, sideload/.
 
-Every command starts by importing this file (and bundle_cli, web_cli, demo): modules only some
+Every command starts by importing this file (and bundle_cli, web_cli, fleet_cli, demo): modules only some
 commands need (the engine and httpx, sideload, signing, rich, the web app) are imported inside
 those commands, so `--help`, `list` or `status` do not pay their start-up time.
 """
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 from typing import assert_never
 
 import click
 
-from devops_cp import bundle_cli, demo, reports, web_cli
+from devops_cp import bundle_cli, demo, fleet_cli, reports, web_cli
 from devops_cp.app import App
 from devops_cp.cli_common import PROGRESS_MODES, confirm_on_terminal, emit_json, json_option, print_outcomes, reports_errors
 from manifests.errors import NetworkError, UsageError
@@ -35,15 +34,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def _reuse_freed_memory() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default a block over the mmap threshold (128 KiB at first) is mapped fresh and unmapped
-    when freed, and more than twice that, free at the top of the heap, is trimmed. Each page taken
-    again costs a fault, dear on a VM that returns free memory to its host: a 1 GiB install took
-    19,000-23,000 of them (its 256 KiB socket reads, freed in batches by the hash thread) and
-    7,500 with blocks up to 4 MiB kept on the heap and up to 64 MiB of free heap kept; 0.07 s less
-    CPU, the same peak RSS (bench/RESULTS.md). Nothing where mallopt is missing (not glibc).
-    """
+    """Have glibc's malloc keep freed blocks up to 4 MiB for reuse instead of mapping each read
+    fresh: every page taken again is a fault (the one process-wide tweak kept: bench/RESULTS.md,
+    "House round"). Nothing where mallopt is missing (not glibc)."""
     import ctypes
 
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
@@ -56,18 +49,8 @@ class _Cli(click.Group):
     """The `devops-cp` command: what a run of it (console script, `python -m devops_cp`) sets first."""
 
     def __call__(self, *args, **kwargs):
-        # httpx's __init__ imports httpx._main, its own command-line client, which imports rich and
-        # pygments when they are installed (~30-50 ms of start-up); nothing here calls it. None in
-        # sys.modules makes that import fail, and httpx then defines a stub instead. Here, when the
-        # command runs (before anything imports httpx), not when our modules are imported.
-        sys.modules.setdefault("httpx._main", None)
         _reuse_freed_memory()  # this process is the command's: a library user's allocator is left alone
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            # The process ends next. Its last garbage collection would walk every object left (a
-            # manifest of 20,000 files, every module): 25-50 ms. Frozen, they are skipped.
-            gc.freeze()
+        return super().__call__(*args, **kwargs)
 
 
 @click.group(cls=_Cli)
@@ -223,30 +206,53 @@ def _is_bundle(source: Path) -> bool:
     return looks_like_bundle(source)
 
 
+def _site_options(func):
+    """install --from and check-updates --from: a site's mirror (devops_cp/fleet_cli.py)."""
+    func = click.option("--plain-http", is_flag=True, help="Speak plain HTTP to a registry that is not on loopback ([site] plain_http).")(func)
+    func = click.option("--trust", "trust_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="With --from: also trust this public key.")(func)
+    return click.option("--from", "from_site", metavar="SOURCE", help="The site's mirror: oci://HOST[:PORT]/REPO or the http(s) URL of a served tree ([site] source).")(func)
+
+
 @data.command()
-@click.argument("packs", nargs=-1, required=True)
+@click.argument("packs", nargs=-1)
 @click.option("-c", "--choice", "choices", multiple=True, metavar="KEY=VALUE", help="A choice, e.g. -c model_size=base (repeatable).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to the large-download question.")
 @click.option("--force", is_flag=True, help="Install an option whose hardware requirement is not met.")
+@click.option("--overwrite", is_flag=True, help="Replace files already there that the pack does not own (the record says so).")
 @click.option("--source", type=click.Path(path_type=Path), help="Install from this local file (or bundle) instead of the network.")
 @click.option("--checksum", help="sha256:HEX that --source must match.")
 @click.option("--checksum-file", type=click.Path(exists=True, path_type=Path), help="A sha256sum-format file for --source.")
-@click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="With a bundle: run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable.")
+@_site_options
+@click.option("--at", "version", metavar="VERSION", help="With --from: this version (its tag's time, e.g. 20261206T103815Z) instead of the newest.")
+@click.option("--allow-downgrade", is_flag=True, help="With --from: install data older than what is installed.")
+@click.option("--allow-expired", is_flag=True, help="With --from: accept a signed manifest past its expiry.")
+@click.option("--allow-commands", "allow_commands", multiple=True, metavar="PACK", help="With a bundle or --from: run PACK's offline steps although this host's catalog does not define them (each is printed first); repeatable.")
 @click.option("--python", "python", metavar="PATH", help="The Python interpreter that wheels (spaCy models) are pip-installed into [default: this one].")
 @click.option("--progress", type=PROGRESS_MODES, default="auto", show_default=True)
 @json_option
 @reports_errors
-def install(packs, choices, yes, force, source, checksum, checksum_file, allow_commands, python, progress, as_json) -> None:
-    """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...)."""
+def install(packs, choices, yes, force, overwrite, source, checksum, checksum_file, from_site, trust_files, plain_http, version, allow_downgrade, allow_expired, allow_commands, python, progress, as_json) -> None:
+    """Download PACK(s) into their data directories (PACK or PACK:KEY=VALUE,...).
+
+    With --from SITE (or [site] source in the config) the packs come from the site's mirror,
+    verified against this host's trusted keys; no PACK: update the installed packs from it."""
     from devops_cp.render import progress_renderer
     from executor.engine import LocalSource
 
     app = App()
+    if source is None:
+        site = fleet_cli.site_of(app, from_site)
+        if site is not None:
+            if choices:
+                raise UsageError("-c does not combine with --from", hint="write the choices into the pack: PACK:KEY=VALUE")
+            sys.exit(fleet_cli.run_install_from(app, site, packs, trust_files=trust_files, plain_http=plain_http, version=version, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_commands=allow_commands, force=force, python=python, progress=progress, as_json=as_json))
+    if not packs:
+        raise UsageError("name at least one pack", hint="`devops-cp data list` shows them; `install --from SITE` alone updates the installed packs from a site")
     if source is not None and _is_bundle(source):
         from devops_cp.bundle_cli import run_sideload  # a bundle: verify it, then sideload these packs
 
         expected = _read_checksum(checksum, checksum_file, source)  # checked against the bundle file as it is read
-        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
+        sys.exit(run_sideload(app, source, packs=[p.partition(":")[0] for p in packs], force=force, overwrite=overwrite, progress=progress, as_json=as_json, python=python, allow_commands=allow_commands, bundle_sha256=expected))
     if allow_commands:
         raise UsageError("--allow-commands is for a bundle's offline steps", hint="pass the bundle with --source, or leave --allow-commands out")
     plans = [app.plan(p, choices, force=force) for p in packs]
@@ -254,7 +260,7 @@ def install(packs, choices, yes, force, source, checksum, checksum_file, allow_c
         raise UsageError("--source installs one pack", hint="name exactly one pack with --source")
     local = LocalSource(source, _read_checksum(checksum, checksum_file, source)) if source else None
     with progress_renderer(progress) as listener:
-        engine = app.engine(listener, python=python)
+        engine = app.engine(listener, python=python, overwrite=overwrite)
         try:
             outcomes = engine.install(plans, confirm=confirm_on_terminal(yes), source=local)
         finally:
@@ -315,11 +321,16 @@ def _export_status(export_to: Path | None, wants: tuple[str, ...], progress: str
 
 
 @data.command("check-updates")
+@_site_options
 @json_option
 @reports_errors
-def check_updates(as_json: bool) -> None:
-    """Which packs are stale, never downloaded, or due when."""
-    document = reports.check_updates_document(App())
+def check_updates(from_site, trust_files, plain_http, as_json: bool) -> None:
+    """Which packs are stale, never downloaded, or due when; with --from, which have a newer signed version at the site."""
+    app = App()
+    if from_site:
+        fleet_cli.check_updates_from(app, fleet_cli.site_of(app, from_site), trust_files, plain_http, as_json)
+        return
+    document = reports.check_updates_document(app)
     if as_json:
         emit_json(document)
         return
@@ -348,13 +359,14 @@ def remove(pack: str, as_json: bool) -> None:
     if not records:
         raise UsageError(f"{pack} is not installed", hint="`devops-cp data status` lists what is")
     engine = app.engine()
-    for record in records:
-        engine.remove(record)
+    kept = {record.key: engine.remove(record) for record in records}  # files changed since, or adopted: left in place
     if as_json:
-        emit_json({"ok": True, "removed": [r.key for r in records]})
+        emit_json({"ok": True, "removed": [r.key for r in records], "kept": [k for r in records for k in kept[r.key]]})
     else:
         for r in records:
             click.echo(f"removed {r.key} ({fmt_size(r.size)})")
+            for why in kept[r.key]:
+                click.echo(f"  kept {why}")
 
 
 # --- the commands in the modules beside this one -------------------------------------------
@@ -362,3 +374,4 @@ def remove(pack: str, as_json: bool) -> None:
 data.add_command(demo.demo)
 bundle_cli.register(main, data)
 web_cli.register(main, data)
+fleet_cli.register(main, data)

@@ -17,7 +17,7 @@ class RichBars:
     """One bar per step: bytes, speed and ETA. Drawn on stderr."""
 
     def __init__(self, console: Console):
-        # rich is imported only when a bar is drawn: it costs ~30 ms of start-up.
+        # rich is imported only when a bar is drawn: other commands skip its start-up cost.
         from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
         self.console = console

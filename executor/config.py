@@ -1,7 +1,9 @@
 """The config file: $DEVOPS_CP_CONFIG, else $XDG_CONFIG_HOME/devops-cp/config.toml.
 
 Keys: catalog_dirs, max_parallel_downloads, max_connections_per_download, [data_dirs], [mirrors],
-[credentials.NAME] (username, password), [web] (token, bundle_dirs).
+[credentials.NAME] (username, password), [web] (token, bundle_dirs),
+[writes] (plain; durable, UNSAFE when false).
+[site] (source: the site mirror packs are installed from; plain_http: it speaks HTTP off loopback).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import platformdirs
 from manifests.errors import ConfigError
 
 APP = "devops-cp"
-KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout"}
+KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "site", "writes"}
+PLAIN_WRITES_ENV = "DEVOPS_CP_PLAIN_WRITES"  # =1: the same as [writes] plain = true
 
 
 def config_dir() -> Path:
@@ -34,6 +37,18 @@ def config_path() -> Path:
 
 
 @dataclass(frozen=True)
+class WriteSettings:
+    """How an engine writes packs. The defaults are the ones for real use."""
+
+    # Sync each pack to disk before it becomes visible. False is UNSAFE, for benchmarks only:
+    # after a power loss a pack may be visible with empty or missing files.
+    durable: bool = True
+    # The reference path only: every file written by Copy in the calling thread, one fsync per
+    # file; no helper thread or process, no libc calls (syncfs, fallocate, sync_file_range).
+    plain: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     catalog_dirs: tuple[Path, ...] = ()
@@ -44,6 +59,9 @@ class Config:
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     web: dict = field(default_factory=dict)
     lock_timeout: float = 60.0
+    site_source: str | None = None
+    site_plain_http: bool = False
+    writes: WriteSettings = WriteSettings()
 
     def env_catalog_dirs(self) -> list[Path]:
         """DEVOPS_CP_CATALOG (os.pathsep-separated) first, then catalog_dirs."""
@@ -62,10 +80,18 @@ def _str_table(path: Path, data: dict, key: str) -> dict[str, str]:
     return table
 
 
+def _writes(path: Path, data: dict) -> WriteSettings:
+    table = data.get("writes", {})
+    if not isinstance(table, dict) or set(table) - {"durable", "plain"} or not all(isinstance(v, bool) for v in table.values()):
+        raise _fail(path, "writes", "must be a table with true/false values for 'durable' and 'plain'")
+    plain = table.get("plain", False) or os.environ.get(PLAIN_WRITES_ENV) == "1"
+    return WriteSettings(durable=table.get("durable", True), plain=plain)
+
+
 def load_config(path: Path | None = None) -> Config:
     path = path or config_path()
     if not path.exists():
-        return Config(path=path)
+        return Config(path=path, writes=_writes(path, {}))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -91,6 +117,11 @@ def load_config(path: Path | None = None) -> Config:
     lock_timeout = data.get("lock_timeout", 60.0)
     if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
         raise _fail(path, "lock_timeout", "must be a number of seconds")
+    site = data.get("site", {})
+    if not isinstance(site, dict) or set(site) - {"source", "plain_http"}:
+        raise _fail(path, "site", "must be a table with `source` (oci://HOST[:PORT]/REPO or an http(s) URL) and optionally `plain_http`")
+    if not isinstance(site.get("source", ""), str) or not isinstance(site.get("plain_http", False), bool):
+        raise _fail(path, "site", "needs `source` as a string and `plain_http` as true or false")
     return Config(
         path=path,
         catalog_dirs=tuple(Path(d).expanduser() for d in catalog_dirs),
@@ -101,6 +132,9 @@ def load_config(path: Path | None = None) -> Config:
         credentials=credentials,
         web=web,
         lock_timeout=float(lock_timeout),
+        site_source=site.get("source") or None,
+        site_plain_http=site.get("plain_http", False),
+        writes=_writes(path, data),
     )
 
 
@@ -122,4 +156,5 @@ class HttpSettings:
     backoff: float = 1.0
     max_backoff: float = 30.0
     deadline: float | None = None  # overall seconds for one file; the partial file stays resumable
+    jitter: float = 0.0  # each wait grows by a random 0..jitter of itself: many hosts on one registry do not retry in step
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)

@@ -8,7 +8,7 @@ archive instead of the network.
 
 from __future__ import annotations
 
-import shutil
+import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, assert_never
 
 from executor import steps as step_types
-from executor.config import Config
+from executor.config import Config, WriteSettings
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.preflight import check_space_for, check_tools
-from executor.store import InstallRecord, Store, now_iso
+from executor.store import FileRecord, InstallRecord, Store, now_iso
+from executor.transfer import hash_file
 from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
 from manifests.errors import ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand, sizes
 from manifests.units import estimated_times, fmt_size
 
-if TYPE_CHECKING:  # httpx (~0.1 s to import) is loaded by the first download, never by a sideload
+if TYPE_CHECKING:  # httpx is loaded by the first download, never by a sideload
     import httpx
 
     from executor.config import HttpSettings
@@ -94,8 +95,9 @@ class Engine:
         settings: HttpSettings | None = None,  # None: the defaults
         transport: httpx.BaseTransport | None = None,
         python: str = sys.executable,
-        use_syncfs: bool = True,
+        writes: WriteSettings | None = None,  # None: the config's [writes]
         connections_per_download: int | None = None,
+        overwrite: bool = False,
     ):
         """`connections_per_download`: how many connections one large file may use (None: the
         config's max_connections_per_download). A site mirror serving a fleet passes 1."""
@@ -105,7 +107,8 @@ class Engine:
         self.settings = settings if settings is not None else _default_settings()
         self.transport = transport
         self.python = python
-        self.use_syncfs = use_syncfs
+        self.writes = writes if writes is not None else self.config.writes
+        self.overwrite = overwrite  # replace files a pack does not own (--overwrite), recorded as such
         self.connections_per_download = connections_per_download or self.config.max_connections_per_download
         self._client: httpx.Client | None = None
 
@@ -122,7 +125,8 @@ class Engine:
 
     def step_context(self, *, will_sync: bool = False) -> step_types.StepContext:
         return step_types.StepContext(
-            self.config, self.client, self.listener, self.settings, self.python, will_sync=will_sync, connections=self.connections_per_download
+            self.config, self.client, self.listener, self.settings, self.python,
+            will_sync=will_sync and self.writes.durable, plain=self.writes.plain, connections=self.connections_per_download,
         )
 
     # --- decide -------------------------------------------------------------------------
@@ -227,7 +231,8 @@ class Engine:
             update_schedule=pack.update_schedule,
             bundle_created=bundle_created,
         )
-        txn.commit(record, self.store.read_record(pack.key), use_syncfs=self.use_syncfs)
+        # Under the commit lock: who owns which file is decided against the records as they are now.
+        txn.commit(record, self.store.read_record(pack.key), others=self.store.records(), overwrite=self.overwrite)
         return record
 
     def install(self, plans: list[Plan], *, confirm: Confirm = never_confirm, source: LocalSource | None = None) -> list[Outcome]:
@@ -256,7 +261,7 @@ class Engine:
                     note = f"installed by another devops-cp run while this one waited ({current.installed_at})"
                     self.listener(Notice(plan.key, "info", note))
                     return Outcome(plan.key, record=current, notes=[note])
-                with PackTransaction(self.store, data_dir, plan.key) as txn:
+                with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
                     outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
                     with self.store.locked([data_dir], on_wait=say):
                         self.recover(data_dir)
@@ -283,21 +288,42 @@ class Engine:
             warning = note.removeprefix("warning: ")
             self.listener(Notice("", "warning" if warning != note else "info", warning))
 
-    def remove(self, record: InstallRecord) -> None:
-        """Deletes only that pack's files, then its record."""
+    def remove(self, record: InstallRecord) -> list[str]:
+        """Deletes only that pack's files, and of those only the ones still as installed (their
+        sha256), then its record. Returns why each file it kept was kept."""
         data_dir = Path(record.data_dir)
-        with self.store.locked([data_dir]):
+        kept = []
+        with self.store.locked([data_dir], on_wait=self.say_waiting(record.key)):
+            record = self.store.read_record(record.key) or record  # as it is now, under the lock
+            adopted = set(record.adopted)
             for f in record.files:
                 path = data_dir / f.path
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                why = "it was there before the pack (adopted)" if f.path in adopted else _changed_since_installed(path, f)
+                if why is not None:
+                    if why:
+                        kept.append(f"{path}: {why}")
+                    continue
+                path.unlink()
                 prune_empty_parents(path.parent, data_dir)
             self.store.delete_record(record.key)
+        return kept
+
 
 
 def _installed_meanwhile(seen: InstallRecord | None, current: InstallRecord | None) -> bool:
     """Another install of this pack committed while this run waited for its lock: its download
     would fetch the same again. A bundle's data committed meanwhile may be older: it is updated."""
     return current is not None and current != seen and not current.source.startswith("bundle:")
+
+
+def _changed_since_installed(path: Path, recorded: FileRecord) -> str | None:
+    """None when `path` is still the file the record lists; "" when it is gone; otherwise why it is kept."""
+    try:
+        found = path.lstat()
+    except FileNotFoundError:
+        return ""
+    if not stat.S_ISREG(found.st_mode):
+        return "it is no longer a plain file"
+    if found.st_size != recorded.size or hash_file(path).sha256 != recorded.sha256:
+        return "it changed since it was installed"
+    return None

@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterable, Iterator
 import zstandard
 
 from executor.events import Meter
-from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, SmallFileWriter, closing_output, file_chunks
+from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, closing_output, file_chunks, small_file_writer
 from manifests.errors import LengthError, UnsafeArchiveError
 from manifests.names import archive_member_path
 
@@ -330,21 +330,21 @@ def iter_archive(path: Path, fmt: str, *, strip: int = 0, max_total: int | None 
 
 def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None, archive: str) -> int:
     """Each walked file into `txn` under `dest_rel`, through the one streaming copy; small files
-    are read whole and created by a SmallFileWriter while the walk goes on."""
-    total = 0
+    are read whole and given to a Writer (a fast one creates them while the walk goes on)."""
+    total, plain = 0, txn.writes.plain
     try:
-        with SmallFileWriter() as small_files:
+        with small_file_writer(plain) as small_files:
             for rel, size, source in items:
                 rel = f"{dest_rel}/{rel}"
                 what = f"{archive}:{rel}"
                 if size <= SMALL_FILE:
                     data = source.read(size + 1)  # one byte more: a member longer than declared is refused
-                    copy = Copy(None, what=what, limit=size).feed((data,))
+                    copy = Copy(None, what=what, limit=size, plain=plain).feed((data,))
                     copy.check(None, size)
                     small_files.write(txn.path_for(rel), data)
                 else:
-                    with closing_output(open(txn.path_for(rel), "wb"), reserve=size) as out:
-                        copy = Copy(out, what=what, limit=size).feed(member_chunks(source, size + 1))
+                    with closing_output(open(txn.path_for(rel), "wb"), reserve=size, plain=plain) as out:
+                        copy = Copy(out, what=what, limit=size, plain=plain).feed(member_chunks(source, size + 1))
                     copy.check(None, size)
                 total += size
                 if meter is not None:

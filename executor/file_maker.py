@@ -1,10 +1,8 @@
 """Creates small files, each given whole: in-process (SmallFiles' thread) or as a child process.
 
 Standard library only: executor.transfer.SmallFilesProcess runs this module in a child Python
-(`python -I -S`, no site-packages), so that creating 20,000 files, which is mostly kernel
-work between short stretches of Python, never waits for the parent's GIL. Sharing one GIL,
-the creating thread waited after every open, write and close while the parent parsed and
-hashed the next members: 20,000 files took 1.0-1.3 s instead of 0.6 s.
+(`python -I -S`, no site-packages), so that creating thousands of files never waits for the
+parent's GIL while it parses and hashes the next members (figures: bench/RESULTS.md, W5).
 
 The protocol, parent to child on stdin: frames of FRAME (path length, data length), the path
 (bytes), then the data. Child to parent on stdout, once: `ok COUNT` after the parent closed

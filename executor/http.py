@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import random
 import re
 import ssl
 import sys
@@ -166,6 +167,7 @@ class Download:
     auth: httpx.Auth | None = None
     space_check: Callable[[int], None] = lambda remaining: None
     writeback: bool = False  # the file is synced before it becomes visible: start writing it out as it comes
+    plain: bool = False  # WriteSettings.plain: no fast paths in the copy (executor/transfer.py)
     connections: int = 1  # at most this many at once for one large file (executor/segmented.py); 1: one stream
     connections_used: int = 0  # the most the last run() or stream_into() had open at once
     _single: bool = False  # ranges were answered inconsistently: one stream from now on
@@ -215,7 +217,7 @@ class Download:
     def _copy_at(self, offset: int) -> Copy:
         """The running hash of the first `offset` bytes, kept in memory between attempts."""
         if self._copy is None or self._copy.done != offset:
-            self._copy = hash_file(self.partial) if offset else Copy(None, what=self.what)
+            self._copy = hash_file(self.partial, plain=self.plain) if offset else Copy(None, what=self.what, plain=self.plain)
         self._copy.meter, self._copy.limit = self.meter, None
         return self._copy
 
@@ -282,7 +284,7 @@ class Download:
         reserve = copy.limit - copy.done if copy.limit is not None else 0
         chunks = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
         probe = segmented.Probe(first.size, offset) if first is not None else None
-        with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve) as out:
+        with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve, plain=self.plain) as out:
             copy.out, copy.writeback = out, self.writeback
             try:
                 copy.feed(probe.watch(chunks) if probe else chunks)
@@ -306,7 +308,7 @@ class Download:
             raise LengthError(f"{self.what} is {size} bytes, longer than the {self.size_cap} declared for it", hint="nothing was installed")
         plan = segmented.Plan(size, ranges, window=None)
         if copy is None:
-            copy = Copy(None, what=self.what, limit=size)
+            copy = Copy(None, what=self.what, limit=size, plain=self.plain)
             self.space_check(size - plan.received)
             if self.meter is not None:
                 self.meter.restart(plan.received, size)
@@ -315,15 +317,16 @@ class Download:
         journal = {"url": self.url, "validator": first.if_range, "size": size}
         fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            with open(fd, "r+b", buffering=0, closefd=False) as out:
-                durable.reserve(out, size)
+            if not self.plain:
+                with open(fd, "r+b", buffering=0, closefd=False) as out:
+                    durable.reserve(out, size)
             os.ftruncate(fd, size)
             segmented.write_journal(self.meta_path, {**journal, "ranges": ranges})
             run = segmented.Segmented(
                 self._fetch_for_segments(attempts, self.meter),
                 first, plan, segmented.FileSink(fd), copy.feed, piece=segmented.PIECE,
                 journal=lambda arrived: segmented.write_journal(self.meta_path, {**journal, "ranges": arrived}),
-                writeback_fd=fd if self.writeback else None,
+                writeback_fd=fd if self.writeback and not self.plain else None,
             )
             try:
                 run.run(body, request, lead_rate)
@@ -370,7 +373,7 @@ class Download:
         what was written and changed content fails the check. Written bytes cannot be taken
         back: a wrong length or checksum is final, and so is a range that starts elsewhere.
         """
-        copy = Copy(out, what=self.what, meter=self.meter)
+        copy = Copy(out, what=self.what, meter=self.meter, plain=self.plain)
         attempts = _Attempts(self.url, self.settings, hint="nothing of it was kept: run the same command again")
         self._validator = None
         while True:
@@ -412,7 +415,7 @@ class Download:
         self._validator = first.if_range
         plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
         plan.consumed = copy.done
-        piece = segmented.STREAM_WINDOW // 4  # a piece ahead of the window waits (TCP holds the rest), so it may be large
+        piece = segmented.STREAM_WINDOW // self.connections  # every connection's piece fits in the window at once
         run = segmented.Segmented(self._fetch_for_segments(attempts, None), first, plan, segmented.MemorySink(), copy.feed, piece=piece)
         try:
             run.run(body, request, lead_rate)
@@ -449,7 +452,7 @@ class _Attempts:
             ) from exc
         wait = getattr(exc, "wait", None)
         backoff = min(self.settings.max_backoff, self.settings.backoff * 2 ** (self.failures - 1))
-        pause = min(wait, 300.0) if wait is not None else backoff
+        pause = (min(wait, 300.0) if wait is not None else backoff) * (1 + random.uniform(0, self.settings.jitter))
         if self.deadline is not None and time.monotonic() + pause > self.deadline:
             raise self.past_deadline() from exc  # waiting would only overrun it
         self.settings.sleep(pause)

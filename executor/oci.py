@@ -16,6 +16,7 @@ by another registry.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
@@ -33,7 +34,7 @@ from executor.http import Download, fetch_small, read_limited
 from executor.preflight import check_space
 from executor.steps import StepContext, StepOutcome, partial_path, place_file, step_label
 from executor.txn import PackTransaction
-from manifests.errors import ChecksumMismatch, FileTooLargeError, NetworkError, NoSpaceError, TrustError, UsageError
+from manifests.errors import ChecksumMismatch, FileTooLargeError, NetworkError, NoSpaceError, NotWritableError, TrustError, UsageError
 from manifests.steps import OciArtifact
 
 __all__ = [
@@ -184,31 +185,38 @@ def parse_bearer_challenge(header: str) -> dict[str, str] | None:
 
 
 class RegistryAuth(httpx.Auth):
-    """The distribution spec's anonymous token flow as an httpx auth flow, so both the
-    bounded manifest fetch and the resumable blob Download use it unchanged.
+    """The distribution spec's token flow (anonymous, or with credentials for a push) as an httpx
+    auth flow, so both the bounded manifest fetch and the resumable blob Download use it unchanged.
 
     A cached token goes out first; a 401 with a Bearer challenge fetches a fresh one from the
-    realm (no credentials, a request of its own on the same client) and retries once. httpx
-    drops Authorization on a redirect to another host, so the token never reaches a blob
-    storage host."""
+    realm (a request of its own on the same client) and retries once. httpx drops
+    Authorization on a redirect to another host, so the token never reaches a blob storage host."""
 
-    def __init__(self, client: httpx.Client, key: tuple[str, str], repository: str):
+    def __init__(self, client: httpx.Client, key: tuple[str, str], repository: str, *, actions: str = "pull", credentials: tuple[str, str] | None = None):
+        """`credentials` (username, password): sent to the token endpoint, or to a registry that
+        asks for Basic auth; None: anonymous. `actions`: the scope asked for when the challenge names none."""
         self.client, self.cache, self.key, self.repository = client, _token_cache(client), key, repository
+        self.actions = actions
+        self.basic = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode() if credentials else None
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         token = self.cache.get(self.key)
         if token:
-            request.headers["Authorization"] = f"Bearer {token}"
+            request.headers["Authorization"] = token if token.startswith("Basic ") else f"Bearer {token}"
         response = yield request
         if response.status_code != 401:
             return
-        challenge = parse_bearer_challenge(response.headers.get("www-authenticate", ""))
+        header = response.headers.get("www-authenticate", "")
+        challenge = parse_bearer_challenge(header)
         if challenge is None:
-            return  # Basic or no challenge: the caller reports the 401
+            if self.basic and header.strip().lower().startswith("basic") and request.headers.get("Authorization") != self.basic:
+                self.cache[self.key] = request.headers["Authorization"] = self.basic
+                yield request
+            return  # no credentials for Basic, or no challenge: the caller reports the 401
         realm = httpx.URL(challenge["realm"])
         if realm.scheme not in ("http", "https"):
             raise NetworkError(f"{request.url.host} asks for a token from {realm}, which is refused", hint="only http and https token endpoints are used")
-        params = {"scope": challenge.get("scope") or f"repository:{self.repository}:pull"}
+        params = {"scope": challenge.get("scope") or f"repository:{self.repository}:{self.actions}"}
         if challenge.get("service"):
             params["service"] = challenge["service"]
         token = self._fetch_token(realm.copy_merge_params(params))
@@ -217,8 +225,11 @@ class RegistryAuth(httpx.Auth):
         yield request
 
     def _fetch_token(self, url: httpx.URL) -> str:
-        with self.client.stream("GET", url) as response:
+        headers = {"Authorization": self.basic} if self.basic else {}
+        with self.client.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
+                if self.basic and response.status_code in (401, 403):
+                    raise NotWritableError(str(url), f"the registry's token endpoint refused the credentials (HTTP {response.status_code})")
                 raise NetworkError(
                     f"the registry's token endpoint {url} answered HTTP {response.status_code}",
                     hint="anonymous pulls were refused: the artifact may be private, or the registry rate-limits anonymous pulls",
@@ -366,6 +377,7 @@ def _pull(ctx: StepContext, key: str, index: int, step: OciArtifact, txn: PackTr
         auth=artifact.auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
+        plain=ctx.plain,
         connections=ctx.connections,
     )
     tried.append(download)

@@ -36,11 +36,11 @@ def check_host_file(path: Path, what: str, meter, *versions: tuple[int, str]) ->
     raise PolicyError(f"{what}: {path} is not the file the bundle was made for (changed since the export, or another host)", hint=FULL_BUNDLE_HINT)
 
 
-def rebuild(out_path: str, base: Path, member: BinaryIO, *, size: int, sha256: str, base_size: int, carried_size: int, what: str) -> Copy:
+def rebuild(out_path: str, base: Path, member: BinaryIO, *, size: int, sha256: str, base_size: int, carried_size: int, what: str, plain: bool = False) -> Copy:
     """Write the new file at `out_path` (staging); exit 3 on any recipe or chunk that lies."""
     recipe = read_recipe(member.read, size=size, base_size=base_size, carried_size=carried_size, what=what)
-    with open(base, "rb") as old, closing_output(open(out_path, "wb"), reserve=size) as out:
-        copy = Copy(out, what=what, limit=size, writeback=True).feed(_chunks(recipe, old.fileno(), member, what))
+    with open(base, "rb") as old, closing_output(open(out_path, "wb"), reserve=size, plain=plain) as out:
+        copy = Copy(out, what=what, limit=size, writeback=True, plain=plain).feed(_chunks(recipe, old.fileno(), member, what))
     copy.check(sha256, size)
     return copy
 

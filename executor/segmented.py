@@ -1,10 +1,12 @@
 """One large file over several connections at once, for servers that cap each connection.
 
-Download (executor/http.py) comes here when the first answer to its `Range: bytes=N-` shows a
-large file that cannot change under us: a strong ETag or a Last-Modified (sent with If-Range on
-every range), or a pinned sha256. That first connection (the lead) streams on; when its measured
-rate leaves more than a second of work, helpers join, up to `connections`, and they stay only if
-the total rate rises by a third (a server capping each connection), else the lead goes on alone.
+Download (executor/http.py) asks for it when the first answer (a 200 with `Accept-Ranges: bytes`
+and a length, or a 206) shows a large file that cannot change under us: a strong ETag or a
+Last-Modified (sent with If-Range on every range), or a pinned sha256. That first stream is read
+and hashed as one stream is; a Probe watches it for PROBE seconds, and if its rate is below
+FAST_ENOUGH and leaves more than WORTH_IT seconds of work, Segmented takes over: the stream goes on
+as the lead and helpers join, up to `connections`. They stay only if the total rate rises by a
+third (a server capping each connection); else one connection goes on alone.
 
 Pieces are handed out in file order, so the contiguous prefix grows steadily and is hashed as it
 completes: read back from the staging file (FileSink) or taken from memory when streaming into a
@@ -30,11 +32,12 @@ from executor import durable, http_fastpath
 from executor.transfer import CHUNK_SIZE, Copy
 
 PIECE = 16 << 20  # a helper's request when fetching into a file
-STREAM_WINDOW = 32 << 20  # bytes a streamed download may hold ahead of what it has written
+STREAM_WINDOW = 16 << 20  # bytes a streamed download may hold ahead of what it has written
 MIN_SIZE = 32 << 20  # less than this left: one stream
 MIN_STEAL = 1 << 20  # the tail of a claim is split only while both halves are at least this
 PROBE = 0.25  # seconds of the lead alone, then of the helpers, before deciding
 WORTH_IT = 1.0  # seconds of work left at the lead's rate that justify helpers
+FAST_ENOUGH = 128 << 20  # bytes/s: one connection this fast is not what limits (a gigabit link, the disk, the hash)
 GAIN = 1.33  # helpers stay if the total rate rose this much
 JOURNAL_EVERY = 0.5  # seconds between journal saves
 WRITEBACK_STEP = 16 << 20
@@ -126,7 +129,7 @@ class Probe:
             got += len(chunk)
             if self.rate is None and now - started >= PROBE:
                 self.rate = got / (now - started)
-                if (self.size - self.offset - got) / self.rate > WORTH_IT:
+                if self.rate < FAST_ENOUGH and (self.size - self.offset - got) / self.rate > WORTH_IT:
                     self.switch = True
                     return
 
@@ -404,7 +407,7 @@ class Segmented:
                 rate = (received - probe_bytes) / (now - probe_at + PROBE)
                 probe_at, probe_bytes = now + PROBE, received
                 if lead_rate is None:  # the lead alone: helpers if its rate leaves work for them
-                    if rate > 0 and (plan.size - received) / rate > WORTH_IT and self.fetch.connections > 1:
+                    if 0 < rate < FAST_ENOUGH and (plan.size - received) / rate > WORTH_IT and self.fetch.connections > 1:
                         lead_rate = rate
                         self._grow(self.fetch.connections)
                     else:

@@ -44,6 +44,7 @@ class StepContext:
     # A direct install syncs the pack before it becomes visible: its files may start going to disk
     # as they arrive (Copy's writeback). Not bundle staging, which is never synced: there it only costs.
     will_sync: bool = False
+    plain: bool = False  # WriteSettings.plain: no fast paths (see executor/transfer.py)
     connections: int = 1  # per large download (executor/segmented.py): the engine's connections_per_download
     _client: httpx.Client | None = None
 
@@ -130,6 +131,7 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
         auth=auth,
         space_check=lambda remaining: check_space(data_dir, remaining + extra),
         writeback=ctx.will_sync and not step.extract,  # an archive is read back to be extracted, never made visible
+        plain=ctx.plain,
         connections=ctx.connections,
     )
     try:
@@ -176,7 +178,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: Download | Loca
     if step.extract and step.extract != "zip":
         # One pass: hash the archive while extracting it into staging; a mismatch aborts the transaction.
         with open(source, "rb") as raw:
-            reader = HashingReader(raw, meter)
+            reader = HashingReader(raw, meter, plain=ctx.plain)
             extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), name=source.name)
             copy = reader.drain()
         copy.check(expected)
@@ -184,7 +186,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: Download | Loca
     else:
         staged = txn.root / "incoming" / source.name
         with open(source, "rb") as f:
-            copy = copy_file(f, staged, what=str(source), meter=meter, writeback=ctx.will_sync)
+            copy = copy_file(f, staged, what=str(source), meter=meter, writeback=ctx.will_sync, plain=ctx.plain)
         copy.check(expected)
         place_file(staged, step, txn, copy, meter)
     outcome = StepOutcome(source=f"file:{source}", checksum_verified=expected is not None)
@@ -274,5 +276,5 @@ def capture_outputs(txn: PackTransaction, step: ToolCommand) -> None:
         paths = [p.relative_to(txn.files_root).as_posix() for p in txn.files_root.rglob("*") if p.is_file() and not p.is_symlink()]
     for rel in paths:
         if rel not in txn.files:
-            copy = hash_file(txn.files_root / rel)
+            copy = hash_file(txn.files_root / rel, plain=txn.writes.plain)
             txn.add(rel, copy.done, copy.sha256)

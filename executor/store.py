@@ -60,6 +60,8 @@ class InstallRecord:
     update_schedule: str = "manual"
     bundle_created: str | None = None
     extra: dict = field(default_factory=dict)
+    adopted: list[str] = field(default_factory=list)  # files that were there already, the same bytes: never deleted
+    overwritten: list[str] = field(default_factory=list)  # files it replaced that were not its own (--overwrite)
 
     @property
     def size(self) -> int:
@@ -88,6 +90,7 @@ class InstallRecord:
     def _fields_but_files(self) -> dict:
         data = {name: getattr(self, name) for name in _RECORD_FIELDS if name != "files"}
         data["choices"], data["extra"] = dict(self.choices), dict(self.extra)
+        data["adopted"], data["overwritten"] = list(self.adopted), list(self.overwritten)
         return data
 
     @classmethod

@@ -1,6 +1,11 @@
 """THE streaming copy. Every byte this tool moves (an HTTP body, an archive member,
 a file on a USB stick) goes through `Copy.feed`: written once, hashed on the way,
 counted against a length cap, reported as progress. Nothing else loops over chunks.
+
+`Copy` with plain=True is the reference: one thread, plain writes. The fast paths sit behind
+the same calls and are skipped when plain (WriteSettings.plain, DEVOPS_CP_PLAIN_WRITES=1):
+HashThread (sha256 on a second core), write-behind and fallocate (executor/durable.py), and
+the small-file writers behind the `Writer` interface (`small_file_writer`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
 from executor import durable, file_maker
 from executor.file_maker import write_whole as _write_whole
@@ -45,11 +50,14 @@ class Copy:
         done: int = 0,
         hasher: "hashlib._Hash | None" = None,
         writeback: bool = False,
+        plain: bool = False,
     ):
         """`writeback`: the file will be synced before it becomes visible; write it to disk as it
-        is copied (durable.write_behind), so that sync has little left to do."""
+        is copied (durable.write_behind), so that sync has little left to do.
+        `plain`: the reference path, no HashThread and no write-behind."""
         self.out = out
         self.writeback = writeback
+        self.plain = plain
         self.what = what
         self.limit = limit
         self.meter = meter
@@ -59,7 +67,8 @@ class Copy:
     def feed(self, chunks: Iterable[bytes]) -> "Copy":
         out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
         start, worker = self.done, None
-        next_writeback = self.done + WRITEBACK_STEP if self.writeback else None
+        next_writeback = self.done + WRITEBACK_STEP if self.writeback and not self.plain else None
+        hash_ahead = None if self.plain else start + HASH_AHEAD
         try:
             for chunk in chunks:
                 size = len(chunk)
@@ -77,7 +86,7 @@ class Copy:
                             next_writeback += WRITEBACK_STEP
                     except OSError as exc:
                         raise translate_write_error(exc, out, self.limit or self.done + size) from exc
-                if worker is None and self.done - start >= HASH_AHEAD:
+                if worker is None and hash_ahead is not None and self.done >= hash_ahead:
                     worker = HashThread(hasher)
                 if worker is None:
                     hasher.update(chunk)
@@ -151,6 +160,21 @@ class HashThread:
         self.thread.join()
 
 
+class InlineHash:
+    """HashThread's interface, hashing in the calling thread: the plain path."""
+
+    def __init__(self, hasher: "hashlib._Hash"):
+        self.hasher = hasher
+        self.add = hasher.update
+
+    def close(self) -> None:
+        pass
+
+
+def hash_worker(hasher: "hashlib._Hash", *, plain: bool = False) -> "HashThread | InlineHash":
+    return InlineHash(hasher) if plain else HashThread(hasher)
+
+
 def translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Exception:
     """A full disk or quota as NoSpaceError naming the data dir, a file too large for the filesystem
     as FileTooLargeError; other errors unchanged. `out`: a file or its path."""
@@ -168,13 +192,30 @@ def translate_write_error(exc: OSError, out: BinaryIO | str, needed: int) -> Exc
     return NoSpaceError(where, needed, free)
 
 
-SMALL_FILE = 256 << 10  # files up to this size may be written by SmallFiles
+SMALL_FILE = 256 << 10  # files up to this size may be given to a Writer whole
+
+
+class Writer(Protocol):
+    """Creates new files, each given whole. `with writer:` closes it when the block ends normally
+    (every file written, or the first failure raised) and abandons it when the block raised."""
+
+    def write(self, path: str, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+    def __enter__(self) -> "Writer": ...
+
+    def __exit__(self, exc_type, exc, tb) -> None: ...
+
+
+def small_file_writer(plain: bool = False) -> Writer:
+    """The reference `PlainWriter` when plain, else the fast one (a thread, then a child process)."""
+    return PlainWriter() if plain else SmallFileWriter()
 
 
 class _WriterContext:
-    """`with writer:` closes it (every file written, or the first failure raised) when the block
-    ends normally, and abandons it when the block raised."""
-
     def close(self) -> None:
         raise NotImplementedError
 
@@ -189,6 +230,20 @@ class _WriterContext:
             self.close()
         else:
             self.abandon()
+
+
+class PlainWriter(_WriterContext):
+    """The reference Writer: each file written at once, in the calling thread, through Copy."""
+
+    def write(self, path: str, data: bytes) -> None:
+        with closing_output(open(path, "wb"), plain=True) as out:
+            Copy(out, what=path, plain=True).feed((data,))
+
+    def close(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
 
 
 class SmallFiles(_WriterContext):
@@ -272,7 +327,7 @@ class SmallFilesProcess(_WriterContext):
     hashes the next members. Files go to it through a pipe of PIPE_BYTES; when the pipe is
     full, write() waits, so memory stays flat. The same contract as SmallFiles: a failure is
     raised at the next write() or at close(), which returns once every file is on disk.
-    Starting the child costs ~20 ms: SmallFileWriter starts one after MIN_FILES files.
+    Starting the child has a cost: SmallFileWriter starts one only after MIN_FILES files.
     """
 
     MIN_FILES = 500
@@ -378,19 +433,20 @@ class SmallFileWriter(_WriterContext):
 
 
 @contextmanager
-def closing_output(out: BinaryIO, *, reserve: int = 0) -> Iterator[BinaryIO]:
-    """Close `out` without letting close() hide the real error; first, reserve disk space for
-    the `reserve` bytes about to be written (durable.reserve): a full disk is a NoSpaceError
-    before the first byte.
+def closing_output(out: BinaryIO, *, reserve: int = 0, plain: bool = False) -> Iterator[BinaryIO]:
+    """Close `out` without letting close() hide the real error; first (unless plain), reserve
+    disk space for the `reserve` bytes about to be written (durable.reserve): a full disk is a
+    NoSpaceError before the first byte.
 
     After a failed write the io buffer still holds bytes, so close() fails again with a raw
     OSError that would replace the NoSpaceError in flight; that second failure is dropped.
     """
     try:
-        try:
-            durable.reserve(out, reserve)
-        except OSError as exc:
-            raise translate_write_error(exc, out, reserve) from exc
+        if not plain:
+            try:
+                durable.reserve(out, reserve)
+            except OSError as exc:
+                raise translate_write_error(exc, out, reserve) from exc
         yield out
     except BaseException:
         try:
@@ -413,28 +469,29 @@ def file_chunks(f: BinaryIO, size: int | None = None) -> Iterator[bytes]:
         yield chunk
 
 
-def hash_file(path: Path, meter: Meter | None = None) -> Copy:
+def hash_file(path: Path, meter: Meter | None = None, *, plain: bool = False) -> Copy:
     """Hash a file that is already on disk (a resumed partial download, a local source)."""
     with open(path, "rb") as f:
-        return Copy(None, what=str(path), meter=meter).feed(file_chunks(f))
+        return Copy(None, what=str(path), meter=meter, plain=plain).feed(file_chunks(f))
 
 
 def copy_file(
-    source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None, writeback: bool = False
+    source: BinaryIO, dest: Path, *, what: str, size: int | None = None, limit: int | None = None, meter: Meter | None = None,
+    writeback: bool = False, plain: bool = False,
 ) -> Copy:
     """Stream `source` into a new file at `dest`, hashing as it goes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with closing_output(open(dest, "wb"), reserve=size or 0) as out:
-        return Copy(out, what=what, limit=limit, meter=meter, writeback=writeback).feed(file_chunks(source, size))
+    with closing_output(open(dest, "wb"), reserve=size or 0, plain=plain) as out:
+        return Copy(out, what=what, limit=limit, meter=meter, writeback=writeback, plain=plain).feed(file_chunks(source, size))
 
 
 class HashingReader:
     """A file object that hashes what is read through it, for one-pass
     'extract while verifying' of a local archive (tarfile reads it front to back)."""
 
-    def __init__(self, raw: BinaryIO, meter: Meter | None = None, what: str | None = None):
+    def __init__(self, raw: BinaryIO, meter: Meter | None = None, what: str | None = None, *, plain: bool = False):
         self.raw = raw
-        self.copy = Copy(None, what=what or getattr(raw, "name", "stream"), meter=meter)
+        self.copy = Copy(None, what=what or getattr(raw, "name", "stream"), meter=meter, plain=plain)
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)

@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from executor import durable
+from executor.config import WriteSettings
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
+from executor.transfer import hash_file
 from manifests.errors import LockTimeout, PolicyError
 from manifests.names import is_identifier, pack_key, relative_path_problem
 
@@ -49,10 +52,12 @@ class KeptArchive:
 
 
 class PackTransaction:
-    def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False):
+    def __init__(self, store: Store, data_dir: Path, key: str, *, keep_archives: bool = False, writes: WriteSettings = WriteSettings()):
         """`keep_archives`: a download step's archive is staged whole (see `keep_archive`),
-        not extracted: a bundle carries it as it is, sparing a file per member."""
+        not extracted: a bundle carries it as it is, sparing a file per member.
+        `writes`: the engine's; whether commit() syncs, and whether the writers may use fast paths."""
         self.store = store
+        self.writes = writes
         self.data_dir = data_dir
         self.key = key
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)[:80]
@@ -89,12 +94,19 @@ class PackTransaction:
         os.replace(path, kept)
         self.archives.append(KeptArchive(kept, size, sha256, fmt, dest, strip, unpacked_size))
 
-    def commit(self, record: InstallRecord, previous: InstallRecord | None, *, use_syncfs: bool = True) -> None:
+    def commit(
+        self, record: InstallRecord, previous: InstallRecord | None, *, others: Iterable[InstallRecord] = (), overwrite: bool = False
+    ) -> None:
+        """Under the data dir's commit lock. `others`: the other packs' records (who owns what);
+        `overwrite`: replace files this pack does not own (recorded) instead of refusing."""
         record.files = sorted(self.files.values(), key=lambda f: f.path)
         folders = self._new_folders()
-        self._refuse_foreign_files_in_the_way(previous, folders)
-        durable.sync_files(self.root, self._to_sync(folders), use_syncfs=use_syncfs)
-        journal = self._journal(previous, folders)
+        ours = _owned(previous, self.data_dir)
+        self._refuse_foreign_files_in_the_way(ours, folders)
+        record.adopted, record.overwritten = self._claim(ours, folders, others, overwrite)
+        if self.writes.durable:  # the one filesystem sync per pack, before its swap
+            durable.sync_files(self.root, self._to_sync(folders), plain=self.writes.plain)
+        journal = self._journal(previous, folders, set(record.adopted))
         durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
         roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record})
         self.committed = True
@@ -106,10 +118,39 @@ class PackTransaction:
         tops = {_top(rel) for rel in self.files if "/" in rel}
         return sorted(top for top in tops if not os.path.lexists(self.data_dir / top))
 
-    def _refuse_foreign_files_in_the_way(self, previous: InstallRecord | None, folders: list[str]) -> None:
+    def _claim(self, ours: set[str], folders: list[str], others: Iterable[InstallRecord], overwrite: bool) -> tuple[list[str], list[str]]:
+        """A file already where this pack puts one, and not this pack's: the very same bytes, a plain
+        file of this user with one link (whisper downloaded it itself, say), is adopted (kept in place,
+        recorded, never deleted by `remove`); anything else is refused unless `overwrite`.
+        Returns (adopted, overwritten)."""
+        new = set(folders)
+        owners = {f.path: r.key for r in others if r.key != self.key and Path(r.data_dir) == self.data_dir for f in r.files}
+        adopted, overwritten = [], []
+        for rel, staged in sorted(self.files.items()):
+            if _top(rel) in new or rel in ours:
+                continue
+            final = os.path.join(self.data_dir, rel)
+            try:
+                found = os.lstat(final)
+            except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file of the previous version where this one has a folder
+                continue
+            if stat.S_ISDIR(found.st_mode):
+                continue  # a folder in the way: it holds only this pack's files (checked above)
+            if rel not in owners and _adoptable(found) and found.st_size == staged.size and hash_file(Path(final)).sha256 == staged.sha256:
+                adopted.append(rel)
+            elif overwrite:
+                overwritten.append(rel)
+            else:
+                whose = f"{owners[rel]}'s" if rel in owners else "recorded by no pack"
+                raise PolicyError(
+                    f"{final} is already there and is not {self.key}'s ({whose}); {self.key} would replace it",
+                    hint="move it away, or pass --overwrite to replace it (the install record says so); nothing was changed",
+                )
+        return adopted, overwritten
+
+    def _refuse_foreign_files_in_the_way(self, ours: set[str], folders: list[str]) -> None:
         """A folder standing where this version has a file is removed to make way: it may hold
         only the previous version's files, never a user's or another pack's."""
-        ours = {f.path for f in previous.files} if previous else set()
         new = set(folders)
         for rel in self.files:
             if _top(rel) in new:
@@ -131,12 +172,21 @@ class PackTransaction:
             folders_inside = {parent for rel in self.files if _top(rel) in moved for parent in _parents(rel)}
             yield from (self.files_root / folder for folder in sorted(folders_inside))
 
-    def _journal(self, previous: InstallRecord | None, folders: list[str]) -> dict:
-        """What roll_forward does, but the record (added by commit)."""
-        leftovers = sorted({f.path for f in previous.files} - set(self.files)) if previous else []
+    def _journal(self, previous: InstallRecord | None, folders: list[str], adopted: set[str]) -> dict:
+        """What roll_forward does, but the record (added by commit).
+
+        The previous version's files are removed where it lived (its record's own data dir, which
+        a changed configuration may have moved), and only those its record lists as its own."""
+        leftovers: list[str] = []
+        if previous is not None:
+            kept = set(self.files) if Path(previous.data_dir) == self.data_dir else set()
+            leftovers = sorted(_owned(previous, Path(previous.data_dir)) - kept)
         moved = set(folders)
-        renames = sorted(rel for rel in self.files if _top(rel) not in moved)
-        return {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers}
+        renames = sorted(rel for rel in self.files if _top(rel) not in moved and rel not in adopted)
+        for rel in adopted:  # kept in place: its staged copy is not needed
+            os.unlink(self.files_root / rel)
+        remove_from = previous.data_dir if previous is not None else str(self.data_dir)
+        return {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers, "remove_from": remove_from}
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -147,6 +197,18 @@ class PackTransaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.committed:
             self.abort()
+
+
+def _owned(record: InstallRecord | None, data_dir: Path) -> set[str]:
+    """The files `record` owns in `data_dir`: none in another dir, never one it adopted."""
+    if record is None or Path(record.data_dir) != data_dir:
+        return set()
+    return {f.path for f in record.files} - set(record.adopted)
+
+
+def _adoptable(found: os.stat_result) -> bool:
+    """A plain file of this user with a single link: adopting it can change nothing else."""
+    return stat.S_ISREG(found.st_mode) and found.st_uid == os.getuid() and found.st_nlink == 1
 
 
 def _top(rel: str) -> str:
@@ -167,10 +229,11 @@ def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[Install
     files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
     touched: set[str] = set()
     # The previous version's leftovers go first: its file `a` may stand where the new version has a folder `a/`.
+    old_dir = Path(journal.get("remove_from") or data_dir)  # journals of earlier versions have none: the same dir
     for rel in journal["remove"]:
-        gone = data_dir / rel
+        gone = old_dir / rel
         gone.unlink(missing_ok=True)
-        prune_empty_parents(gone.parent, data_dir)
+        prune_empty_parents(gone.parent, old_dir)
     renames = journal["renames"]
     folders = journal.get("folders", [])  # journals of earlier versions have none
     for folder in folders:
@@ -273,7 +336,7 @@ def recover(store: Store, data_dir: Path) -> list[str]:
     return done
 
 
-_JOURNAL_FIELDS = {"key", "folders", "renames", "remove", "record"}
+_JOURNAL_FIELDS = {"key", "folders", "renames", "remove", "remove_from", "record"}
 
 
 def read_journal(txn_root: Path, data_dir: Path, store: Store) -> tuple[dict | None, str | None]:
@@ -302,7 +365,11 @@ def read_journal(txn_root: Path, data_dir: Path, store: Store) -> tuple[dict | N
     for name, paths in {**lists, "record files": [f.path for f in record.files]}.items():
         if not isinstance(paths, list) or not all(isinstance(p, str) and relative_path_problem(p) is None for p in paths):
             return None, f"its {name} are not all plain paths inside the data directory"
-    return {**lists, "key": doc.get("key"), "record": record}, None
+    remove_from = doc.get("remove_from", str(data_dir))  # where the previous version lived: here, or its record's own dir
+    previous = store.read_record(record.key)
+    if remove_from != str(data_dir) and (previous is None or previous.data_dir != remove_from):
+        return None, f"it would remove files in {remove_from!r}, where no install record of {record.key!r} puts them"
+    return {**lists, "key": doc.get("key"), "remove_from": remove_from, "record": record}, None
 
 
 def tidy_staging(store: Store, data_dir: Path) -> None:

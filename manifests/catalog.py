@@ -10,8 +10,7 @@ from manifests.recipe import Recipe, load_recipe
 
 
 def builtin_dir() -> Path:
-    # Beside this file, as importlib.resources.files() would say for an installed package
-    # (str() of it was taken anyway); importing importlib.resources costs ~10 ms of start-up.
+    # Beside this file, as importlib.resources.files() would say, without importing it at start-up.
     return Path(__file__).with_name("packs")
 
 

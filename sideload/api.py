@@ -9,13 +9,14 @@ whole bundle checked out, so nothing is installed from anything that fails verif
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from executor import durable, extract
+from executor import extract
 from executor import steps as step_types
 from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity
@@ -24,7 +25,7 @@ from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.rebuild import check_host_file, rebuild
 from executor.store import parse_iso
-from executor.transfer import SMALL_FILE, Copy, HashingReader, SmallFileWriter, closing_output, copy_file, file_chunks
+from executor.transfer import SMALL_FILE, Copy, HashingReader, closing_output, copy_file, file_chunks, small_file_writer
 from executor.txn import PackTransaction, tidy_staging
 from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntry, parse_manifest, parse_parts_index, unpack_doc, verify_manifest
 from manifests.errors import DataPackError, HardwareRequirementError, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
@@ -133,7 +134,7 @@ def verify_bundle(path: Path, options: TrustOptions = TrustOptions(), listener: 
         done = 0
         for entry, source in reader.payload(manifest):
             if entry.unpack is not None and entry.unpack.format != "zip":  # a zip is read from its end: hashed only
-                _read_archive(entry, source, _Progress(meter, done), lambda hashed: _walk(hashed, entry.unpack, entry.member))
+                _read_archive(entry, source, _Progress(meter, done), functools.partial(_walk, unpack=entry.unpack, name=entry.member))
             else:  # a rebuilt file's member (recipe and carried chunks) is checked here; the host's chunks only on the host
                 _check_member(entry, file_chunks(source, entry.member_size))
             done += entry.member_size
@@ -227,7 +228,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
             with engine.store.pack_locked({p.key: data_dirs[p.key] for p in selected}, on_wait=say), ExitStack() as stack:
                 for directory in sorted(set(data_dirs.values())):
                     stack.enter_context(engine.store.staging(directory))
-                txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key)) for p in selected}
+                txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
                 _stream_payload(engine, reader, manifest, txns, current)
                 reader.finish()  # trailing data and every part's hash, before anything becomes visible
                 bundle_id, created = manifest.bundle_id, manifest.created
@@ -296,9 +297,9 @@ def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
 def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction], current: set[str] = frozenset()) -> None:
     """`current`: members of rebuilt files the host has in their new version already: checked, then kept."""
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
-    done = 0
+    done, writes = 0, engine.writes
     try:
-        with durable.BackgroundSync({t.root for t in txns.values()}), SmallFileWriter() as small_files:
+        with small_file_writer(writes.plain) as small_files:
             for entry in manifest.files:
                 if entry.delivery == "kept" and entry.pack_key in txns:
                     _keep(txns[entry.pack_key], entry)
@@ -313,7 +314,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                 elif entry.from_host is not None:  # rebuilt from the host's old file and the carried chunks
                     hashed = HashingReader(source, what=entry.member)
                     h = entry.from_host
-                    copy = rebuild(txn.path_for(entry.path), txn.data_dir / entry.path, hashed, size=entry.size, sha256=entry.sha256, base_size=h.base_size, carried_size=h.carried_size, what=f"{entry.pack_key}: {entry.path}")
+                    copy = rebuild(txn.path_for(entry.path), txn.data_dir / entry.path, hashed, size=entry.size, sha256=entry.sha256, base_size=h.base_size, carried_size=h.carried_size, what=f"{entry.pack_key}: {entry.path}", plain=txn.writes.plain)
                     hashed.drain().check(h.carried_sha256, h.carried_size)
                     txn.add(entry.path, copy.done, copy.sha256)
                 elif entry.unpack is not None:
@@ -324,8 +325,8 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                     small_files.write(txn.path_for(entry.path), data)
                     txn.add(entry.path, entry.size, entry.sha256)
                 else:
-                    with closing_output(open(txn.path_for(entry.path), "wb"), reserve=entry.size) as out:
-                        copy = Copy(out, what=entry.member, limit=entry.size, writeback=True).feed(file_chunks(source, entry.size))
+                    with closing_output(open(txn.path_for(entry.path), "wb"), reserve=entry.size, plain=writes.plain) as out:
+                        copy = Copy(out, what=entry.member, limit=entry.size, writeback=writes.durable, plain=writes.plain).feed(file_chunks(source, entry.size))
                     copy.check(entry.sha256, entry.size)
                     txn.add(entry.path, copy.done, copy.sha256)
                 done += entry.size
@@ -347,7 +348,7 @@ def _keep(txn: PackTransaction, entry: FileEntry) -> None:
         os.link(txn.data_dir / entry.path, staged)
     except OSError:  # a filesystem without hard links
         with open(txn.data_dir / entry.path, "rb") as old:
-            copy_file(old, Path(staged), what=entry.path, size=entry.size, limit=entry.size).check(entry.sha256, entry.size)
+            copy_file(old, Path(staged), what=entry.path, size=entry.size, limit=entry.size, plain=txn.writes.plain).check(entry.sha256, entry.size)
     txn.add(entry.path, entry.size, entry.sha256)
 
 
@@ -372,7 +373,7 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress)
     bound = extract.unpack_bound(unpack.unpacked_size_bytes)
     if unpack.format == "zip":
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
-        copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress).check(entry.sha256, entry.size)
+        copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress, plain=txn.writes.plain).check(entry.sha256, entry.size)
         extract.extract(staged, "zip", txn, entry.path, strip=unpack.strip_components, max_total=bound)
         staged.unlink()
         return

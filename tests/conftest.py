@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from support.localserver import LocalServer
+from support.oci_registry import registry  # noqa: F401  (a fixture: a real registry on 127.0.0.1)
 from support.tarballs import make_tar_gz  # noqa: F401  (tests import it from here too)
 from executor.http import HttpSettings
 

@@ -538,7 +538,7 @@ class SideloadScenario(Scenario):
         self.pub = write_public_key(self.root / "site.pub", key)
         t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
         self.bundles = {}
-        for n, (version, when) in enumerate((("v1", t0), ("v2", t0 + timedelta(days=1)))):
+        for version, when in (("v1", t0), ("v2", t0 + timedelta(days=1))):
             packs = [
                 PackSpec("crashdb", {}, fetched_at=when, archives={"crashdb": (tar_gz(CRASHDB[version]), Unpack("tar.gz", 1))}),
                 PackSpec("extra", {f"extra/{rel}": d for rel, d in EXTRA[version].items()}, fetched_at=when),

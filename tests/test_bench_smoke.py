@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
+import subprocess
 import tarfile
 
 import pytest
@@ -56,9 +56,10 @@ def test_tables_show_medians_and_ratios_to_each_peer():
     assert "| ours | 0.50x (target <= 0.6x: met) |" in ratios
 
 
-def test_a_long_copy_hashes_on_a_second_thread_exactly(tmp_path):
-    """Past HASH_AHEAD the hash runs on another thread: still every byte, in order, even from
-    a reused buffer, and exactly the bytes counted when the copy stops on an error."""
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_a_long_copy_hashes_on_a_second_thread_exactly(tmp_path, plain):
+    """Past HASH_AHEAD the hash runs on another thread (unless plain): still every byte, in order,
+    even from a reused buffer, and exactly the bytes counted when the copy stops on an error."""
     rng = random.Random(5)
     chunks = [rng.randbytes(rng.randrange(1, 300_000)) for _ in range(60)]
     total = sum(map(len, chunks))
@@ -71,36 +72,22 @@ def test_a_long_copy_hashes_on_a_second_thread_exactly(tmp_path):
             yield reused
 
     with open(tmp_path / "out.bin", "wb") as out:
-        copy = Copy(out, what="long").feed(through_a_reused_buffer())
+        copy = Copy(out, what="long", plain=plain).feed(through_a_reused_buffer())
     expected = hashlib.sha256(b"".join(chunks)).hexdigest()
     assert copy.done == total and copy.sha256 == expected
     assert (tmp_path / "out.bin").read_bytes() == b"".join(chunks)
 
     limit = total - 10
-    copy = Copy(None, what="capped", limit=limit)
+    copy = Copy(None, what="capped", limit=limit, plain=plain)
     with pytest.raises(LengthError):
         copy.feed(iter(chunks))
     assert copy.done == total - len(chunks[-1])
     assert copy.sha256 == hashlib.sha256(b"".join(chunks[:-1])).hexdigest()
 
 
-def test_no_sync_switch_skips_only_the_per_pack_sync(tmp_path, monkeypatch):
-    """DEVOPS_CP_NO_SYNC=1 (the bench's `no sync` rows) skips sync_files; unset, the pack is synced."""
-    from executor import durable
-
-    calls = []
-    monkeypatch.setattr(durable, "syncfs", lambda path: calls.append(("syncfs", path)) or True)
-    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
-    durable.sync_files(tmp_path, [tmp_path / "a"])
-    assert calls == []
-    monkeypatch.delenv(durable.NO_SYNC_ENV)
-    durable.sync_files(tmp_path, [tmp_path / "a"])
-    assert calls == [("syncfs", tmp_path)]
-
-
 def test_writeback_starts_during_a_long_durable_copy(tmp_path, monkeypatch):
     """Copy(writeback=True) asks the kernel to start writing every WRITEBACK_STEP bytes; the
-    bytes, hash and count are unchanged, and a plain copy never asks."""
+    bytes, hash and count are unchanged, and neither a copy without writeback nor a plain one asks."""
     from executor import durable, transfer
 
     chunk = random.Random(7).randbytes(1 << 20)
@@ -108,39 +95,13 @@ def test_writeback_starts_during_a_long_durable_copy(tmp_path, monkeypatch):
     calls = []
     real = durable.write_behind
     monkeypatch.setattr(durable, "write_behind", lambda out, keep: calls.append(out.tell()) or real(out, keep))
-    for writeback in (True, False):
+    for writeback, plain in ((True, False), (False, False), (True, True)):
         calls.clear()
         with open(tmp_path / "out.bin", "wb") as out:
-            copy = Copy(out, what="durable", writeback=writeback).feed(chunk for _ in range(total // len(chunk)))
+            copy = Copy(out, what="durable", writeback=writeback, plain=plain).feed(chunk for _ in range(total // len(chunk)))
         assert copy.done == total and (tmp_path / "out.bin").stat().st_size == total
         assert copy.sha256 == hashlib.sha256(chunk * (total // len(chunk))).hexdigest()
-        assert calls == ([transfer.WRITEBACK_STEP, 2 * transfer.WRITEBACK_STEP] if writeback else [])
-
-
-def test_write_behind_waits_for_and_drops_only_what_lies_far_enough_behind(tmp_path, monkeypatch):
-    """The last `keep` bytes stay in the page cache; the `keep` bytes before them are waited for
-    and dropped; nothing at all happens with DEVOPS_CP_NO_SYNC=1."""
-    from executor import durable
-
-    monkeypatch.delenv(durable.NO_SYNC_ENV, raising=False)
-    ranges, dropped = [], []
-    monkeypatch.setattr(durable, "_sync_file_range", lambda fd, start, length, flags: ranges.append((start, length, flags)) or 0)
-    monkeypatch.setattr(durable.os, "posix_fadvise", lambda fd, start, length, advice: dropped.append((start, length, advice)))
-    mib = 1 << 20
-    with open(tmp_path / "out.bin", "wb") as out:
-        out.write(b"x" * mib)
-        durable.write_behind(out, keep=2 * mib)  # nothing is far enough behind yet
-        out.write(b"x" * 7 * mib)
-        durable.write_behind(out, keep=2 * mib)
-    wait_write_wait = 1 | 2 | 4
-    assert ranges == [(0, 0, 2), (0, 0, 2), (4 * mib, 2 * mib, wait_write_wait)]
-    assert dropped == [(4 * mib, 2 * mib, os.POSIX_FADV_DONTNEED)]
-
-    ranges.clear()
-    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
-    with open(tmp_path / "out.bin", "ab") as out:
-        durable.write_behind(out, keep=mib)
-    assert ranges == []
+        assert calls == ([transfer.WRITEBACK_STEP, 2 * transfer.WRITEBACK_STEP] if writeback and not plain else [])
 
 
 def test_a_bundle_part_is_written_behind_as_it_grows(tmp_path, monkeypatch):
@@ -160,3 +121,11 @@ def test_a_bundle_part_is_written_behind_as_it_grows(tmp_path, monkeypatch):
     assert [p.size for p in parts] == [3 * step, step // 2]
     assert [(name.rsplit("/", 1)[-1], at) for name, at, _ in calls] == [(".b.tar.zst.001.tmp", n * step) for n in (1, 2, 3)]
     assert {keep for *_, keep in calls} == {transfer.WRITEBACK_KEEP}
+
+
+def test_fleet_batches_fail_when_one_host_fails():
+    """bench/fleet.py times N hosts at once: one failing host must fail the batch, not be lost in `wait`."""
+    from bench.fleet import bash, in_parallel
+
+    assert subprocess.run(bash(in_parallel(["true", "true", "true"]))).returncode == 0
+    assert subprocess.run(bash(in_parallel(["true", "exit 3", "true"]))).returncode != 0

@@ -97,7 +97,7 @@ def test_every_source_value_is_cited():
         lines = path.read_text(encoding="utf-8").splitlines()
         for number, line in enumerate(lines):
             if cited.match(line):
-                above = [l for l in lines[max(0, number - 4) : number] if l.startswith("#")]
+                above = [text for text in lines[max(0, number - 4) : number] if text.startswith("#")]
                 assert above, f"{path.name}:{number + 1}: {line.split('=')[0].strip()} has no source comment above it"
 
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from crash_driver import REPO, STAGING, InstallScenario, RebuildScenario, SideloadScenario
+from executor.config import PLAIN_WRITES_ENV
 from support.localserver import Fault
 
 
@@ -20,9 +21,13 @@ def _failures(results) -> str:
     return "\n".join(f"{r.point}: {p}" for r in results for p in r.problems)
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
 @pytest.mark.parametrize("scenario_class", [InstallScenario, SideloadScenario, RebuildScenario], ids=["install", "sideload", "rebuild"])
-def test_kill_at_a_handful_of_points(scenario_class, tmp_path, local_server):
+def test_kill_at_a_handful_of_points(scenario_class, plain, tmp_path, local_server):
+    """Both ways: the fast writers (threads, a child process, syncfs) and the plain reference path."""
     scenario = scenario_class(tmp_path / "crash", local_server)
+    if plain:
+        scenario.env[PLAIN_WRITES_ENV] = "1"
     scenario.setup()
     results = [scenario.run_point(point) for point in scenario.quick_points()]
     assert not _failures(results), _failures(results)

@@ -24,6 +24,7 @@ import pytest
 from bundle_helpers import PackSpec, new_key, tree_snapshot, write_bundle, write_public_key
 from conftest import download_step, payload, sha256
 from executor import events
+from executor.config import WriteSettings
 from manifests.units import fmt_size
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
@@ -272,7 +273,7 @@ def test_disk_full_mid_download_fakefs(fs, monkeypatch, db_versions, isolated_en
 
     def install():
         app = App(settings=fast_settings())
-        engine = Engine(app.store, settings=app.settings, use_syncfs=False)
+        engine = Engine(app.store, settings=app.settings, writes=WriteSettings(plain=True))
         try:
             (outcome,) = engine.install([app.plan("db")], confirm=lambda *a: True)
         finally:
@@ -317,7 +318,7 @@ def test_disk_full_mid_sideload_fakefs(fs, monkeypatch, isolated_env, update_kin
 
     def sideload(bundle: Path):
         app = App()
-        engine = Engine(app.store, use_syncfs=False)
+        engine = Engine(app.store, writes=WriteSettings(plain=True))
         return sideload_bundle(engine, SideloadRequest(bundle, TrustOptions((pub,)), hardware=app.hardware))
 
     (outcome,) = sideload(first)

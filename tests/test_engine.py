@@ -12,13 +12,15 @@ import pytest
 
 from devops_cp.app import App
 from support.localserver import Fault
-from executor.config import load_config
+from executor.config import WriteSettings, load_config
 from executor.engine import Engine
 from executor.events import Notice, Progress, StepDone, StepStarted
 from executor.store import Store
 from manifests.errors import ConfirmationRequired, NoSpaceError, NotWritableError, ToolError
 
 from conftest import download_step, fast_settings, files_under, gets, payload, sha256
+
+PLAIN = WriteSettings(plain=True)  # pyfakefs: libc (syncfs, fallocate) cannot see its files
 
 
 def install(packs, *, listener=lambda e: None, confirm=lambda *a: True, settings=None, **engine_kw):
@@ -54,7 +56,7 @@ def test_no_space_is_refused_before_the_first_request_fakefs(fs, isolated_env, l
     serve_pack("big", payload(2000), size_bytes=5_000_000)
     fs.set_disk_usage(4_000_000)
     with pytest.raises(NoSpaceError) as exc:
-        install(["big"], use_syncfs=False)
+        install(["big"], writes=PLAIN)
     err = exc.value
     assert err.exit_code == 5
     assert err.needed == 6_000_000  # size x 1.2
@@ -73,7 +75,7 @@ def test_not_writable_data_dir_is_refused_fakefs(fs, as_normal_user, isolated_en
         store.ensure_writable(Path("/readonly/samples"))
     assert exc.value.exit_code == 5 and "/readonly/samples" in exc.value.message
     with pytest.raises(NotWritableError):
-        install(["ro"], use_syncfs=False)
+        install(["ro"], writes=PLAIN)
     assert local_server.requests == []
 
 
@@ -162,7 +164,7 @@ def test_disk_full_while_writing_fakefs(fs, isolated_env, local_server, serve_pa
         used = shutil.disk_usage("/").used
         fs.set_disk_usage(used + 100_000)
 
-    error = only_error(install(["big"], listener=_fill_at_first_byte(fill), use_syncfs=False))
+    error = only_error(install(["big"], listener=_fill_at_first_byte(fill), writes=PLAIN))
     assert isinstance(error, NoSpaceError) and error.exit_code == 5
     assert files_under(isolated_env.sample_dir()) == []
 
@@ -175,20 +177,27 @@ def test_disk_full_on_the_last_small_write_fakefs(fs, isolated_env, local_server
     def fill():
         fs.set_disk_usage(shutil.disk_usage("/").used + 1000)
 
-    error = only_error(install(["small"], listener=_fill_at_first_byte(fill), use_syncfs=False))
+    error = only_error(install(["small"], listener=_fill_at_first_byte(fill), writes=PLAIN))
     assert isinstance(error, NoSpaceError) and error.exit_code == 5
     assert files_under(isolated_env.sample_dir()) == []
 
 
-def test_whole_install_under_pyfakefs_takes_the_plain_durability_path(fs, isolated_env, local_server, serve_pack):
-    """pyfakefs cannot see syncfs: the engine must notice and fsync file by file (use_syncfs left on)."""
+def test_whole_install_under_pyfakefs_takes_the_plain_durability_path(fs, isolated_env, local_server, serve_pack, monkeypatch):
+    """libc cannot see pyfakefs's files: a plain engine calls no libc, and fsyncs file by file."""
+    from executor import durable
+
     fs.create_dir(isolated_env.catalog)
     data = payload(100_000)
     serve_pack("fake", data)
-    (outcome,) = install(["fake"])
+    synced = []
+    real_fsync = durable.fsync_path
+    monkeypatch.setattr(durable, "fsync_path", lambda path: synced.append(path) or real_fsync(path))
+    monkeypatch.setattr(durable, "syncfs", lambda path: pytest.fail("a plain engine called syncfs"))
+    (outcome,) = install(["fake"], writes=PLAIN)
     assert outcome.record is not None
     assert (isolated_env.sample_dir() / "fake" / "fake.bin").read_bytes() == data
     assert files_under(isolated_env.sample_dir()) == ["fake/fake.bin"]
+    assert any(str(p).endswith("fake.bin") for p in synced)
 
 
 # --- progress ---------------------------------------------------------------------------------------

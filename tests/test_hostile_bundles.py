@@ -12,6 +12,7 @@ import pytest
 
 from bundle_helpers import new_key
 from bundler import raw_frames
+from executor.config import PLAIN_WRITES_ENV
 from hostile import HostileBundles, Host
 
 SEED = 20240501
@@ -28,8 +29,11 @@ def named_cases(factory):
     return {case.name: case for case in factory.named()}
 
 
-@pytest.fixture
-def host(factory, isolated_env) -> Host:
+@pytest.fixture(params=["fast", "plain"])
+def host(request, factory, isolated_env, monkeypatch) -> Host:
+    """Every case both ways: the fast writers and the plain reference path (DEVOPS_CP_PLAIN_WRITES=1)."""
+    if request.param == "plain":
+        monkeypatch.setenv(PLAIN_WRITES_ENV, "1")
     return Host(factory.pub, factory.first)
 
 

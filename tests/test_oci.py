@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from oci_registry import digest, free_port, push, registry  # noqa: F401  (registry: the fixture)
+from support.oci_registry import digest, free_port, push
 from support.localserver import Fault, LocalServer, RequestContext
 from support.tarballs import trivy_db_tarball
 from executor.config import Config

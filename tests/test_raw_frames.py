@@ -13,7 +13,6 @@ import json
 import random
 import shutil
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -321,3 +321,45 @@ def test_the_engine_takes_the_config_or_its_own_parameter(isolated_env):
     store = App(settings=fast_settings()).store
     assert Engine(store).step_context().connections == 5
     assert Engine(store, connections_per_download=1).step_context().connections == 1
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_credentials_never_follow_the_redirect_to_a_signed_url_on_another_host(capped, tmp_path):
+    """Ranges go straight to the signed URL the original redirected to; like httpx on the
+    redirect itself, they carry no credentials to a host other than the configured one."""
+    import httpx
+
+    data = payload(SIZE)
+    with LocalServer(rate_per_connection=RATE) as storage:
+        storage.add("/blob", data, etag="v1")
+        capped.add(PATH, data, etag="v1")
+        capped.set_fault(PATH, Fault(redirect_to=storage.url("/blob")))
+        fetch, _ = download(capped, tmp_path / "m.part", expected=sha256(data), auth=httpx.BasicAuth("user", "secret"))
+        assert fetch.partial.read_bytes() == data and fetch.connections_used == 8
+        assert gets(capped, PATH)[0].headers.get("authorization")  # the configured host got them
+        blob = gets(storage, "/blob")
+        assert len(blob) >= 8 and all(r.headers.get("authorization") is None for r in blob)
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_a_bundle_stages_its_downloads_over_several_connections(capped, write_recipe, tmp_path):
+    """What `bundle` stages (a download without a pinned checksum) goes through the same machinery."""
+    from conftest import download_step
+
+    from devops_cp.app import App
+    from executor.engine import Engine
+    from executor.txn import PackTransaction
+
+    data = payload(SIZE)
+    url = capped.add(PATH, data, etag="v1")
+    write_recipe("staged", [download_step(url, "staged/model.bin", data, checksum=False)])
+    app = App(settings=fast_settings())
+    plan = app.plan("staged")
+    engine = Engine(app.store, settings=app.settings)
+    try:
+        with PackTransaction(app.store, tmp_path / "bundle-staging", plan.key) as txn:
+            engine.stage(plan, txn)  # what bundle does
+            assert txn.files["staged/model.bin"].sha256 == sha256(data)
+    finally:
+        engine.close()
+    assert capped.peak_bodies_in_flight >= 2 and len(ranged(capped)) >= 7

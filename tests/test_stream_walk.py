@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import queue
 import random
-import tarfile
 
 import pytest
 import zstandard

@@ -332,22 +332,3 @@ def test_file_maker_child_drops_a_frame_cut_short(tmp_path, cut):
     stream = _frames({bytes(tmp_path / "whole"): b"whole"}) + _frames({bytes(tmp_path / "cut"): b"12345"})[:cut]
     assert file_maker.serve(io.BytesIO(stream), io.StringIO()) == file_maker.ORPHANED
     assert [p.name for p in tmp_path.iterdir()] == ["whole"]
-
-
-def test_background_sync_syncs_while_running_and_never_with_no_sync(tmp_path, monkeypatch):
-    from executor import durable
-
-    synced = []
-    monkeypatch.setattr(durable, "syncfs", lambda path: synced.append(path) or True)
-    monkeypatch.setattr(durable.BackgroundSync, "INTERVAL", 0.01)
-    with durable.BackgroundSync([tmp_path]) as background:
-        deadline = time.monotonic() + 10
-        while not synced and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert synced and set(synced) == {tmp_path} and not background.thread.is_alive()
-
-    synced.clear()
-    monkeypatch.setenv(durable.NO_SYNC_ENV, "1")
-    with durable.BackgroundSync([tmp_path]) as background:
-        time.sleep(0.1)
-    assert not synced and not background.thread.is_alive()

@@ -20,7 +20,7 @@ import os
 import pytest
 
 from conftest import fresh_host
-from oci_registry import digest, push, registry  # noqa: F401  (registry: the fixture)
+from support.oci_registry import digest, push
 from executor.oci import OCI_EMPTY, OCI_MANIFEST
 from sideload.reader import BundleReader, locate
 from support.tarballs import trivy_db_tarball

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import Config
+from executor.config import Config, WriteSettings
 from executor.store import InstallRecord, Store, now_iso
 from executor.txn import JOURNAL, PackTransaction, move_into_place, roll_forward
 from manifests.errors import PolicyError
@@ -156,15 +156,15 @@ def test_a_tool_step_staging_area_moves_file_by_file_and_leaves_its_strays(tmp_p
     assert not (data / "a" / "tool.log").exists()
 
 
-def test_without_syncfs_the_folders_to_move_are_fsynced_too(tmp_path, store, monkeypatch):
+def test_a_plain_commit_fsyncs_each_file_and_the_folders_to_move(tmp_path, store, monkeypatch):
     from executor import durable
 
     synced = []
     monkeypatch.setattr(durable, "fsync_path", lambda path: synced.append(path))
     data = tmp_path / "data"
-    with PackTransaction(store, data, "pack") as txn:
+    with PackTransaction(store, data, "pack", writes=WriteSettings(plain=True)) as txn:
         stage(txn, FILES)
-        txn.commit(record(data), None, use_syncfs=False)
+        txn.commit(record(data), None)
         root = txn.files_root
     staged = {Path(p) for p in synced if Path(p).is_relative_to(root)}  # not the journal's, record's or data dir's
     assert staged == {root / rel for rel in FILES} | {root / "a", root / "a/b", root / "c"}
@@ -176,7 +176,7 @@ def _journaled(store, data, files=FILES) -> PackTransaction:
     stage(txn, files)
     rec = record(data)
     rec.files = sorted(txn.files.values(), key=lambda f: f.path)
-    journal = txn._journal(None, txn._new_folders())
+    journal = txn._journal(None, txn._new_folders(), set())
     (txn.root / JOURNAL).write_text(json.dumps({**journal, "record": rec.to_json()}))
     return txn
 
@@ -201,3 +201,26 @@ def test_a_folder_that_appears_after_the_journal_is_merged_into_file_by_file(tmp
     assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
     assert (data / "a" / "mine").read_text() == "a user's file, put there meanwhile"
     assert not txn.root.exists()
+
+
+@pytest.mark.parametrize("writes, syncfs_calls, files_fsynced", [
+    (WriteSettings(), 1, False),  # the one filesystem sync per pack, before its swap
+    (WriteSettings(plain=True), 0, True),  # one fsync per staged file instead
+    (WriteSettings(durable=False), 0, False),  # the benchmark's unsafe `no sync` rows
+    (WriteSettings(durable=False, plain=True), 0, False),
+])
+def test_durability_is_the_engines_parameter(tmp_path, store, monkeypatch, writes, syncfs_calls, files_fsynced):
+    from executor import durable
+
+    syncfs, fsynced = [], []
+    monkeypatch.setattr(durable, "syncfs", lambda path: syncfs.append(path) or True)
+    monkeypatch.setattr(durable, "fsync_path", lambda path: fsynced.append(Path(path)))
+    data = tmp_path / "data"
+    with PackTransaction(store, data, "pack", writes=writes) as txn:
+        stage(txn, FILES)
+        root = txn.files_root
+        txn.commit(record(data), None)
+    assert len(syncfs) == syncfs_calls
+    files = {root / rel for rel in FILES}
+    assert set(fsynced) & files == (files if files_fsynced else set())
+    assert {rel: (data / rel).read_bytes() for rel in FILES} == FILES
