@@ -363,3 +363,33 @@ def test_a_bundle_stages_its_downloads_over_several_connections(capped, write_re
     finally:
         engine.close()
     assert capped.peak_bodies_in_flight >= 2 and len(ranged(capped)) >= 7
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_an_interrupt_keeps_the_ranges_that_arrived_for_the_next_run(capped, tmp_path):
+    """Ctrl-C while several connections run: the journal says what arrived, the next run asks
+    only for the rest, and the file is whole."""
+    import json
+
+    from executor.events import Meter
+
+    data = payload(SIZE)
+    capped.add(PATH, data, etag="v1")
+    partial = tmp_path / "m.part"
+
+    class Interrupting(Meter):
+        def update(self, done, force=False):
+            if done >= SIZE // 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download(capped, partial, expected=sha256(data), meter=Interrupting(lambda event: None, "p", 0, "m", SIZE))
+    ranges = json.loads(partial.with_name(partial.name + ".json").read_text())["ranges"]
+    arrived = sum(end - start for start, end in ranges)
+    assert SIZE // 2 <= arrived < SIZE and len(ranges) >= 1
+    wait_for(lambda: capped.bodies_in_flight == 0, "the interrupted run's connections to close")
+    sent = capped.bytes_sent(PATH)
+
+    fetch, copy = download(capped, partial, expected=sha256(data))
+    assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data)
+    assert capped.bytes_sent(PATH) - sent <= SIZE - arrived + (2 << 20)  # the rest, and little more
