@@ -8,6 +8,7 @@ archive instead of the network.
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from executor.config import Config, WriteSettings
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.intact import PLAN_KEY, plan_fingerprint, why_not_intact
 from executor.pip_uninstall import PYTHON_KEY, uninstall_wheels
-from executor.preflight import check_space_for, check_tools
+from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import BUNDLE_MANIFEST_KEY, FileRecord, InstallRecord, Store, now_iso
 from executor.transfer import hash_file
 from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
@@ -276,16 +277,21 @@ class Engine:
         taken only for the short commit, so separate runs download in parallel too.
         """
         seen = {plan.key: self.store.read_record(plan.key) for plan in plans}  # before any wait
-        self.preflight(plans, confirm, local=source is not None)
-        workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
+        data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
+        made = missing_dirs(data_dirs)
         try:
-            # Ctrl-C while waiting only sets interrupt.STOP: each thread stops at its next chunk
-            # (or finishes a swap it began) and says so in its outcome.
+            self.preflight(plans, confirm, local=source is not None)
+        except DataPackError:
+            remove_if_empty(made)
+            raise
+        try:
+            workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
             with interrupt.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
                 return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key]), plans))
         finally:
-            for data_dir in sorted({self.store.data_dir(p.recipe.data_type) for p in plans}):
+            for data_dir in data_dirs:
                 tidy_staging(self.store, data_dir)
+            remove_if_empty(made)
 
     def _install_one(self, plan: Plan, source: LocalSource | None, seen: InstallRecord | None) -> Outcome:
         data_dir = self.store.data_dir(plan.recipe.data_type)
@@ -368,3 +374,15 @@ def _changed_since_installed(path: Path, recorded: FileRecord) -> str | None:
     if found.st_size != recorded.size or hash_file(path).sha256 != recorded.sha256:
         return "it changed since it was installed"
     return None
+
+
+def missing_dirs(directories) -> dict[Path, Path]:
+    """Each of `directories` that does not exist yet, with its nearest existing parent."""
+    return {Path(d): existing_parent(Path(d)) for d in directories if not os.path.lexists(d)}
+
+
+def remove_if_empty(made: dict[Path, Path]) -> None:
+    """A data directory this run created (and the folders above it that it created) goes again
+    when nothing was installed into it: a refusal leaves no empty folders behind."""
+    for directory, existed in made.items():
+        prune_empty_parents(directory, existed)

@@ -31,11 +31,21 @@ from manifests.names import archive_member_path
 
 
 UNPACK_BOUND = 2  # an extracted pack may unpack to twice its recipe's estimate before we call it a bomb
+DEFAULT_BOUND = 20  # without an estimate: twenty times the archive,
+SMALL_ARCHIVE_BOUND = 16 * 2**20  # but at least this: a tiny archive's headers alone may be 20 times its size
 
 
-def unpack_bound(estimate: int | None) -> int | None:
-    """The most bytes an archive whose recipe estimates `estimate` may unpack to (None: no estimate, no bound)."""
-    return estimate * UNPACK_BOUND if estimate else None
+def unpack_bound(estimate: int | None, archive_size: int | None = None) -> int | None:
+    """The most bytes an archive may unpack to. With the recipe's estimate: twice it (an estimate);
+    without one: DEFAULT_BOUND times the archive (at least SMALL_ARCHIVE_BOUND). Past it, extraction
+    stops with LengthError (exit 3); a disk that fills up first stops it with NoSpaceError (exit 5)."""
+    if estimate:
+        bound = estimate * UNPACK_BOUND
+    elif archive_size is not None:
+        bound = max(archive_size * DEFAULT_BOUND, SMALL_ARCHIVE_BOUND)
+    else:
+        bound = None
+    return bound
 
 
 def safe_member_path(name: str, strip: int, archive: str) -> str | None:

@@ -183,7 +183,7 @@ def place_file(path: Path, step: Download | LocalCopy | OciArtifact, txn: PackTr
     if step.extract and txn.keep_archives:
         txn.keep_archive(path, copy.done, copy.sha256, fmt=step.extract, dest=step.dest, strip=step.strip_components, unpacked_size=step.unpacked_size_bytes)
     elif step.extract:
-        extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), meter=None)
+        extractor.extract(path, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes, copy.done), meter=None)
         if consumers.keeps_zip_beside(data_type, step.extract):
             consumers.keep_zip_beside(txn, path, step.dest, copy.done, copy.sha256)
     else:
@@ -204,7 +204,7 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: Download | Loca
         # One pass: hash the archive while extracting it into staging; a mismatch aborts the transaction.
         with open(source, "rb") as raw:
             reader = HashingReader(raw, meter, plain=ctx.plain)
-            extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes), name=source.name)
+            extractor.extract_tar_stream(reader, step.extract, txn, step.dest, strip=step.strip_components, max_total=extractor.unpack_bound(step.unpacked_size_bytes, size), name=source.name)
             copy = reader.drain()
         copy.check(expected)
         meter.done(copy.done)

@@ -27,10 +27,11 @@ from executor import durable
 from executor.config import WriteSettings
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from executor.transfer import hash_file
-from manifests.errors import LockTimeout, PolicyError
+from manifests.errors import LockTimeout, PolicyError, UnsafeArchiveError
 from manifests.names import is_identifier, pack_key, relative_path_problem
 
 JOURNAL = "JOURNAL.json"
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits for one name and a whole path, in bytes
 PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
 
 
@@ -78,6 +79,11 @@ class PackTransaction:
         """Where to stage the file that will appear at `data_dir/rel` (its folder made).
 
         A string, not a Path: for 20,000 small files pathlib's parsing costs more than the rest."""
+        if len(rel) > NAME_MAX and any(len(part.encode()) > NAME_MAX for part in rel.split("/")) or len(os.fsencode(self.data_dir)) + len(rel.encode()) >= PATH_MAX:
+            raise UnsafeArchiveError(
+                f"{self.key}: {rel[:80]!r}... is longer than a filesystem allows (a name over {NAME_MAX} bytes, or a path over {PATH_MAX})",
+                hint="the bundle or archive is damaged or hostile; nothing of this pack was installed",
+            )
         folder = rel.rpartition("/")[0]
         if folder not in self._made_dirs:
             os.makedirs(os.path.join(self._files_root, folder), exist_ok=True)

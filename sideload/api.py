@@ -10,6 +10,7 @@ whole bundle checked out, so nothing is installed from anything that fails verif
 from __future__ import annotations
 
 import functools
+import json
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from executor import consumers, extract
 from executor import steps as step_types
 from executor.config import config_dir
-from executor.engine import Engine, Outcome, PackIdentity
+from executor.engine import Engine, Outcome, PackIdentity, missing_dirs, remove_if_empty
 from executor.keys import TrustStore, check_strict_modes, read_public_key_file
 from executor.events import Listener, Meter, Notice, ignore
 from executor.preflight import check_space_for, check_tools, existing_parent
@@ -224,33 +225,44 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         needs = {d: 0 for d in data_dirs.values()}
         for pack in selected:
             needs[data_dirs[pack.key]] += sum(_space_needed(f) for f in manifest.files_for(pack.key))
-        for directory in needs:
-            _check_writable(engine, directory, request.dry_run)
-        check_space_for(needs)
-        if request.dry_run:
-            return [Outcome(p.key, notes=[_dry_run_note(manifest.files_for(p.key), data_dirs[p.key])]) for p in selected]
-        say = engine.say_waiting("sideload")
+        made = missing_dirs(needs)  # removed again below unless something was installed there
+        held = [manifest]  # handed over whole: _install_selected frees it before the commit
+        del manifest
         try:
-            with engine.store.pack_locked({p.key: data_dirs[p.key] for p in selected}, on_wait=say), ExitStack() as stack:
-                for directory in sorted(set(data_dirs.values())):
-                    stack.enter_context(engine.store.staging(directory))
-                txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
-                _stream_payload(engine, reader, manifest, txns, current)
-                reader.finish()  # trailing data and every part's hash, before anything becomes visible
-                bundle_id, created = manifest.bundle_id, manifest.created
-                del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
-                with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
-                    for directory in sorted(set(data_dirs.values())):
-                        engine.recover(directory)
-                    for pack in selected:
-                        _check_downgrade(engine, pack, request)
-                    outcomes = [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request, commands_allowed[pack.key]) for pack in selected]
-                    if any(o.record is not None for o in outcomes):  # kept with the records it describes, never for a refused bundle
-                        engine.store.keep_bundle_manifest(bundle_id, *header)
-                    return outcomes
+            outcomes = _install_selected(engine, reader, held, request, selected, data_dirs, needs, current, commands_allowed)
+            if any(o.record is not None and o.record.source.startswith("bundle:") for o in outcomes):  # kept with the records it describes
+                engine.store.keep_bundle_manifest(json.loads(header[0])["bundle_id"], *header)
+            return outcomes
         finally:
-            for directory in set(data_dirs.values()):
-                tidy_staging(engine.store, directory)
+            remove_if_empty(made)
+
+
+def _install_selected(engine, reader, held: list[BundleManifest], request, selected, data_dirs, needs, current, commands_allowed) -> list[Outcome]:
+    manifest = held.pop()
+    for directory in needs:
+        _check_writable(engine, directory, request.dry_run)
+    check_space_for(needs)
+    if request.dry_run:
+        return [Outcome(p.key, notes=[_dry_run_note(manifest.files_for(p.key), data_dirs[p.key])]) for p in selected]
+    say = engine.say_waiting("sideload")
+    try:
+        with engine.store.pack_locked({p.key: data_dirs[p.key] for p in selected}, on_wait=say), ExitStack() as stack:
+            for directory in sorted(set(data_dirs.values())):
+                stack.enter_context(engine.store.staging(directory))
+            txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
+            _stream_payload(engine, reader, manifest, txns, current)
+            reader.finish()  # trailing data and every part's hash, before anything becomes visible
+            bundle_id, created = manifest.bundle_id, manifest.created
+            del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
+            with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
+                for directory in sorted(set(data_dirs.values())):
+                    engine.recover(directory)
+                for pack in selected:
+                    _check_downgrade(engine, pack, request)
+                return [_commit_or_stop(engine, bundle_id, created, pack, txns[pack.key], request, commands_allowed[pack.key]) for pack in selected]
+    finally:
+        for directory in set(data_dirs.values()):
+            tidy_staging(engine.store, directory)
 
 
 def _commit_or_stop(engine, bundle_id, created, pack, txn, request, operator_allowed: bool) -> Outcome:
@@ -388,7 +400,7 @@ def _unpack(entry: FileEntry, source, txn: PackTransaction, progress: _Progress,
     it is staged whole (and checked) first.
     """
     unpack = entry.unpack
-    bound = extract.unpack_bound(unpack.unpacked_size_bytes)
+    bound = extract.unpack_bound(unpack.unpacked_size_bytes, entry.size)
     if unpack.format == "zip":
         staged = txn.root / "incoming" / entry.member.rpartition("/")[2]
         copy_file(source, staged, what=entry.member, size=entry.size, limit=entry.size, meter=progress, plain=txn.writes.plain).check(entry.sha256, entry.size)

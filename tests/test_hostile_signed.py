@@ -208,3 +208,18 @@ def test_install_source_bundle_with_its_right_checksum_installs(stick):
     digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
     result = stick.cli("install", "pack", "--source", str(bundle), "--checksum", f"sha256:{digest}", "--progress", "none")
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("loose", ["file", "folder"])
+def test_a_recipe_others_may_change_does_not_vouch_for_steps(stick, isolated_env, loose):
+    """Rules 3 and 7: the catalog decides which code runs, so the recipe that vouches passes StrictModes."""
+    recipe = isolated_env.catalog / "hosted.toml"
+    recipe.write_text(HOSTED)
+    os.chmod(recipe if loose == "file" else isolated_env.catalog, 0o666 if loose == "file" else 0o777)
+    bundle = stick.build(Case("honest", 0, "", _set("packs.0.offline_steps", [_host_step()]), packs=[HOSTED_PACK]), "trusted")
+    untouched = Untouched(isolated_env.home.parent, stick.tmp)
+    result = stick.run(Case("honest", 0, ""), "trusted", bundle)
+    assert result.exit_code == 4, result.stderr
+    fix = recipe if loose == "file" else isolated_env.catalog
+    assert f"recipe {recipe}" in result.stderr and f"chmod go-w {fix}" in result.stderr
+    assert untouched.changes() == []

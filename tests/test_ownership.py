@@ -41,7 +41,7 @@ def home_snapshot(isolated_env) -> dict[str, str]:
     """The whole HOME, lock files in the state directory (and the folders they need) aside: they hold no data."""
     home = isolated_env.records_dir.parents[3]
     state = isolated_env.records_dir.parent
-    lock_folders = {str(state / "locks"), str(state), str(state.parent)}
+    lock_folders = {str(state / "locks"), str(state), str(state.parent), str(state.parent.parent)}
     return {k: v for k, v in tree_snapshot(home).items() if not k.startswith(str(state / "locks") + "/") and not (k in lock_folders and v == "dir")}
 
 
@@ -140,3 +140,40 @@ def test_an_update_cleans_up_where_the_previous_version_lived(cli, bundles, isol
     assert (second / "m" / "keep.bin").read_bytes() == b"v2 keep" and (second / "m" / "new.bin").read_bytes() == b"v2 new"
     assert sorted(p.name for p in first.rglob("*")) == ["notes.txt"]  # v1's files gone from where they lived, and its empty folder
     assert isolated_env.record("moving")["data_dir"] == str(second)
+
+
+# --- every unpack is bounded; a refusal leaves the host as it was (rules 6 and 8) ---------------------------
+
+
+def test_an_archive_without_a_size_estimate_is_bounded_and_a_refusal_leaves_no_data_dir(cli, bundles, isolated_env):
+    """A signed bundle carries a small tar.gz that unpacks to far more than 20 times itself and says
+    nothing of its unpacked size: exit 3 while unpacking, nothing left, not even the data dir it made."""
+    import io
+    import tarfile
+
+    from manifests.model import Unpack
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("top/zeros.bin")
+        info.size = 20 * 2**20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    archive = buffer.getvalue()
+    assert len(archive) * 20 < 20 * 2**20
+    data_dir = isolated_env.sample_dir()
+    assert not data_dir.exists()
+    before = home_snapshot(isolated_env)
+    bundle = bundles("bomb", [PackSpec("bomb", {}, fetched_at=T0, archives={"db": (archive, Unpack("tar.gz", 1))})])
+    result = sideload(cli, bundles, bundle)
+    assert result.exit_code == 3 and "unpacks to more than" in result.stderr, result.stderr
+    assert not data_dir.exists()
+    assert home_snapshot(isolated_env) == before
+
+
+def test_a_name_longer_than_a_filesystem_allows_is_refused_before_anything_is_visible(cli, bundles, isolated_env):
+    data_dir = isolated_env.sample_dir()
+    before = home_snapshot(isolated_env)
+    bundle = bundles("long", [PackSpec("long", {"ok.bin": b"fine", "d/" + "n" * 300: b"too long a name"}, fetched_at=T0)])
+    result = sideload(cli, bundles, bundle)
+    assert result.exit_code == 3 and "longer than a filesystem allows" in result.stderr, result.stderr
+    assert not data_dir.exists() and home_snapshot(isolated_env) == before
