@@ -366,7 +366,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         if data_dir is None:
             raise
         needed = sum(_space_needed(f) for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
-        raise NoSpaceError(str(data_dir), needed, exc.free) from exc
+        raise NoSpaceError(str(data_dir), max(needed, exc.needed), exc.free) from exc  # an archive without an estimate: what it unpacked to
     meter.done(done)
 
 
