@@ -353,7 +353,7 @@ def _commit_failed(key: str, exc: OSError, *, rolled_back: bool) -> DataPackErro
     named = [str(name) for name in (exc.filename, exc.filename2) if name]
     where = next((name for name in named if STAGING_NAME not in name), "its data directory")  # the data dir's side of a rename
     if rolled_back:
-        what = f"{key} was rolled back: what was installed before is there again"
+        what = f"{key} was rolled back: its files and install record are as they were before"
     else:
         what = f"{key} could not be rolled back either: the next devops-cp command completes it from its journal"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -361,6 +361,7 @@ def _commit_failed(key: str, exc: OSError, *, rolled_back: bool) -> DataPackErro
         error.message = f"not enough space to move {key} into place ({where}): {what}"
     elif exc.errno == errno.EXDEV:
         error = NotWritableError(str(where), f"it is on another filesystem than the data directory (a mount point inside it?); {what}")
+        error.hint = "a pack's files are moved into place by rename: keep its data directory on one filesystem, or point this data type elsewhere in the config file's [data_dirs]"
     else:
         error = NotWritableError(str(where), f"{exc.strerror or exc}; {what}")
     return error

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bundle_helpers import PackSpec, new_key, tree_snapshot, write_bundle, write_public_key
+from conftest import download_step
 from executor import txn
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
@@ -170,3 +171,15 @@ def test_without_a_fault_the_update_makes_exactly_the_renames_counted_above(side
     assert sideload("v2", V2, T1).exit_code == 0
     assert calls["n"] == RENAMES
     assert installed(isolated_env.sample_dir()) == V2
+
+
+def test_a_direct_install_is_rolled_back_the_same_way(cli, local_server, write_recipe, isolated_env, mounts):
+    """The same commit for `install`: a.bin is in place when zz/c.bin cannot follow (EXDEV); nothing stays, no record."""
+    files = {"a.bin": b"direct a" * 100, "zz/c.bin": b"direct c" * 100}
+    write_recipe("direct", [download_step(local_server.add(f"/{rel}", data), rel, data) for rel, data in files.items()])
+    data_dir = isolated_env.sample_dir()
+    mounts(data_dir / "zz")
+    before = host(isolated_env)
+    result = cli("install", "direct", "--progress", "none")
+    assert result.exit_code == 5 and "another filesystem" in result.stderr and "direct was rolled back" in result.stderr, result.stderr
+    assert host(isolated_env) == before
