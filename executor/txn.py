@@ -309,8 +309,8 @@ class _Swap:
             if not os.path.lexists(staged):
                 continue  # moved by an earlier run that was killed
             self._set_aside(rel)
-            move_into_place(staged, final)
-            self.undo.append(lambda staged=staged, final=final: os.replace(final, staged))
+            made = move_into_place(staged, final)
+            self.undo.append(lambda staged=staged, final=final, made=made: _take_back(staged, final, made))
         for directory in touched:
             durable.fsync_dir(directory)
 
@@ -341,6 +341,13 @@ class _Swap:
             self.journal_path.unlink()
         except OSError:
             return
+
+
+def _take_back(staged: str, final: str, made: str | None) -> None:
+    """A new file back into the staging area, and the folders made for it (empty now) removed."""
+    os.replace(final, staged)
+    if made is not None:
+        prune_empty_parents(Path(final).parent, Path(made).parent)
 
 
 def _put_back(aside: str, final: str) -> None:
@@ -397,22 +404,38 @@ def _parents(rel: str) -> Iterator[str]:
         yield "/".join(parts[:n])
 
 
-def move_into_place(staged: str, final: str) -> None:
+def move_into_place(staged: str, final: str) -> str | None:
     """Rename a staged file over its final name: one rename when nothing is in the way.
+    Returns the topmost folder it had to make for it, if any (a rollback removes it again).
 
     Idempotent: a staged file that is gone was moved by an earlier run that was killed.
     """
-    for _ in range(2):
-        try:
-            os.replace(staged, final)
-            return
-        except FileNotFoundError:
-            if not os.path.lexists(staged):
-                return
-            os.makedirs(os.path.dirname(final), exist_ok=True)  # the first file of a new folder
-        except IsADirectoryError:
-            shutil.rmtree(final)  # a directory where the new version has a file
-    os.replace(staged, final)
+    made = None
+    try:
+        for _ in range(2):
+            try:
+                os.replace(staged, final)
+                return made
+            except FileNotFoundError:
+                if not os.path.lexists(staged):
+                    return made
+                made = made or _topmost_missing(os.path.dirname(final))
+                os.makedirs(os.path.dirname(final), exist_ok=True)  # the first file of a new folder
+            except IsADirectoryError:
+                shutil.rmtree(final)  # a directory where the new version has a file
+        os.replace(staged, final)
+        return made
+    except OSError:
+        if made is not None:  # not moved after all: no empty folder made for it stays
+            prune_empty_parents(Path(final).parent, Path(made).parent)
+        raise
+
+
+def _topmost_missing(folder: str) -> str | None:
+    missing = None
+    while not os.path.lexists(folder):
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
 
 
 def prune_empty_parents(directory: Path, stop: Path) -> None:

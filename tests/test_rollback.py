@@ -24,8 +24,8 @@ from executor import txn
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
 T1 = T0 + timedelta(days=1)
-V1 = {"a.bin": b"v1 a" * 100, "b.bin": b"v1 b" * 100, "old.bin": b"v1 only" * 100}
-V2 = {"a.bin": b"v2 a" * 100, "b.bin": b"v2 b" * 100, "zz/c.bin": b"v2 new" * 100}
+V1 = {"a.bin": b"v1 a" * 100, "b.bin": b"v1 b" * 100, "d/keep.bin": b"kept" * 100, "old.bin": b"v1 only" * 100}
+V2 = {"a.bin": b"v2 a" * 100, "b.bin": b"v2 b" * 100, "d/keep.bin": b"kept" * 100, "d/new/e.bin": b"v2 e" * 100, "zz/c.bin": b"v2 new" * 100}
 
 
 @pytest.fixture
@@ -125,8 +125,9 @@ class _Proxy:
         return self._overrides.get(name) or getattr(self._module, name)
 
 
-# v1 -> v2 in one data dir: old.bin set aside, the new folder zz moved in whole, a.bin and b.bin each set aside and replaced.
-RENAMES = 1 + 1 + 2 * 2
+# v1 -> v2 in one data dir: old.bin set aside, the new folder zz moved in whole, a.bin, b.bin and d/keep.bin
+# each set aside and replaced, d/new/e.bin tried (its folder is missing), then moved once d/new is made.
+RENAMES = 1 + 1 + 3 * 2 + 2
 FOLDER_RENAME = 2  # refused, its files move in one by one instead: the update still succeeds
 
 
