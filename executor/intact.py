@@ -24,6 +24,11 @@ MTIME_SLACK = 2.0  # installed_at has whole seconds; the files were written just
 
 def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: bool = False) -> str | None:
     """None when the installed pack is intact and current, else why it must be fetched again."""
+    return why_outdated(store, plan, record) or changed_file(record, verify=verify)
+
+
+def why_outdated(store: Store, plan: Plan, record: InstallRecord) -> str | None:
+    """Why the installed version is not the one the recipe would install now (an update); None when it is."""
     if plan.recipe.schedule_seconds is not None and store.freshness(record, plan.recipe.schedule_seconds)["stale"]:
         return f"an update: fetched {record.fetched_at}, older than its {plan.recipe.update_schedule} schedule"
     recorded = record.extra.get(PLAN_KEY)
@@ -32,7 +37,7 @@ def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: b
     urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if isinstance(s, Download)]
     if recorded is None and urls and len(urls) == len(plan.steps) and record.source != ", ".join(urls):
         return "its recipe fetches a different version now"
-    return changed_file(record, verify=verify)
+    return None
 
 
 PLAN_KEY = "plan_sha256"  # in the install record's `extra`: which steps installed it
@@ -46,6 +51,11 @@ def plan_fingerprint(plan: Plan) -> str:
 
 def changed_file(record: InstallRecord, *, verify: bool = False) -> str | None:
     """The first file that no longer matches its record, and how; None when all match."""
+    return next(changed_files(record, verify=verify), None)
+
+
+def changed_files(record: InstallRecord, *, verify: bool = False):
+    """Each file that no longer matches its record, and how (a generator: the first answer is cheap)."""
     data_dir = Path(record.data_dir)
     installed = parse_iso(record.installed_at).timestamp() + MTIME_SLACK
     for f in record.files:
@@ -53,14 +63,14 @@ def changed_file(record: InstallRecord, *, verify: bool = False) -> str | None:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return f"{f.path} is missing"
+            yield f"{f.path} is missing"
+            continue
         if st.st_size != f.size:
-            return f"{f.path} has changed size ({st.st_size} bytes, {f.size} recorded)"
-        if verify:
+            yield f"{f.path} has changed size ({st.st_size} bytes, {f.size} recorded)"
+        elif verify:
             from executor.transfer import hash_file  # only --verify reads the files
 
             if hash_file(path).sha256 != f.sha256:
-                return f"{f.path} does not match its recorded sha256"
+                yield f"{f.path} does not match its recorded sha256"
         elif st.st_mtime > installed:
-            return f"{f.path} was modified after the install"
-    return None
+            yield f"{f.path} was modified after the install"
