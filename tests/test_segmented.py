@@ -82,6 +82,20 @@ def test_several_connections_only_when_the_file_cannot_change_under_us(capped, t
 
 
 @pytest.mark.usefixtures("small_pieces")
+def test_a_stream_slow_for_want_of_cpu_gets_no_helpers(capped, tmp_path, monkeypatch):
+    """The same capped file, but the process's CPU clock says a whole core was busy while the lead was
+    probed (a machine too busy to give it more): one stream, the same bytes."""
+    import time
+
+    monkeypatch.setattr(segmented.time, "process_time", time.monotonic)  # CPU time as fast as wall time: one core busy
+    data = payload(SMALL)
+    capped.add(PATH, data, etag="v1")
+    fetch, copy = download(capped, tmp_path / "m.part", expected=sha256(data))
+    assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data)
+    assert fetch.connections_used == 0 and len(gets(capped, PATH)) == 1 and capped.peak_bodies_in_flight == 1
+
+
+@pytest.mark.usefixtures("small_pieces")
 def test_a_server_without_ranges_and_a_small_file_keep_one_stream(capped, tmp_path):
     data = payload(SMALL)
     capped.add(PATH, data, etag="v1")
