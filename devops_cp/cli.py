@@ -369,6 +369,8 @@ def check_updates(from_site, trust_files, plain_http, all_packs: bool, as_json: 
     for row in document["packs"]:
         if row["reason"] == "never downloaded":
             state = "never downloaded"
+        elif row.get("upstream") in ("unchanged", "changed"):
+            state = f"{'UPDATE AVAILABLE: ' if row['stale'] else 'up to date: '}{row['reason']} (fetched {row['fetched_at']})"
         elif row["stale"]:
             state = f"STALE (fetched {row['fetched_at']})"
         elif "next_update_seconds" in row:

@@ -31,6 +31,7 @@ from executor.events import Meter
 from executor import segmented
 from executor.http_fastpath import body_chunks
 from executor.transfer import Copy, closing_output, hash_file, translate_write_error
+from executor.upstream import Validators
 from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, ConfigError, DataPackError, LengthError, NetworkError
 
@@ -174,6 +175,7 @@ class Download:
     _changes: int = 0  # times the file changed under a segmented download
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
+    validators: Validators | None = None  # of the last answer whose body run() took: kept in the install record
 
     @property
     def meta_path(self) -> Path:
@@ -251,6 +253,8 @@ class Download:
     def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
         with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
+            if response.status_code in (200, 206):
+                self.validators = Validators.of_response(self.url, response)
             first = None
             if self.connections > 1 and not self._single:
                 meta = self._journal()

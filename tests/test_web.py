@@ -467,7 +467,7 @@ def test_audit_routes_return_the_cli_documents(env, files, client):
     expected = reports.check_updates_document(App())
     assert _without_clock(updates) == _without_clock(expected)
     row = next(r for r in updates["packs"] if r["pack"] == "audited")
-    assert row["reason"] == "fresh" and abs(row["age_seconds"] - next(r for r in expected["packs"] if r["pack"] == "audited")["age_seconds"]) <= 2
+    assert row["reason"] == "upstream unchanged" and abs(row["age_seconds"] - next(r for r in expected["packs"] if r["pack"] == "audited")["age_seconds"]) <= 2
     assert next(r for r in updates["packs"] if r["pack"] == "never")["reason"] == "never downloaded"
 
 
