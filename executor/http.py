@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import httpx
 
-from executor import durable
+from executor import durable, interrupt
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
 from executor import segmented
@@ -442,7 +442,9 @@ class _Attempts:
         self.deadline = time.monotonic() + settings.deadline if settings.deadline else None
 
     def failed(self, exc: Exception) -> None:
-        """Wait before the next attempt, or raise NetworkError when retries or time are spent."""
+        """Wait before the next attempt, or raise NetworkError when retries or time are spent;
+        after Ctrl-C (a read it cut short), Interrupted instead."""
+        interrupt.check()
         refused = _certificate_refused(exc)
         if refused is not None:  # the same certificate will be refused again: no retries, no backoff
             raise NetworkError(
@@ -460,6 +462,7 @@ class _Attempts:
         if self.deadline is not None and time.monotonic() + pause > self.deadline:
             raise self.past_deadline() from exc  # waiting would only overrun it
         self.settings.sleep(pause)
+        interrupt.check()
 
     def past_deadline(self) -> NetworkError:
         return NetworkError(f"download of {self.url} ran past its deadline", hint=self.hint)
