@@ -122,7 +122,9 @@ def make_client(settings: HttpSettings = HttpSettings(), transport: httpx.BaseTr
     )
 
 
-class _Retry(Exception):
+class Retry(Exception):
+    """A failure worth another try; `wait` is how long the server asked us to wait, if it said."""
+
     def __init__(self, reason: str, wait: float | None = None):
         super().__init__(reason)
         self.wait = wait
@@ -132,7 +134,7 @@ class _Restart(Exception):
     """Throw the partial file away and start again from byte 0."""
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     if value.strip().isdigit():
@@ -225,7 +227,7 @@ class Download:
 
     def run(self, expected_sha256: str | None) -> Copy:
         """Fetch until complete, then check the hash. A mismatch deletes the partial file."""
-        attempts = _Attempts(self.url, self.settings, hint="the partial file is kept: run the same command again to resume")
+        attempts = Attempts(self.url, self.settings, hint="the partial file is kept: run the same command again to resume")
         restarts = 0
         while True:
             try:
@@ -236,7 +238,7 @@ class Download:
                 self.discard()
                 if restarts > self.settings.retries:
                     raise NetworkError(f"{self.url}: the server keeps answering ranges wrongly") from None
-            except (httpx.TransportError, _Retry) as exc:
+            except (httpx.TransportError, Retry) as exc:
                 attempts.failed(exc)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"download of {self.url} failed: {exc}") from exc
@@ -250,7 +252,7 @@ class Download:
             raise
         return copy
 
-    def _attempt(self, attempts: _Attempts, expected_sha256: str | None) -> Copy:
+    def _attempt(self, attempts: Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
         with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
             if response.status_code in (200, 206):
@@ -267,7 +269,7 @@ class Download:
             self._as_one_stream(offset)
             return self._receive(response, offset, attempts, first)
 
-    def _receive(self, response: httpx.Response, offset: int, attempts: _Attempts, first: segmented.First | None = None) -> Copy:
+    def _receive(self, response: httpx.Response, offset: int, attempts: Attempts, first: segmented.First | None = None) -> Copy:
         """One stream into the partial file. `first`: ranges would let several connections help;
         after segmented.PROBE seconds, they take over if the stream is slow enough to need them."""
         code = response.status_code
@@ -297,11 +299,11 @@ class Download:
         if probe is not None and probe.switch:
             return self._segments(first, chunks, response.request, [(0, copy.done)], attempts, copy, probe.rate)
         if total is not None and copy.done < total:
-            raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+            raise Retry(f"connection closed at {copy.done} of {total} bytes")
         return copy
 
     def _segments(
-        self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, ranges: list, attempts: _Attempts,
+        self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, ranges: list, attempts: Attempts,
         copy: Copy | None = None, lead_rate: float | None = None,
     ) -> Copy:
         """The rest of the file over several connections, into the preallocated partial file; `body`
@@ -352,10 +354,10 @@ class Download:
         self._single = not isinstance(exc, segmented.Changed) or self._changes > 0
         self._changes += 1
 
-    def _fetch_for_segments(self, attempts: _Attempts, meter: Meter | None) -> segmented.Fetch:
+    def _fetch_for_segments(self, attempts: Attempts, meter: Meter | None) -> segmented.Fetch:
         return segmented.Fetch(
             self.client, self.url, self.auth, self.settings.stall_timeout, self.connections, attempts,
-            retryable=lambda exc: isinstance(exc, (httpx.TransportError, _Retry)), check_status=_check_status, meter=meter,
+            retryable=lambda exc: isinstance(exc, (httpx.TransportError, Retry)), check_status=_check_status, meter=meter,
         )
 
     def _expect(self, copy: Copy, total: int | None) -> None:
@@ -378,20 +380,20 @@ class Download:
         back: a wrong length or checksum is final, and so is a range that starts elsewhere.
         """
         copy = Copy(out, what=self.what, meter=self.meter, plain=self.plain)
-        attempts = _Attempts(self.url, self.settings, hint="nothing of it was kept: run the same command again")
+        attempts = Attempts(self.url, self.settings, hint="nothing of it was kept: run the same command again")
         self._validator = None
         while True:
             try:
                 self._stream_attempt(copy, attempts)
                 break
-            except (httpx.TransportError, _Retry) as exc:
+            except (httpx.TransportError, Retry) as exc:
                 attempts.failed(exc)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"download of {self.url} failed: {exc}") from exc
         copy.check(expected_sha256, self.size_cap)
         return copy
 
-    def _stream_attempt(self, copy: Copy, attempts: _Attempts) -> None:
+    def _stream_attempt(self, copy: Copy, attempts: Attempts) -> None:
         done = copy.done
         with self.client.stream("GET", self.url, headers=_resume_headers(done, self._validator), auth=self.auth) as response:
             code = response.status_code
@@ -412,9 +414,9 @@ class Download:
             if probe is not None and probe.switch:
                 self._stream_segments(first, body, response.request, copy, attempts, probe.rate)
         if total is not None and copy.done < total:
-            raise _Retry(f"connection closed at {copy.done} of {total} bytes")
+            raise Retry(f"connection closed at {copy.done} of {total} bytes")
 
-    def _stream_segments(self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, copy: Copy, attempts: _Attempts, lead_rate: float) -> None:
+    def _stream_segments(self, first: segmented.First, body: Iterator[bytes], request: httpx.Request, copy: Copy, attempts: Attempts, lead_rate: float) -> None:
         """The rest over several connections into a bounded window in memory, written out in order."""
         self._validator = first.if_range
         plan = segmented.Plan(first.size, [(0, copy.done)], window=segmented.STREAM_WINDOW)
@@ -425,7 +427,7 @@ class Download:
             run.run(body, request, lead_rate)
         except segmented.Inconsistent as exc:
             self._after_inconsistent(exc)  # what was written stays; one stream goes on from there (If-Range)
-            raise _Retry(str(exc)) from None
+            raise Retry(str(exc)) from None
         finally:
             self.connections_used = max(self.connections_used, run.used)
 
@@ -433,7 +435,7 @@ class Download:
 _FORWARD_ONLY = "the bytes already streamed cannot be taken back: run the same command again to start over"
 
 
-class _Attempts:
+class Attempts:
     """The retry budget of one file, shared by run() and stream_into(): backoff, Retry-After, deadline."""
 
     def __init__(self, url: str, settings: HttpSettings, *, hint: str):
@@ -494,7 +496,7 @@ def _check_status(response: httpx.Response) -> None:
     """Anything but a 200 or 206 (416 is the caller's) is retried or refused here."""
     code = response.status_code
     if code in RETRYABLE_STATUS:
-        raise _Retry(f"HTTP {code}", _retry_after(response.headers.get("retry-after")))
+        raise Retry(f"HTTP {code}", retry_after(response.headers.get("retry-after")))
     if code not in (200, 206):
         raise _status_error(response)
 

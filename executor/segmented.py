@@ -331,7 +331,7 @@ class Fetch:
     auth: httpx.Auth | None
     stall_timeout: float
     connections: int
-    attempts: object  # executor.http._Attempts: failed(exc), until_deadline(chunks)
+    attempts: object  # executor.http.Attempts: failed(exc), until_deadline(chunks)
     retryable: Callable[[BaseException], bool]
     check_status: Callable[[httpx.Response], None]  # raises for what is neither 200 nor 206
     meter: object | None = None

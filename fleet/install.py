@@ -55,7 +55,7 @@ from sideload.api import (
     SideloadRequest,
     TrustOptions,
     _check_offline_needs,
-    _check_policy,
+    check_policy,
     run_offline_steps,
     trusted_keys,
 )
@@ -193,7 +193,7 @@ def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequ
     if skip:
         return Outcome(pack.key, notes=[skip])
     notes: list[str] = []
-    _check_policy(engine, pack, SideloadRequest(Path(), allow_downgrade=True, force=request.force, hardware=request.hardware, warnings=notes))
+    check_policy(engine, pack, SideloadRequest(Path(), allow_downgrade=True, force=request.force, hardware=request.hardware, warnings=notes))
     # code from the host: offline steps run only as this host's catalog defines them, or with --allow-commands
     check_pack_for_host(pack, signed.manifest.files_for(pack.key), request.catalog, allow_commands=bool({pack.id, pack.key} & set(request.allow_commands)))
     _check_offline_needs(engine, pack)

@@ -25,9 +25,9 @@ import httpx
 from executor.config import Config, HttpSettings
 from executor.http import (  # one retry budget for every request
     RETRYABLE_STATUS,
-    _Attempts,
-    _Retry,
-    _retry_after,
+    Attempts,
+    Retry,
+    retry_after,
     read_limited,
 )
 from executor.oci import RegistryAuth, is_local_registry
@@ -120,15 +120,15 @@ class Endpoint:
 
     def send(self, method: str, url, *, limit: int = SMALL_LIMIT, **kwargs) -> httpx.Response:
         """One small request, its body read (at most `limit` bytes), retried on a dropped connection, 429 and 5xx."""
-        attempts = _Attempts(str(url), self.settings, hint="the site's server is unreachable or overloaded: run the same command again later")
+        attempts = Attempts(str(url), self.settings, hint="the site's server is unreachable or overloaded: run the same command again later")
         while True:
             try:
                 with self.client.stream(method, url, auth=self.auth, **kwargs) as response:
                     if response.status_code in RETRYABLE_STATUS:
-                        raise _Retry(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")))
+                        raise Retry(f"HTTP {response.status_code}", retry_after(response.headers.get("retry-after")))
                     body = read_limited(response, limit, str(url))
                 return httpx.Response(response.status_code, headers=response.headers, content=body, request=response.request)  # read whole, bounded
-            except (httpx.TransportError, _Retry) as exc:
+            except (httpx.TransportError, Retry) as exc:
                 attempts.failed(exc)
             except httpx.HTTPError as exc:
                 raise NetworkError(f"{method} {url} failed: {exc}") from exc

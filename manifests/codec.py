@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from datetime import datetime
 from json.encoder import encode_basestring as _json_string  # json's escaping with ensure_ascii=False
 from typing import Any
 
 from manifests.errors import BundleStructureError
+from manifests.fields import SHA256, Fields, json_type
 from manifests.model import (
     FOR_HOST_VERSION,
     KEPT,
@@ -42,8 +42,6 @@ from manifests.steps import ToolCommand, parse_step, step_doc
 
 __all__ = ["parse_manifest", "parse_parts_index", "sha256sum_lines", "to_json", "unpack_doc"]
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would let a trailing newline through
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
 
 
@@ -178,90 +176,16 @@ def parse_parts_index(data: bytes) -> PartsIndex:
     return _parts_from_doc(_load_json(data, "parts index"))
 
 
-class _Obj:
-    """Typed reads from one JSON object, naming the document and field in every error."""
-
-    def __init__(self, doc: str, where: str, value: Any):
-        self.doc, self.where = doc, where
-        if not isinstance(value, dict):
-            raise self.fail(None, f"must be a JSON object, got {_json_type(value)}")
-        self.value = value
-
-    def name(self, key: str | None) -> str:
-        if key is None:
-            return self.where or "(top level)"
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str | None, problem: str) -> BundleStructureError:
-        return BundleStructureError(f"{self.doc}: field '{self.name(key)}': {problem}")
-
-    def only(self, *allowed: str) -> None:
-        missing = [k for k in allowed if k not in self.value]
-        if missing:
-            raise self.fail(missing[0], "missing")
-        extra = sorted(set(self.value) - set(allowed))
-        if extra:
-            raise self.fail(extra[0], "unknown field")
-
-    def get(self, key: str, *types: type, what: str) -> Any:
-        value = self.value[key]
-        # bool is an int in Python, never in our documents.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise self.fail(key, f"must be {what}, got {_json_type(value)}")
-        return value
-
-    def text(self, key: str, *, empty: bool = False) -> str:
-        value = self.get(key, str, what="a string")
-        if not empty and not value:
-            raise self.fail(key, "must not be empty")
-        if _CONTROL.search(value):
-            raise self.fail(key, "must not contain NUL or control characters")
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        return None if self.value[key] is None else self.text(key)
-
-    def integer(self, key: str, *, minimum: int = 0) -> int:
-        value = self.get(key, int, what="an integer")
-        if value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def boolean(self, key: str) -> bool:
-        return self.get(key, bool, what="true or false")
-
-    def sha256(self, key: str) -> str:
-        value = self.get(key, str, what="a string")
-        if not _SHA256.fullmatch(value):
-            raise self.fail(key, "must be 64 lowercase hex digits (a sha256)")
-        return value
-
-    def key_id(self, key: str) -> str | None:
-        value = self.value[key]
-        if value is not None and not is_key_id(value):
-            raise self.fail(key, "must be null or 64 lowercase hex digits (a key id)")
-        return value
-
-    def timestamp(self, key: str) -> datetime:
-        text = self.text(key)
-        try:
-            return parse_timestamp(text)
-        except ValueError as exc:
-            raise self.fail(key, f"must be an ISO 8601 UTC time such as 2024-05-01T12:00:00Z: {exc}") from None
-
-    def array(self, key: str) -> list[Any]:
-        return self.get(key, list, what="an array")
-
-    def child(self, key: str, index: int | None = None) -> _Obj:
-        value = self.value[key] if index is None else self.value[key][index]
-        return _Obj(self.doc, self.name(key) + ("" if index is None else f"[{index}]"), value)
+def _Obj(doc: str, where: str, value: Any) -> Fields:
+    """A reader of one object of a bundle document: what it refuses is bad data (exit 3)."""
+    return Fields(doc, where, value, BundleStructureError)
 
 
-def _json_type(value: Any) -> str:
-    names = {
-        dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-    }  # fmt: skip
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+def _key_id(obj: Fields, key: str) -> str | None:
+    value = obj.value[key]
+    if value is not None and not is_key_id(value):
+        raise obj.fail(key, "must be null or 64 lowercase hex digits (a key id)")
+    return value
 
 
 def _load_json(data: bytes, doc: str) -> Any:
@@ -297,7 +221,7 @@ def _refuse_constant(doc: str):
     return hook
 
 
-def _check_format_version(top: _Obj) -> int:
+def _check_format_version(top: Fields) -> int:
     if "format_version" not in top.value:
         raise top.fail("format_version", "missing")
     version = top.get("format_version", int, what="an integer")
@@ -307,14 +231,14 @@ def _check_format_version(top: _Obj) -> int:
     return version
 
 
-def _check_rel_path(obj: _Obj, key: str, path: str) -> None:
+def _check_rel_path(obj: Fields, key: str, path: str) -> None:
     """A relative POSIX path in canonical form: it can only ever name a place below its root."""
     problem = relative_path_problem(path)
     if problem is not None:
         raise obj.fail(key, problem)
 
 
-def _check_file_name(obj: _Obj, key: str, name: str) -> None:
+def _check_file_name(obj: Fields, key: str, name: str) -> None:
     if "/" in name or "\\" in name or name in (".", ".."):
         raise obj.fail(key, f"{name!r}: must be a plain file name")
 
@@ -323,8 +247,8 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
     top = _Obj(MANIFEST_NAME, "", doc)
     version = _check_format_version(top)
     top.only("format_version", "bundle_id", "created", "expires", "tool_version", "signer_key_id", "packs", "files", *(["for_host"] if "for_host" in top.value else []))
-    created = top.timestamp("created")
-    if top.value["expires"] is not None and top.timestamp("expires") <= created:
+    created = top.timestamp("created", parse_timestamp)
+    if top.value["expires"] is not None and top.timestamp("expires", parse_timestamp) <= created:
         raise top.fail("expires", "must be later than 'created'")
     packs = tuple(_pack_from_doc(top.child("packs", i)) for i in range(len(top.array("packs"))))
     files = _files_from_doc(top, packs, release_files)
@@ -341,14 +265,14 @@ def _manifest_from_doc(doc: Any, *, release_files: bool = False) -> BundleManife
         created=top.value["created"],
         expires=top.value["expires"],
         tool_version=top.text("tool_version"),
-        signer_key_id=top.key_id("signer_key_id"),
+        signer_key_id=_key_id(top, "signer_key_id"),
         packs=packs,
         files=files,
         for_host=for_host,
     )
 
 
-def _pack_from_doc(p: _Obj) -> PackEntry:
+def _pack_from_doc(p: Fields) -> PackEntry:
     p.only(
         "key", "id", "label", "data_type", "choices", "update_schedule", "fetched_at",
         "offline_steps", "source", "checksum_verified", "tool_hint", "hardware",
@@ -357,9 +281,9 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     choices = p.child("choices")
     for name, value in choices.value.items():
         if not name or not isinstance(value, str):
-            raise choices.fail(name, f"choices map a name to a string, got {_json_type(value)}")
+            raise choices.fail(name, f"choices map a name to a string, got {json_type(value)}")
     steps = tuple(_offline_step(p, i, data) for i, data in enumerate(p.array("offline_steps")))
-    p.timestamp("fetched_at")
+    p.timestamp("fetched_at", parse_timestamp)
     hardware = p.child("hardware")
     hardware.only("gpu_vendor", "min_vram_mb")
     python_packages = p.array("python_packages") if "python_packages" in p.value else []
@@ -384,7 +308,7 @@ def _pack_from_doc(p: _Obj) -> PackEntry:
     )
 
 
-def _offline_step(p: _Obj, index: int, data: Any) -> ToolCommand:
+def _offline_step(p: Fields, index: int, data: Any) -> ToolCommand:
     """The recipes' own step parser, failing as a manifest fails; only programs run offline."""
     where = p.name("offline_steps") + f"[{index}]"
     step = parse_step(data, where, lambda field, problem: BundleStructureError(f"{p.doc}: field '{field}': {problem}"))
@@ -397,7 +321,7 @@ def _offline_step(p: _Obj, index: int, data: Any) -> ToolCommand:
     return step
 
 
-def _files_from_doc(top: _Obj, packs: tuple[PackEntry, ...], release: bool) -> tuple[FileEntry, ...]:
+def _files_from_doc(top: Fields, packs: tuple[PackEntry, ...], release: bool) -> tuple[FileEntry, ...]:
     """`release`: drop each JSON object once it is read (the document is ours alone), so that the
     parsed JSON and the model are never held whole at once: megabytes with 20,000 files."""
     items = top.array("files")
@@ -422,13 +346,13 @@ def _well_formed_file(item: Any, pack_keys: dict[str, str]) -> FileEntry | None:
         and type(path) is str and is_relative_path(path)
         and type(member) is str and is_relative_path(member) and member not in RESERVED_MEMBERS
         and type(size) is int and size >= 0
-        and type(sha256) is str and _SHA256.fullmatch(sha256)
+        and type(sha256) is str and SHA256.fullmatch(sha256)
     ):  # fmt: skip
         return FileEntry(pack_key=pack_keys[pack_key], path=path, size=size, sha256=sha256, member=member)
     return None
 
 
-def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
+def _file_from_doc(f: Fields, pack_keys: dict[str, str]) -> FileEntry:
     f.only("pack_key", "path", "size", "sha256", "member", *[k for k in ("unpack", "from_host") if k in f.value])
     path, size, sha256 = f.text("path"), f.integer("size"), f.sha256("sha256")
     from_host = _from_host_from_doc(f.child("from_host"), size, sha256) if "from_host" in f.value else None
@@ -449,7 +373,7 @@ def _file_from_doc(f: _Obj, pack_keys: dict[str, str]) -> FileEntry:
     return FileEntry(pack_key=pack_keys.get(pack_key, pack_key), path=path, size=size, sha256=sha256, member=member, unpack=unpack, from_host=from_host)
 
 
-def _from_host_from_doc(h: _Obj, size: int, sha256: str) -> FromHost:
+def _from_host_from_doc(h: Fields, size: int, sha256: str) -> FromHost:
     kind = h.text("kind")
     if kind == KEPT:
         h.only("kind")
@@ -463,12 +387,12 @@ def _from_host_from_doc(h: _Obj, size: int, sha256: str) -> FromHost:
     return FromHost(REBUILT, h.integer("base_size"), h.sha256("base_sha256"), h.integer("carried_size"), h.sha256("carried_sha256"), chunks, carried_chunks)
 
 
-def _for_host_from_doc(h: _Obj) -> ForHost:
+def _for_host_from_doc(h: Fields) -> ForHost:
     h.only("name", "export_id", "exported_at")
     return ForHost(h.text("name"), h.text("export_id"), h.text("exported_at"))
 
 
-def _unpack_from_doc(u: _Obj) -> Unpack:
+def _unpack_from_doc(u: Fields) -> Unpack:
     u.only("format", "strip_components", "unpacked_size_bytes")
     if u.value["format"] not in UNPACK_FORMATS:
         raise u.fail("format", f"must be one of {', '.join(UNPACK_FORMATS)}, got {u.value['format']!r}")
@@ -497,5 +421,5 @@ def _parts_from_doc(doc: Any) -> PartsIndex:
         raise top.fail("total_size", f"is {total}, but the parts add up to {sum(p.size for p in parts)}")
     return PartsIndex(
         bundle_name=bundle_name, parts=tuple(parts), total_size=total,
-        signer_key_id=top.key_id("signer_key_id"), format_version=version,
+        signer_key_id=_key_id(top, "signer_key_id"), format_version=version,
     )  # fmt: skip

@@ -25,7 +25,7 @@ from manifests.chunk_format import (
     index_count,
 )
 from manifests.errors import UsageError
-from manifests.names import IDENTIFIER_RULE, is_identifier, is_relative_path
+from manifests.fields import Fields
 
 EXPORT_FORMAT = 1
 MAX_EXPORT_BYTES = 64 << 20  # a host with 2 TiB of indexed files writes about 5 MiB per 10 GiB: room to spare
@@ -123,134 +123,71 @@ def parse_export(data: bytes, name: str = "export") -> HostState:
     try:
         doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        raise ExportError(f"{name} is not valid JSON: {exc}", hint="export it again on the host with `devops-cp data status --export FILE`") from None
-    top = _Reader(name, "", doc)
+        raise ExportError(f"{name} is not valid JSON: {exc}", hint=REEXPORT_HINT) from None
+    top = _reader(name, doc)
     top.only("export_format", "tool_version", "reads_manifest_formats", "host", "created", "chunker", "packs", "free_space", "gpus", "wants")
-    if top.get("export_format", int) != EXPORT_FORMAT:
+    if top.get("export_format", int, what="an integer") != EXPORT_FORMAT:
         raise top.fail("export_format", f"version {top.value['export_format']} is not supported, this tool reads version {EXPORT_FORMAT}")
-    if top.get("chunker", dict) != CHUNKER_DOC:
-        raise top.fail("chunker", f"the host cut its files with other settings than this builder ({CHUNKER_DOC})", hint="use the same devops-cp version on both sides")
-    formats = top.items("reads_manifest_formats")
+    if top.get("chunker", dict, what="a JSON object") != CHUNKER_DOC:
+        problem = f"the host cut its files with other settings than this builder ({CHUNKER_DOC})"
+        raise ExportError(f"{name}: field 'chunker': {problem}", hint="use the same devops-cp version on both sides")
+    formats = top.array("reads_manifest_formats", max_items=MAX_ITEMS)
     if not all(type(v) is int and v > 0 for v in formats):
         raise top.fail("reads_manifest_formats", "must be a list of positive integers")
     host = top.child("host")
     host.only("name", "export_id")
-    packs = tuple(_pack(top.child("packs", i)) for i in range(len(top.items("packs"))))
+    packs = tuple(_pack(top.child("packs", i)) for i in range(len(top.array("packs", max_items=MAX_ITEMS))))
     if len({p.key for p in packs}) != len(packs):
         raise top.fail("packs", "lists a pack key twice")
     free = {}
-    for i in range(len(top.items("free_space"))):
+    for i in range(len(top.array("free_space", max_items=MAX_ITEMS))):
         entry = top.child("free_space", i)
         entry.only("data_type", "free_bytes")
-        free[entry.pack_id("data_type")] = entry.count("free_bytes")
-    gpus = tuple(top.child("gpus", i).value for i in range(len(top.items("gpus"))))
+        free[entry.identifier("data_type")] = entry.integer("free_bytes")
+    gpus = tuple(top.child("gpus", i).value for i in range(len(top.array("gpus", max_items=MAX_ITEMS))))
     wants = []
-    for i in range(len(top.items("wants"))):
+    for i in range(len(top.array("wants", max_items=MAX_ITEMS))):
         w = top.child("wants", i)
         w.only("pack", "choices")
-        wants.append(Want(w.pack_id("pack"), w.choices("choices")))
+        wants.append(Want(w.identifier("pack"), w.string_map("choices")))
     return HostState(
-        tool_version=top.text("tool_version"), reads_manifest_formats=tuple(formats), host_name=host.text("name"), export_id=host.text("export_id"),
-        created=top.text("created"), packs=packs, free_space=free, gpus=gpus, wants=tuple(wants),
+        tool_version=top.text("tool_version", max_length=MAX_TEXT), reads_manifest_formats=tuple(formats), host_name=host.text("name", max_length=MAX_TEXT), export_id=host.text("export_id", max_length=MAX_TEXT),
+        created=top.text("created", max_length=MAX_TEXT), packs=packs, free_space=free, gpus=gpus, wants=tuple(wants),
     )  # fmt: skip
 
 
-def _pack(p: _Reader) -> HostPack:
+def _pack(p: Fields) -> HostPack:
     p.only("key", "id", "choices", "data_type", "source", "fetched_at", "files")
     files = []
-    for i in range(len(p.items("files"))):
+    for i in range(len(p.array("files", max_items=MAX_ITEMS))):
         f = p.child("files", i)
         f.only("path", "size", "sha256", *(["chunks"] if "chunks" in f.value else []))
-        path, size = f.path("path"), f.count("size")
+        path, size = f.relative_path("path", max_length=MAX_TEXT), f.integer("size")
         chunks = None
         if "chunks" in f.value:
             c = f.child("chunks")
             c.only("count", "index")
             what = f"export: {p.value['key']}/{path}"
-            count = c.count("count")
+            count = c.integer("count")
             check_count(count, size, what)  # before decoding what a lie could make large
             try:
-                raw = base64.b64decode(c.get("index", str), validate=True)
+                raw = base64.b64decode(c.get("index", str, what="a string"), validate=True)
             except binascii.Error:
                 raise c.fail("index", "is not base64") from None
             chunks = check_index(raw, count, size, what)
         files.append(HostFile(path, size, f.sha256("sha256"), chunks))
     if len({f.path for f in files}) != len(files):
         raise p.fail("files", "lists a path twice")
-    return HostPack(p.text("key"), p.pack_id("id"), p.choices("choices"), p.pack_id("data_type"), p.text("source", empty=True), p.text("fetched_at"), tuple(files))
+    return HostPack(p.text("key", max_length=MAX_TEXT), p.identifier("id"), p.string_map("choices"), p.identifier("data_type"), p.text("source", empty=True, max_length=MAX_TEXT), p.text("fetched_at", max_length=MAX_TEXT), tuple(files))
 
 
-class _Reader:
-    """Typed reads from one JSON object of the export, naming the field in every error."""
+REEXPORT_HINT = "export it again on the host with `devops-cp data status --export FILE`"
+MAX_TEXT = 4096
 
-    def __init__(self, doc: str, where: str, value: Any):
-        self.doc, self.where, self.value = doc, where, value
-        if not isinstance(value, dict):
-            raise self.fail(None, "must be a JSON object")
 
-    def fail(self, key: str | None, problem: str, hint: str = "export it again on the host with `devops-cp data status --export FILE`") -> ExportError:
-        name = f"{self.where}.{key}" if self.where and key else key or self.where or "(top level)"
-        return ExportError(f"{self.doc}: field '{name}': {problem}", hint=hint)
-
-    def only(self, *allowed: str) -> None:
-        missing = [k for k in allowed if k not in self.value]
-        if missing:
-            raise self.fail(missing[0], "missing")
-        extra = sorted(set(self.value) - set(allowed))
-        if extra:
-            raise self.fail(extra[0], "unknown field")
-
-    def get(self, key: str, kind: type) -> Any:
-        value = self.value[key]
-        if type(value) is not kind:
-            raise self.fail(key, f"must be a {kind.__name__}")
-        return value
-
-    def text(self, key: str, *, empty: bool = False) -> str:
-        value = self.get(key, str)
-        if (not empty and not value) or len(value) > 4096 or any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise self.fail(key, "must be a non-empty string of at most 4096 printable characters")
-        return value
-
-    def count(self, key: str) -> int:
-        value = self.get(key, int)
-        if value < 0:
-            raise self.fail(key, "must not be negative")
-        return value
-
-    def sha256(self, key: str) -> str:
-        value = self.get(key, str)
-        if not _SHA256.fullmatch(value):
-            raise self.fail(key, "must be 64 lowercase hex digits")
-        return value
-
-    def pack_id(self, key: str) -> str:
-        value = self.get(key, str)
-        if not is_identifier(value):
-            raise self.fail(key, f"must be {IDENTIFIER_RULE}, got {value!r}")
-        return value
-
-    def path(self, key: str) -> str:
-        value = self.text(key)
-        if not is_relative_path(value):
-            raise self.fail(key, f"{value!r} is not a relative path inside the pack")
-        return value
-
-    def choices(self, key: str) -> dict[str, str]:
-        value = self.get(key, dict)
-        if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
-            raise self.fail(key, "must map choice names to values (strings)")
-        return dict(value)
-
-    def items(self, key: str) -> list:
-        value = self.get(key, list)
-        if len(value) > MAX_ITEMS:
-            raise self.fail(key, f"has {len(value)} entries, more than the {MAX_ITEMS} allowed")
-        return value
-
-    def child(self, key: str, index: int | None = None) -> _Reader:
-        value = self.value[key] if index is None else self.value[key][index]
-        return _Reader(self.doc, f"{self.where + '.' if self.where else ''}{key}{'' if index is None else f'[{index}]'}", value)
+def _reader(name: str, doc: Any) -> Fields:
+    """A reader of the export: what it refuses is the user's input to fix (exit 2)."""
+    return Fields(name, "", doc, lambda message: ExportError(message, hint=REEXPORT_HINT))
 
 
 def _no_duplicates(pairs):

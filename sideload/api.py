@@ -192,7 +192,8 @@ def _check_downgrade(engine: Engine, pack: PackEntry, request: SideloadRequest) 
         )
 
 
-def _check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+def check_policy(engine: Engine, pack: PackEntry, request: SideloadRequest) -> None:
+    """The host's own rules for one pack: no downgrade unless asked, and the GPU rule."""
     _check_downgrade(engine, pack, request)
     fit = gpu_fit(request.hardware or Hardware(), pack.gpu_vendor, pack.min_vram_mb)
     if fit.missing_gpu:
@@ -219,7 +220,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         commands_allowed = check_code_from_host(engine, manifest, selected, request)
         data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
         for pack in selected:
-            _check_policy(engine, pack, request)
+            check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
         current = _check_host_files(engine, manifest, selected, data_dirs)  # a bundle made for this host: what it builds on is here, unchanged
         needs = {d: 0 for d in data_dirs.values()}
