@@ -25,8 +25,9 @@ from typing import BinaryIO, Iterable, Iterator
 import zstandard
 
 from executor.events import Meter
+from executor.preflight import Room
 from executor.transfer import CHUNK_SIZE, SMALL_FILE, Copy, closing_output, file_chunks, small_file_writer
-from manifests.errors import LengthError, UnsafeArchiveError
+from manifests.errors import LengthError, NoSpaceError, UnsafeArchiveError
 from manifests.names import archive_member_path
 
 
@@ -38,7 +39,8 @@ SMALL_ARCHIVE_BOUND = 16 * 2**20  # but at least this: a tiny archive's headers 
 def unpack_bound(estimate: int | None, archive_size: int | None = None) -> int | None:
     """The most bytes an archive may unpack to. With the recipe's estimate: twice it (an estimate);
     without one: DEFAULT_BOUND times the archive (at least SMALL_ARCHIVE_BOUND). Past it, extraction
-    stops with LengthError (exit 3); a disk that fills up first stops it with NoSpaceError (exit 5)."""
+    stops with LengthError (exit 3). Extraction onto disk is also held within the free space less the
+    margin (`Room`): past that, NoSpaceError (exit 5), so the exit code says which limit bit."""
     if estimate:
         bound = estimate * UNPACK_BOUND
     elif archive_size is not None:
@@ -221,8 +223,8 @@ ArchiveItem = tuple[str, int, "_MemberReader"]  # path after stripping, size, a 
 class _Walk:
     """The rules of one member walk, member by member, in archive order."""
 
-    def __init__(self, strip: int, max_total: int | None, archive: str):
-        self.strip, self.max_total, self.archive = strip, max_total, archive
+    def __init__(self, strip: int, max_total: int | None, archive: str, room: Room | None = None):
+        self.strip, self.max_total, self.archive, self.room = strip, max_total, archive, room
         self.unpacked = 0  # every plain member's bytes, also the ones stripped away: they are decompressed too
         self.files: set[str] = set()
         self.folders: set[str] = set()  # named by a folder member or above a file; never also in `files`
@@ -232,6 +234,8 @@ class _Walk:
         self.unpacked += size
         if self.max_total is not None and self.unpacked > self.max_total:
             raise LengthError(f"{self.archive} unpacks to more than the {self.max_total} bytes allowed for it", hint="raise unpacked_size_bytes in the recipe if the data really grew")
+        if self.room is not None and not self.room.holds(self.unpacked):
+            raise NoSpaceError(self.room.where, self.room.needed(self.unpacked), self.room.free)
         rel = safe_member_path(name, self.strip, self.archive)
         if rel is None:
             return None
@@ -297,9 +301,9 @@ class _MemberReader:
             raise _damaged(self.archive, exc) from exc
 
 
-def iter_tar_stream(raw: BinaryIO, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive") -> Iterator[ArchiveItem]:
+def iter_tar_stream(raw: BinaryIO, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive", room: Room | None = None) -> Iterator[ArchiveItem]:
     """Every plain file of a tar stream read front to back, once (see iter_archive)."""
-    walk = _Walk(strip, max_total, name)
+    walk = _Walk(strip, max_total, name, room)
     with _damaged_archive_is_untrusted(name), tarfile.open(fileobj=ForwardOnly(_decompressed(raw, fmt)), mode="r:") as tf:
         while (member := next_member(tf)) is not None:
             if member.isdir():
@@ -323,19 +327,19 @@ def _iter_zip(archive: Path, walk: _Walk) -> Iterator[ArchiveItem]:
                     yield rel, info.file_size, _MemberReader(source, walk.archive)
 
 
-def iter_archive(path: Path, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str | None = None) -> Iterator[ArchiveItem]:
+def iter_archive(path: Path, fmt: str, *, strip: int = 0, max_total: int | None = None, name: str | None = None, room: Room | None = None) -> Iterator[ArchiveItem]:
     """Every plain file of an archive on disk, in archive order, checked and stripped.
 
     Yields (path after stripping `strip` leading folders, size, a reader of exactly `size`
     bytes, valid until the next item). Raises UnsafeArchiveError for a hostile or damaged
-    archive and LengthError past `max_total` unpacked bytes. Nothing is written.
+    archive and LengthError past `max_total` unpacked bytes; NoSpaceError past `room`. Nothing is written.
     """
     name = name or path.name
     if fmt == "zip":
-        yield from _iter_zip(path, _Walk(strip, max_total, name))
+        yield from _iter_zip(path, _Walk(strip, max_total, name, room))
         return
     with open(path, "rb") as raw:
-        yield from iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name)
+        yield from iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name, room=room)
 
 
 def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None, archive: str) -> int:
@@ -369,10 +373,10 @@ def _place(items: Iterator[ArchiveItem], txn, dest_rel: str, meter: Meter | None
 
 
 def extract_tar_stream(raw: BinaryIO, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, name: str = "archive", meter: Meter | None = None) -> int:
-    """Extract a tar stream (read front to back, once) into `txn` under `dest_rel`."""
-    return _place(iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name), txn, dest_rel, meter, name)
+    """Extract a tar stream (read front to back, once) into `txn` under `dest_rel`, within the room there is."""
+    return _place(iter_tar_stream(raw, fmt, strip=strip, max_total=max_total, name=name, room=Room.at(txn.data_dir, txn.files_root)), txn, dest_rel, meter, name)
 
 
 def extract(archive: Path, fmt: str, txn, dest_rel: str, *, strip: int = 0, max_total: int | None = None, meter: Meter | None = None) -> int:
-    """Extract a file on disk into `txn` under `dest_rel`; returns the bytes unpacked."""
-    return _place(iter_archive(archive, fmt, strip=strip, max_total=max_total), txn, dest_rel, meter, archive.name)
+    """Extract a file on disk into `txn` under `dest_rel`, within the room there is; returns the bytes unpacked."""
+    return _place(iter_archive(archive, fmt, strip=strip, max_total=max_total, room=Room.at(txn.data_dir, txn.files_root)), txn, dest_rel, meter, archive.name)

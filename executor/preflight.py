@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from manifests.errors import NoSpaceError, ToolError
@@ -23,6 +25,26 @@ def check_space(directory: Path, needed_bytes: int) -> None:
     wanted = int(needed_bytes * SPACE_MARGIN)
     if free < wanted:
         raise NoSpaceError(str(directory), wanted, free)
+
+
+@dataclass(frozen=True)
+class Room:
+    """The free space where an archive unpacks, measured as it starts: what it writes must fit, margin
+    included, the same margin the check before the first byte uses."""
+
+    where: str  # the data dir, as the error names it
+    free: int
+
+    @classmethod
+    def at(cls, where: Path, directory: Path) -> "Room":
+        return cls(str(where), shutil.disk_usage(existing_parent(directory)).free)
+
+    def holds(self, size: int) -> bool:
+        return self.needed(size) <= self.free
+
+    @staticmethod
+    def needed(size: int) -> int:
+        return math.ceil(size * SPACE_MARGIN)
 
 
 def check_space_for(needs: dict[Path, int]) -> None:

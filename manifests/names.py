@@ -7,7 +7,9 @@ Pure: the callers turn a problem into their own error.
 
 from __future__ import annotations
 
+import posixpath
 import re
+from collections.abc import Iterable, Mapping
 
 __all__ = [
     "IDENTIFIER_RULE",
@@ -22,6 +24,7 @@ __all__ = [
     "pack_key",
     "record_file_name",
     "relative_path_problem",
+    "shared_path",
 ]
 
 # Pack ids and data types (DECISIONS "Second round"): a data type names a folder, a pack id a
@@ -141,3 +144,34 @@ def record_file_name(key: str) -> str:
     if safe.startswith("."):  # never a hidden file, never '.' or '..'
         safe = "%2E" + safe[1:]
     return safe + ".json"
+
+
+def shared_path(files: Mapping[str, Iterable[str]], folders: Mapping[str, Iterable[str]] | None = None) -> str | None:
+    """Why two owners (packs) claim one path, or None. `files`: each owner's files, `folders`: folders
+    each owner has whole (an archive unpacks there), all as absolute paths (data dir joined).
+
+    A clash: one file of two owners; a file of one that is a folder of another (above its file or
+    folder, or its whole folder). Clashes inside one owner are the manifest's and archive walk's rules.
+    """
+    owner: dict[str, str] = {}
+    for key, paths in files.items():
+        for path in paths:
+            other = owner.setdefault(path, key)
+            if other != key:
+                return f"{path} is a file of both {other!r} and {key!r}"
+    seen: set[str] = set()  # folders checked already, with every folder above them
+    for key, paths in [*files.items(), *(folders or {}).items()]:
+        for path in paths:
+            folder = posixpath.dirname(path)
+            while folder not in seen and folder != posixpath.dirname(folder):
+                other = owner.get(folder)
+                if other is not None and other != key:
+                    return f"{folder} is a file of {other!r} and a folder of {key!r}"
+                seen.add(folder)
+                folder = posixpath.dirname(folder)
+    for key, paths in (folders or {}).items():
+        for path in paths:
+            other = owner.get(path)
+            if other is not None and other != key:
+                return f"{path} is a file of {other!r} and the folder {key!r} unpacks an archive into"
+    return None

@@ -16,15 +16,17 @@ In order, for a manifest:
 3. The document's own rules (`check_manifest`): pack ids, data types and choice names
    are identifiers, choice values plain names; a pack's key is its id and choices, so
    two packs never share an install record; every file belongs to a listed pack, no path
-   or member twice, no file that is also a folder; the tool's wheels only under tool/.
-   Exit 3.
+   or member twice, no file that is also a folder, no path of two packs of one data type;
+   the tool's wheels only under tool/. Exit 3.
 4. The signer the manifest names is the key that signed it; it has not expired
    (--allow-expired). Exit 3 and 4.
 5. What this host allows, whoever signed (`check_pack_for_host`): choice values are the
    host recipe's options (or identifiers where the host has no recipe), and offline steps
    run only when the host's own catalog defines the same pack with the same steps and the
    files they use match the host recipe's pins; otherwise the pack is refused unless the
-   operator named it with --allow-commands. Exit 4.
+   operator named it with --allow-commands. Exit 4. And no two packs of one bundle claim
+   one path once the host has put each data type in its data dir (`check_packs_share_no_path`;
+   for an archive's members, the same rule once it is unpacked, before anything is visible). Exit 3.
 
 A parts index gets steps 1, 2 and 4.
 """
@@ -32,7 +34,8 @@ A parts index gets steps 1, 2 and 4.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 from datetime import datetime
 
@@ -54,7 +57,7 @@ from manifests.model import (
     format_timestamp,
     parse_timestamp,
 )
-from manifests.names import IDENTIFIER_RULE, OPTION_VALUE_RULE, is_identifier, is_option_value, pack_key
+from manifests.names import IDENTIFIER_RULE, OPTION_VALUE_RULE, is_identifier, is_option_value, pack_key, shared_path
 from manifests.plan import resolve
 from manifests.signing import SIGNATURE_SIZE, key_id
 from manifests.steps import Download, LocalCopy
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_manifest",
     "check_pack_for_host",
+    "check_packs_share_no_path",
     "verify_manifest",
     "verify_parts_index",
     "verify_signature",
@@ -220,6 +224,8 @@ def check_manifest(manifest: BundleManifest) -> None:
         if entry.member:  # a file kept from the host has none
             members.add(entry.member)
         _check_tool_member(i, entry, tool_keys)
+    # Two packs of one data type share its data dir on every host (the host checks its own [data_dirs] too).
+    check_packs_share_no_path(manifest, {p.key: p.data_type for p in manifest.packs if p.data_type != TOOL_DATA_TYPE})
     # 'a' and 'a/b' in one pack: one of them would have to be a file and a directory at once (unless 'a' is an archive's folder).
     for key, in_pack in paths.items():
         unpacked = folders_to_unpack[key]
@@ -295,6 +301,27 @@ def check_pack_for_host(pack: PackEntry, files: Iterable[FileEntry], catalog: Ca
                 found = f"carries sha256:{carried[step.dest]}" if step.dest in carried else "does not carry it"
                 raise _commands_refused(pack, f"this host's recipe {recipe.source} pins {step.dest} to sha256:{pinned}, and the bundle {found}")
     return recipe
+
+
+def check_packs_share_no_path(manifest: BundleManifest, data_dirs: Mapping[str, str]) -> None:
+    """Rule 4 inside one bundle: no two of the packs being installed (`data_dirs`: each one's data
+    dir, as this host resolves its data type) claim one path. What an archive unpacks is known only
+    while unpacking: its folder is checked here, its members by `shared_path` on what was staged."""
+    files: dict[str, list[str]] = {key: [] for key in data_dirs}
+    folders: dict[str, list[str]] = {key: [] for key in data_dirs}
+    for entry in manifest.files:
+        if entry.pack_key in data_dirs:
+            (files if entry.unpack is None else folders)[entry.pack_key].append(posixpath.join(data_dirs[entry.pack_key], entry.path))
+    clash = shared_path(files, folders)
+    if clash is not None:
+        raise packs_clash(clash)
+
+
+def packs_clash(clash: str) -> BundleStructureError:
+    return BundleStructureError(
+        f"two packs of this bundle claim one path: {clash}",
+        hint="the bundle is damaged or hostile, or this host's [data_dirs] puts two of its data types in one folder; nothing was installed",
+    )
 
 
 def _check_choice_values(pack: PackEntry, recipe: Recipe | None) -> None:

@@ -33,7 +33,8 @@ from manifests.bundle import TOOL_DATA_TYPE, BundleManifest, FileEntry, PackEntr
 from manifests.errors import DataPackError, HardwareRequirementError, Interrupted, LengthError, NoSpaceError, NotWritableError, PolicyError, SignatureError, UnsafeArchiveError, UsageError
 from manifests.catalog import Catalog, load_catalog
 from manifests.hardware import Hardware, gpu_fit
-from manifests.trust import check_pack_for_host
+from manifests.names import shared_path
+from manifests.trust import check_pack_for_host, check_packs_share_no_path, packs_clash
 from sideload.reader import BundleReader, locate, read_parts_index
 
 
@@ -219,6 +220,7 @@ def sideload_bundle(engine: Engine, request: SideloadRequest) -> list[Outcome]:
         selected = _select(manifest, request.packs)
         commands_allowed = check_code_from_host(engine, manifest, selected, request)
         data_dirs = {p.key: engine.store.data_dir(p.data_type) for p in selected}
+        check_packs_share_no_path(manifest, {key: str(d) for key, d in data_dirs.items()})
         for pack in selected:
             check_policy(engine, pack, request)
             _check_offline_needs(engine, pack)
@@ -253,6 +255,7 @@ def _install_selected(engine, reader, held: list[BundleManifest], request, selec
             txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
             _stream_payload(engine, reader, manifest, txns, current)
             reader.finish()  # trailing data and every part's hash, before anything becomes visible
+            _check_staged_paths(txns)
             bundle_id, created = manifest.bundle_id, manifest.created
             del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
             with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
@@ -264,6 +267,14 @@ def _install_selected(engine, reader, held: list[BundleManifest], request, selec
     finally:
         for directory in set(data_dirs.values()):
             tidy_staging(engine.store, directory)
+
+
+def _check_staged_paths(txns: dict[str, PackTransaction]) -> None:
+    """Rule 4 for what archives unpacked (their members are known only now): no path of two packs."""
+    if len(txns) > 1:
+        clash = shared_path({key: [os.path.join(txn.data_dir, rel) for rel in txn.files] for key, txn in txns.items()})
+        if clash is not None:
+            raise packs_clash(clash)
 
 
 def _commit_or_stop(engine, bundle_id, created, pack, txn, request, operator_allowed: bool) -> Outcome:
@@ -367,7 +378,7 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         if data_dir is None:
             raise
         needed = sum(_space_needed(f) for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
-        raise NoSpaceError(str(data_dir), needed, exc.free) from exc
+        raise NoSpaceError(str(data_dir), max(needed, exc.needed), exc.free) from exc  # an archive without an estimate: what it unpacked to
     meter.done(done)
 
 

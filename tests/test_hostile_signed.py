@@ -6,9 +6,10 @@ with the README's exit code (2 usage, 3 verification, 4 policy: never 0, never 1
 leave HOME and everything beside it byte for byte as it was (lock files in the state dir aside).
 
 Rules here: 1 (identifiers, record names), 2 (the tool's state out of reach, choice values),
-3 (code from the host, data from the signer; a strict schema for steps), 7 (trust store
-permissions), 9 (install --source BUNDLE --checksum). Rules 4, 5, 6 and 8 (file ownership,
-updates, unpack bounds, rollback) have their own tests; docs/security.md lists them all.
+3 (code from the host, data from the signer; a strict schema for steps), 4 (two packs of one
+bundle claiming one path), 7 (trust store permissions), 9 (install --source BUNDLE --checksum).
+Rules 4, 5, 6 and 8 against what is already on the host (file ownership, updates, unpack bounds,
+rollback) have their own tests; docs/security.md lists them all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 import pytest
 
 from bundle_helpers import PackSpec, Untouched, hostile_bundle, new_key, write_bundle, write_public_key
+from manifests.model import Unpack
 from manifests.plan import resolve
 from manifests.hardware import Hardware
 from manifests.recipe import parse_recipe
@@ -85,9 +87,18 @@ class Case:
     hosted: bool = False  # this host's catalog defines `hosted`
     modes: tuple[str, ...] = ("trusted", "unsigned")
     split: bool = False
+    config: str = ""  # this host's config file ("{sample}": the sample data type's folder)
 
 
 HOSTED_PACK = PackSpec("hosted", {"w.whl": WHEEL}, choices={"v": "a"})
+TWO_PACKS = [PackSpec("pack", {"a.bin": b"a" * 1000}), PackSpec("other", {"b.bin": b"b" * 1000})]  # files.0 is pack's a.bin, files.1 other's b.bin
+SHARED = "two packs of this bundle claim one path"
+
+
+def _archive_into_db(*members: tuple[str, bytes]) -> dict:
+    from support.tarballs import make_tar_gz
+
+    return {"db": (make_tar_gz([(f"top/{name}", data) for name, data in members]), Unpack("tar.gz", 1))}
 OUTSIDE = "{outside}"  # where a hostile step or path aims: a folder of the user's beside HOME
 
 CASES = [
@@ -116,6 +127,13 @@ CASES = [
     Case("offline-step-that-downloads", 3, "only tool_command", _set("packs.0.offline_steps", [{"type": "download", "url": "https://x.invalid/a", "dest": "a"}])),
     Case("allow-commands-with-allow-unsigned", 2, "cannot be used with --allow-unsigned", _set("packs.0.offline_steps", [{"type": "tool_command", "command": ["sh", "-c", f"touch {OUTSIDE}/pwned"]}]), command=("sideload", "{bundle}", "--allow-commands", "pack"), modes=("unsigned",)),
     Case("allow-commands-naming-no-pack-of-the-bundle", 2, "no such pack", _set("packs.0.offline_steps", [{"type": "tool_command", "command": ["sh", "-c", f"touch {OUTSIDE}/pwned"]}]), command=("sideload", "{bundle}", "--allow-commands", "another"), modes=("trusted",)),
+    # rule 4: two packs of one bundle never claim one path, as this host puts their data types
+    Case("two-packs-claim-one-file", 3, SHARED, _set("files.1.path", "a.bin"), packs=TWO_PACKS),
+    Case("a-file-of-one-pack-is-the-folder-of-another", 3, SHARED, _set("files.1.path", "a.bin/b.bin"), packs=TWO_PACKS),
+    Case("two-data-types-this-host-puts-in-one-folder", 3, SHARED, _all(_set("packs.1.data_type", "other_type"), _set("files.1.path", "a.bin")), packs=TWO_PACKS, config='[data_dirs]\nother_type = "{sample}"\n'),
+    Case("a-data-dir-inside-another-packs-folder", 3, SHARED, _all(_set("packs.1.data_type", "other_type"), _set("files.1.path", "b.bin"), _set("files.0.path", "nested/b.bin")), packs=TWO_PACKS, config='[data_dirs]\nother_type = "{sample}/nested"\n'),
+    Case("an-archive-member-is-a-file-of-another-pack", 3, SHARED, packs=[PackSpec("pack", {}, archives=_archive_into_db(("x.bin", b"1" * 100))), PackSpec("other", {"db/x.bin": b"2" * 100})]),
+    Case("two-packs-archives-unpack-one-file", 3, SHARED, packs=[PackSpec("pack", {}, archives=_archive_into_db(("x.bin", b"1" * 100))), PackSpec("other", {}, archives=_archive_into_db(("y.bin", b"y"), ("x.bin", b"2" * 100)))]),
     # rule 9: --checksum with a bundle is checked, or refused
     Case("install-source-bundle-with-a-wrong-checksum", 3, "does not match --checksum", command=("install", "pack", "--source", "{bundle}", "--checksum", "sha256:" + "0" * 64), modes=("trusted",)),
     Case("install-source-split-bundle-with-a-checksum", 2, "split into parts", command=("install", "pack", "--source", "{bundle}", "--checksum", "sha256:" + "0" * 64), modes=("trusted",), split=True),
@@ -177,6 +195,8 @@ MATRIX = [pytest.param(case, mode, id=f"{case.name}-{mode}") for case in CASES f
 def test_a_hostile_bundle_is_refused_and_nothing_changes(stick, isolated_env, case, mode):
     if case.hosted:
         (isolated_env.catalog / "hosted.toml").write_text(HOSTED)
+    if case.config:
+        isolated_env.write_config(case.config.replace("{sample}", str(isolated_env.sample_dir())))
     bundle = stick.build(case, mode)
     untouched = Untouched(isolated_env.home.parent, stick.tmp)  # HOME, the catalog beside it, the stick, the user's folder
     result = stick.run(case, mode, bundle)
@@ -201,6 +221,21 @@ def test_allow_commands_runs_a_signed_packs_steps_and_prints_each_first(stick, i
     assert result.exit_code == 0, result.stderr
     assert f"--allow-commands): sh -c touch {stick.outside}/allowed" in result.stderr
     assert (stick.outside / "allowed").exists()
+
+
+def test_two_packs_side_by_side_in_one_folder_install(stick, isolated_env):
+    """The control for the rule-4 cases: two packs' archives unpack into one folder, and a third pack's
+    file sits beside them; no path is claimed twice, so all install."""
+    packs = [
+        PackSpec("pack", {}, archives=_archive_into_db(("x.bin", b"1" * 100))),
+        PackSpec("other", {"db/z.bin": b"z"}, archives=_archive_into_db(("y.bin", b"2" * 100))),
+    ]
+    bundle = stick.build(Case("side-by-side", 0, "", packs=packs), "trusted")
+    result = stick.run(Case("side-by-side", 0, ""), "trusted", bundle)
+    assert result.exit_code == 0, result.stderr
+    db = isolated_env.sample_dir() / "db"
+    assert sorted(p.name for p in db.iterdir()) == ["x.bin", "y.bin", "z.bin"]
+    assert [f["path"] for f in isolated_env.record("other")["files"]] == ["db/y.bin", "db/z.bin"]
 
 
 def test_install_source_bundle_with_its_right_checksum_installs(stick):

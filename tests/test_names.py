@@ -13,6 +13,7 @@ from manifests.names import (
     pack_key,
     record_file_name,
     relative_path_problem,
+    shared_path,
 )
 
 
@@ -82,3 +83,21 @@ def test_record_file_names_of_ordinary_keys_are_unchanged():
     """Records written before keep their names: an installed pack is found again after an upgrade."""
     for key in ("trivy-db", "whisper-model@model_size=base.en", pack_key("geolite2", {"edition": "GeoLite2-City"})):
         assert record_file_name(key) == key + ".json"
+
+
+@pytest.mark.parametrize(
+    "files, folders, clash",
+    [
+        ({"a": ["/d/x", "/d/y/z"], "b": ["/d/x2", "/d/y/w"]}, {}, None),  # side by side in one folder: no clash
+        ({"a": ["/d/x"], "b": ["/d/x"]}, {}, "/d/x is a file of both 'a' and 'b'"),
+        ({"a": ["/d/x"], "b": ["/d/x/y"]}, {}, "/d/x is a file of 'a' and a folder of 'b'"),
+        ({"a": ["/d/x/y"], "b": ["/d/x"]}, {}, "/d/x is a file of 'b' and a folder of 'a'"),
+        ({"a": ["/d/q"]}, {"b": ["/d/q"]}, "/d/q is a file of 'a' and the folder 'b' unpacks an archive into"),
+        ({"a": ["/d/q"]}, {"b": ["/d/q/r"]}, "/d/q is a file of 'a' and a folder of 'b'"),
+        ({"a": ["/d/q/r"]}, {"b": ["/d/q"]}, None),  # known once b's archive is unpacked: checked then
+        ({"a": [], "b": []}, {"a": ["/d/q"], "b": ["/d/q"]}, None),  # two archives into one folder: their members decide
+        ({"a": ["/d/x", "/d/x/y"]}, {}, None),  # inside one pack: the manifest's own rule, not this one
+    ],
+)
+def test_shared_path_finds_a_path_two_packs_claim(files, folders, clash):
+    assert shared_path(files, folders) == clash

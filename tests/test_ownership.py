@@ -170,6 +170,45 @@ def test_an_archive_without_a_size_estimate_is_bounded_and_a_refusal_leaves_no_d
     assert home_snapshot(isolated_env) == before
 
 
+def zeros_tar_gz(size: int) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("top/zeros.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "estimate, code, said",
+    [
+        (None, 5, "not enough space in"),  # the default bound (16 MiB) is past the room: the room bites, exit 5
+        (2_000_000, 5, "not enough space in"),  # within its bound (4 MB), the estimate fits, what it really unpacks to does not
+        (1_000_000, 3, "unpacks to more than the 2000000 bytes"),  # its own bound comes first: bad data, exit 3
+    ],
+    ids=["no-estimate-past-the-room", "estimate-past-the-room", "past-its-bound-before-the-room"],
+)
+def test_an_unpack_is_held_within_the_free_space_and_the_exit_code_says_which_limit_bit(estimate, code, said, cli, bundles, isolated_env, tmpfs):
+    """3.5 MiB of zeros on a 4 MiB filesystem: it would fit, but not with the margin every write keeps
+    (the check before the first byte keeps it too). Past the room: exit 5 saying how much is needed
+    and free; past the archive's bound: exit 3. Either way nothing is left there."""
+    from manifests.model import Unpack
+
+    small = tmpfs("4m")
+    isolated_env.write_config(f'[data_dirs]\nsample = "{small}"\n')
+    before = home_snapshot(isolated_env)
+    archive = zeros_tar_gz(3 * 2**20 + 2**19)
+    bundle = bundles("big", [PackSpec("big", {"small.txt": b"fits"}, fetched_at=T0, archives={"db": (archive, Unpack("tar.gz", 1, unpacked_size_bytes=estimate))})])
+    result = sideload(cli, bundles, bundle)
+    assert result.exit_code == code and said in result.stderr, result.stderr
+    if code == 5:
+        assert "needs 4.2 MiB" in result.stderr and "MiB free" in result.stderr, result.stderr
+    assert list(small.iterdir()) == [] and home_snapshot(isolated_env) == before
+
+
 def test_a_name_longer_than_a_filesystem_allows_is_refused_before_anything_is_visible(cli, bundles, isolated_env):
     data_dir = isolated_env.sample_dir()
     before = home_snapshot(isolated_env)
