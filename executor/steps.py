@@ -61,6 +61,7 @@ class StepOutcome:
     source: str = ""
     checksum_verified: bool = True
     notes: list[str] = field(default_factory=list)
+    upstream: dict | None = None  # a download's validators (executor/upstream.py), for the install record
 
 
 def step_label(step: Step) -> str:
@@ -167,6 +168,8 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
         download.discard()  # disk full, or a file the filesystem cannot hold: the partial file goes
         raise
     outcome = StepOutcome(source=url, checksum_verified=expected is not None)
+    if download.validators is not None:
+        outcome.upstream = download.validators.to_json()
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
     try:
