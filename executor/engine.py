@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, assert_never
 
-from executor import consumers, interrupt, steps as step_types
-from executor.config import Config, WriteSettings
+from executor import consumers, interrupt, steps as step_types, upstream
+from executor.config import Config, WriteSettings, rewrite_url
 from executor.events import Listener, LockedListener, Notice, ignore
 from executor.inplace import InPlaceFinder
-from executor.intact import PLAN_KEY, changed_file, plan_fingerprint, why_outdated
+from executor.intact import PLAN_KEY, changed_file, plan_fingerprint, schedule_due, why_outdated
 from executor.pip_uninstall import PYTHON_KEY, uninstall_wheels
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import BUNDLE_MANIFEST_KEY, FileRecord, InstallRecord, Store, now_iso
 from executor.transfer import hash_file
 from executor.txn import PackTransaction, prune_empty_parents, recover, tidy_staging
-from manifests.errors import ConfirmationRequired, DataPackError, UsageError
+from manifests.errors import ConfigError, ConfirmationRequired, DataPackError, UsageError
 from manifests.plan import Plan
 from manifests.steps import Download, LocalCopy, OciArtifact, ToolCommand, sizes
 from manifests.units import estimated_times, fmt_size
@@ -58,6 +58,7 @@ class Outcome:
     error: DataPackError | None = None
     notes: list[str] = field(default_factory=list)  # warnings a person should read
     already_installed: bool = False  # intact and current: nothing was downloaded (record: the installed one)
+    upstream: str | None = None  # a moving target's upstream when already installed: "unchanged", "unreachable", "not asked"
 
 
 @dataclass(frozen=True)
@@ -275,13 +276,58 @@ class Engine:
                 continue
             outdated = why_outdated(self.store, plan, record)
             changed = None if outdated else changed_file(record, verify=verify)
+            outcome = Outcome(plan.key, record=record, already_installed=True)
+            if outdated is None and changed is None and plan.recipe.schedule_seconds is not None:
+                outdated = self._moving_target_update(plan, record, outcome)
             if outdated:
                 self.listener(Notice(plan.key, "info", f"installed, but {outdated}: fetching it again"))
             elif changed:
                 self.listener(Notice(plan.key, "info", f"repairing: {changed}"))
             else:
-                done[plan.key] = Outcome(plan.key, record=record, already_installed=True)
+                done[plan.key] = outcome
         return done
+
+    def _moving_target_update(self, plan: Plan, record: InstallRecord, outcome: Outcome) -> str | None:
+        """Why an intact moving target is fetched again (its upstream changed), or None; what was
+        asked goes into `outcome`. Upstream out of reach keeps the installed pack, with a warning."""
+        answer = self.ask_upstream(plan, record)
+        if answer.state == upstream.CHANGED:
+            return f"an update: upstream has changed ({answer.detail})"
+        if answer.state == upstream.UNCHANGED:
+            outcome.upstream = "unchanged"
+            return None
+        if answer.state == upstream.UNREACHABLE:
+            outcome.upstream = "unreachable"
+            note = f"upstream could not be checked ({answer.detail}): kept the installed version"
+            outcome.notes.append(note)
+            self.listener(Notice(plan.key, "warning", note))
+            return None
+        why = schedule_due(self.store, plan, record)
+        outcome.upstream = "not asked"
+        self.listener(Notice(plan.key, "info", f"{answer.detail}: judged by its {plan.recipe.update_schedule} schedule instead"))
+        return why
+
+    def ask_upstream(self, plan: Plan, record: InstallRecord) -> upstream.Answer:
+        """Has the upstream of each of the plan's downloads changed since `record` was fetched?
+        UNDECIDED when the record holds no validators for one of them (or the plan downloads nothing)."""
+        kept = upstream.recorded(record.extra)
+        ctx = self.step_context()
+        checks = []
+        for step in plan.steps:
+            if not isinstance(step, Download):
+                continue
+            url = rewrite_url(step.url, self.config.mirrors)
+            validators = kept.get(url)
+            if validators is None or not validators.usable:
+                return upstream.Answer(upstream.UNDECIDED, f"no ETag or Last-Modified was recorded for {url}")
+            try:
+                auth = step_types.credentials_auth(ctx, plan.recipe, step.credentials, url, step.url)
+            except ConfigError as exc:
+                return upstream.Answer(upstream.UNREACHABLE, exc.message)
+            checks.append((validators, auth))
+        if not checks:
+            return upstream.Answer(upstream.UNDECIDED, "it downloads nothing over HTTP")
+        return upstream.ask(self.client(), checks)
 
     def _install(self, plans: list[Plan], confirm: Confirm, source: LocalSource | None, *, keep: bool = False, verify: bool = False) -> list[Outcome]:
         """Each pack downloads into its own staging area under its own lock; a data dir's lock is
@@ -328,7 +374,7 @@ class Engine:
                             txn,
                             source=", ".join(o.source for o in outcomes if o.source),
                             checksum_verified=all(o.checksum_verified for o in outcomes),
-                            extra={PLAN_KEY: plan_fingerprint(plan), **({PYTHON_KEY: self.python} if step_types.uses_python(plan.steps) else {})},
+                            extra={PLAN_KEY: plan_fingerprint(plan), **({PYTHON_KEY: self.python} if step_types.uses_python(plan.steps) else {}), **_upstream_extra(outcomes)},
                         )
         except DataPackError as exc:
             return Outcome(plan.key, error=exc)
@@ -338,7 +384,9 @@ class Engine:
         return Outcome(plan.key, record=record, notes=notes)
 
     def in_place_finder(self, plan: Plan, data_dir: Path, current: InstallRecord | None, *, verify: bool = False) -> InPlaceFinder:
-        same_version = current is not None and why_outdated(self.store, plan, current) is None
+        # A repair of the installed version: a step without a checksum would fetch what the record
+        # says it fetched. Not for a moving target, whose upstream may have moved on since.
+        same_version = current is not None and plan.recipe.schedule_seconds is None and why_outdated(self.store, plan, current) is None
         return InPlaceFinder(data_dir, plan.key, current, self.store.records(), verify=verify, same_version=same_version)
 
     def say_waiting(self, key: str) -> Callable[[str], None]:
@@ -383,6 +431,12 @@ def _kept_note(txn: PackTransaction, unpacked: int) -> str:
     if unpacked:
         return f"its archive had to be fetched again; {replaced} changed or missing file(s) from it replaced, {kept} unchanged file(s) left as they were"
     return f"{replaced} file(s) fetched, {kept} unchanged file(s) left as they were"
+
+
+def _upstream_extra(outcomes: list[step_types.StepOutcome]) -> dict:
+    """The downloads' validators, for the record: a later install asks upstream with them."""
+    found = [o.upstream for o in outcomes if o.upstream is not None]
+    return {upstream.UPSTREAM_KEY: found} if found else {}
 
 
 def _installed_meanwhile(seen: InstallRecord | None, current: InstallRecord | None) -> bool:

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from executor import upstream
 from executor.intact import MTIME_SLACK
 from executor.store import InstallRecord, parse_iso
 from executor.transfer import hash_file
@@ -54,6 +55,7 @@ class InPlaceFinder:
         self.adopted_before = set(previous.adopted) if ours else set()
         self.installed_by = parse_iso(previous.installed_at).timestamp() + MTIME_SLACK if ours else 0.0
         self.owned_by_others = {f.path for r in others if r.key != key and Path(r.data_dir) == data_dir for f in r.files}
+        self.validators = upstream.recorded(previous.extra) if ours else {}
 
     def find(self, rel: str, sha256: str | None, size: int | None = None) -> InPlace | None:
         """The file at `rel` when it is what the step would produce (`sha256`; `size` when known), else None."""
@@ -70,6 +72,12 @@ class InPlaceFinder:
         if sha256 is None or rel in self.owned_by_others or found.st_uid != os.getuid() or found.st_nlink != 1:
             return None  # adopting it could change something else: another pack's file, a link, not this user's
         return self._rehashed(path, rel, found, sha256, adopted=True)
+
+    def validators_for(self, url: str, kept: InPlace) -> dict | None:
+        """The installed version's validators for `url` (executor/upstream.py), carried over for a file
+        it kept: a later install can still ask upstream. None for a file adopted now (never fetched)."""
+        found = self.validators.get(url) if kept.rel in self.recorded else None
+        return found.to_json() if found is not None else None
 
     def adoption_note(self, kept: InPlace) -> str | None:
         """What to tell the user about a file adopted just now (None for one kept from the installed version)."""

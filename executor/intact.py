@@ -2,8 +2,9 @@
 
 A file matches when its size is the record's and it was not modified after the install (its
 modification time is not later than the record's installed_at); `verify=True` re-hashes every
-file instead. A moving target (a schedule other than manual) older than its schedule is due
-for an update, and a recipe that now fetches from other URLs is a new version: neither is intact.
+file instead. A recipe that now fetches from other URLs is a new version: not intact. Whether a
+moving target (a schedule other than manual) has an update is asked of its upstream
+(executor/upstream.py); `schedule_due` is the answer when there is nothing to ask with.
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ from manifests.steps import Download
 MTIME_SLACK = 2.0  # installed_at has whole seconds; the files were written just before it
 
 
-def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: bool = False) -> str | None:
-    """None when the installed pack is intact and current, else why it must be fetched again."""
-    return why_outdated(store, plan, record) or changed_file(record, verify=verify)
-
-
 def why_outdated(store: Store, plan: Plan, record: InstallRecord) -> str | None:
-    """Why the installed version is not the one the recipe would install now (an update); None when it is."""
-    if plan.recipe.schedule_seconds is not None and store.freshness(record, plan.recipe.schedule_seconds)["stale"]:
-        return f"an update: fetched {record.fetched_at}, older than its {plan.recipe.update_schedule} schedule"
+    """Why the recipe would install another version now; None when it would not. (Whether a
+    moving target's upstream has moved on is asked of the server: executor/upstream.py.)"""
     recorded = record.extra.get(PLAN_KEY)
     if recorded is not None and recorded != plan_fingerprint(plan):
         return "its recipe has changed since"
     urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if isinstance(s, Download)]
     if recorded is None and urls and len(urls) == len(plan.steps) and record.source != ", ".join(urls):
         return "its recipe fetches a different version now"
+    return None
+
+
+def schedule_due(store: Store, plan: Plan, record: InstallRecord) -> str | None:
+    """A moving target whose upstream cannot be asked: due when older than its schedule."""
+    if plan.recipe.schedule_seconds is not None and store.freshness(record, plan.recipe.schedule_seconds)["stale"]:
+        return f"an update: fetched {record.fetched_at}, older than its {plan.recipe.update_schedule} schedule"
     return None
 
 

@@ -22,7 +22,7 @@ from executor import extract as extractor
 from executor.config import Config, rewrite_url
 from executor.events import Listener, Meter, Notice
 from executor.preflight import check_space, check_tools
-from executor.inplace import InPlaceFinder
+from executor.inplace import InPlace, InPlaceFinder
 from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
 from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, LengthError, NoSpaceError, ToolError, TrustError, UsageError
@@ -63,6 +63,7 @@ class StepOutcome:
     source: str = ""
     checksum_verified: bool = True
     notes: list[str] = field(default_factory=list)
+    upstream: dict | None = None  # a download's validators (executor/upstream.py), for the install record
 
 
 def step_label(step: Step) -> str:
@@ -142,8 +143,8 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
     url = rewrite_url(step.url, ctx.config.mirrors)
     auth = credentials_auth(ctx, recipe, step.credentials, url, step.url)
     expected = _expected_checksum(ctx, recipe, step, url)
-    if kept_in_place(ctx, key, step, txn, expected):
-        return StepOutcome(source=url, checksum_verified=expected is not None)
+    if kept := kept_in_place(ctx, key, step, txn, expected):
+        return StepOutcome(source=url, checksum_verified=expected is not None, upstream=ctx.in_place.validators_for(url, kept))
     data_dir = txn.data_dir
     extra = step.unpacked_size_bytes or 0 if step.extract and not txn.keep_archives else 0  # room to unpack it, where it will be
     meter = Meter(ctx.listener, key, index, step_label(step), step.size_bytes)
@@ -171,6 +172,8 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
         download.discard()  # disk full, or a file the filesystem cannot hold: the partial file goes
         raise
     outcome = StepOutcome(source=url, checksum_verified=expected is not None)
+    if download.validators is not None:
+        outcome.upstream = download.validators.to_json()
     if expected is None:
         outcome.notes.append(f"{url} has no published checksum: recorded sha256:{copy.sha256} as received")
     try:
@@ -182,18 +185,18 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
     return outcome
 
 
-def kept_in_place(ctx: StepContext, key: str, step: Download | LocalCopy, txn: PackTransaction, expected: str | None) -> bool:
-    """True when the step's file is in the data dir already, as the step would produce it: kept
-    there (adopted when no pack had it), and nothing is fetched or copied."""
+def kept_in_place(ctx: StepContext, key: str, step: Download | LocalCopy, txn: PackTransaction, expected: str | None) -> InPlace | None:
+    """The step's file when the data dir has it already, as the step would produce it: kept there
+    (adopted when no pack had it), and nothing is fetched or copied. None: the step runs."""
     if ctx.in_place is None or step.extract:
-        return False
+        return None
     kept = ctx.in_place.find(step.dest, expected, step.size_bytes if step.size_exact else None)
     if kept is None:
-        return False
+        return None
     txn.keep_in_place(kept)
     if note := ctx.in_place.adoption_note(kept):
         ctx.listener(Notice(key, "info", note))
-    return True
+    return kept
 
 
 def place_file(path: Path, step: Download | LocalCopy | OciArtifact, txn: PackTransaction, copy: Copy, meter: Meter | None, *, data_type: str = "") -> None:

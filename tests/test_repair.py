@@ -335,3 +335,37 @@ def test_a_kept_file_that_changes_before_the_commit_stops_the_install(local_serv
     assert gets(local_server, "/late/a.bin") == []
     assert (data_dir / "late" / "a.bin").read_bytes() == a + b"the user's addition"
     assert not (data_dir / "late" / "b.bin").exists() and not (isolated_env.records_dir / "late.json").exists()
+
+
+def test_a_moving_target_without_checksums_is_fetched_whole_so_its_files_stay_one_version(cli, local_server, write_recipe, isolated_env):
+    """Nothing pins what a daily pack's files should be: keeping one and fetching the other could
+    join yesterday's file to today's. Both are fetched again."""
+    a1, a2, b = payload(40_000, seed=81), payload(40_000, seed=82), payload(40_000, seed=83)
+    steps = [download_step(local_server.add("/d/a.bin", a1), "d/a.bin", a1, checksum=False), download_step(local_server.add("/d/b.bin", b), "d/b.bin", b, checksum=False)]
+    write_recipe("daily", steps, update_schedule="daily")
+    assert cli("install", "daily", "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    (data_dir / "d" / "b.bin").unlink()
+    local_server.replace("/d/a.bin", a2)  # upstream moved on
+    result = cli("install", "daily", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert len(gets(local_server, "/d/a.bin")) == 2 and (data_dir / "d" / "a.bin").read_bytes() == a2
+    assert {f["path"]: f["sha256"] for f in isolated_env.record("daily")["files"]} == {"d/a.bin": sha256(a2), "d/b.bin": sha256(b)}
+
+
+def test_a_moving_target_with_published_checksums_keeps_a_file_that_still_matches_and_its_validators(cli, local_server, write_recipe, isolated_env):
+    a, b = payload(40_000, seed=91), payload(40_000, seed=92)
+    local_server.add("/p/SHA256SUMS", f"{sha256(a)}  a.bin\n{sha256(b)}  b.bin\n".encode())
+    listing = local_server.url("/p/SHA256SUMS")
+    steps = [download_step(local_server.add(f"/p/{n}.bin", data), f"p/{n}.bin", data, checksum=False, checksum_url=listing) for n, data in (("a", a), ("b", b))]
+    write_recipe("listed", steps, update_schedule="daily")
+    assert cli("install", "listed", "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    validators = isolated_env.record("listed")["extra"]["upstream"]
+    untouched = inodes(data_dir, ["p/a.bin"])
+    (data_dir / "p" / "b.bin").unlink()
+    result = cli("install", "listed", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert len(gets(local_server, "/p/a.bin")) == 1 and len(gets(local_server, "/p/b.bin")) == 2
+    assert inodes(data_dir, ["p/a.bin"]) == untouched
+    assert sorted(v["url"] for v in isolated_env.record("listed")["extra"]["upstream"]) == sorted(v["url"] for v in validators)
