@@ -291,7 +291,7 @@ class Download:
         chunks = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
         probe = segmented.Probe(first.size, offset) if first is not None else None
         with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve, plain=self.plain) as out:
-            copy.out, copy.writeback = out, self.writeback
+            copy.out, copy.writeback, copy.write_thread = out, self.writeback, True  # a socket's bytes: see WriteThread
             try:
                 copy.feed(probe.watch(chunks) if probe else chunks)
             finally:
