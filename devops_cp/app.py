@@ -56,7 +56,7 @@ class App:
         from executor.events import ignore
         from executor.config import HttpSettings
 
-        return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(), python=python or sys.executable, overwrite=overwrite)
+        return Engine(self.store, listener=listener or ignore, settings=self.settings or HttpSettings(stall_timeout=self.config.stall_timeout), python=python or sys.executable, overwrite=overwrite)
 
     def plan(self, pack_arg: str, extra_choices: tuple[str, ...] = (), *, mode: str = "install", force: bool = False) -> Plan:
         pack_id, choices = parse_choice_args(pack_arg, extra_choices)

@@ -272,7 +272,7 @@ def install(packs, choices, yes, force, reinstall, verify, overwrite, source, ch
         if site is not None:
             if choices:
                 raise UsageError("-c does not combine with --from", hint="write the choices into the pack: PACK:KEY=VALUE")
-            sys.exit(fleet_cli.run_install_from(app, site, packs, trust_files=trust_files, plain_http=plain_http, version=version, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_commands=allow_commands, force=force, python=python, progress=progress, as_json=as_json))
+            sys.exit(fleet_cli.run_install_from(app, site, packs, trust_files=trust_files, plain_http=plain_http, version=version, allow_downgrade=allow_downgrade, allow_expired=allow_expired, allow_commands=allow_commands, force=force, python=python, progress=progress, quiet=quiet, as_json=as_json))
     if not packs:
         raise UsageError("name at least one pack", hint="`devops-cp data list` shows them; `install --from SITE` alone updates the installed packs from a site")
     if source is not None and _is_bundle(source):
@@ -369,6 +369,8 @@ def check_updates(from_site, trust_files, plain_http, all_packs: bool, as_json: 
     for row in document["packs"]:
         if row["reason"] == "never downloaded":
             state = "never downloaded"
+        elif row.get("upstream") in ("unchanged", "changed"):
+            state = f"{'UPDATE AVAILABLE: ' if row['stale'] else 'up to date: '}{row['reason']} (fetched {row['fetched_at']})"
         elif row["stale"]:
             state = f"STALE (fetched {row['fetched_at']})"
         elif "next_update_seconds" in row:

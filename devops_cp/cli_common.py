@@ -80,11 +80,13 @@ def print_outcomes(outcomes, as_json: bool) -> int:
         else:
             record = outcome.record
             already = getattr(outcome, "already_installed", False)
-            results.append({"pack": record.key, "ok": True, "already_installed": already, "record": record_json(record), "warnings": outcome.notes})
+            asked = getattr(outcome, "upstream", None)
+            results.append({"pack": record.key, "ok": True, "already_installed": already, "upstream": asked, "record": record_json(record), "warnings": outcome.notes})
             if as_json:
                 continue
             if already:
-                click.echo(f"already installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir} (--reinstall downloads it again)")
+                upstream_said = " (upstream unchanged)" if asked == "unchanged" else ""
+                click.echo(f"already installed {record.key}{upstream_said}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir} (--reinstall downloads it again)")
             else:
                 click.echo(f"installed {record.key}: {len(record.files)} file(s), {fmt_size(record.size)} in {record.data_dir}")
     if stopped:

@@ -65,14 +65,14 @@ def site_of(app: App, source: str | None) -> tuple[str, bool] | None:
     return None
 
 
-def run_install_from(app: App, site: tuple[str, bool], packs, *, trust_files=(), plain_http=False, version=None, allow_downgrade=False, allow_expired=False, allow_commands=(), force=False, python=None, progress="auto", as_json=False) -> int:
+def run_install_from(app: App, site: tuple[str, bool], packs, *, trust_files=(), plain_http=False, version=None, allow_downgrade=False, allow_expired=False, allow_commands=(), force=False, python=None, progress="auto", quiet=False, as_json=False) -> int:
     from fleet.install import FromRequest, install_from
     from sideload.api import TrustOptions
 
     request = FromRequest(
         site[0], tuple(packs), TrustOptions(tuple(trust_files), False, allow_expired), plain_http or site[1], version, allow_downgrade, tuple(allow_commands), force, app.hardware, app.catalog
     )
-    with progress_renderer(progress) as listener:
+    with progress_renderer(progress, quiet=quiet) as listener:
         engine = app.engine(listener, python=python)
         try:
             outcomes = install_from(engine, request)

@@ -53,6 +53,8 @@ def check_updates_document(app: App, *, all_packs: bool = False) -> dict:
             continue
         for record in installed or [None]:
             fresh = app.store.freshness(record, recipe.schedule_seconds)
+            if record is not None and recipe.schedule_seconds is not None:
+                fresh = _asked_upstream(app, recipe, record, fresh, warnings)
             rows.append({"pack": recipe.id, "key": record.key if record else recipe.id, "schedule": recipe.update_schedule, **_bundle_date(record), **fresh})
         if not installed and recipe.tool_hint:
             warnings.append(recipe.tool_hint)
@@ -61,6 +63,30 @@ def check_updates_document(app: App, *, all_packs: bool = False) -> dict:
             fresh = app.store.freshness(record, SCHEDULES.get(record.update_schedule))
             rows.append({"pack": record.pack_id, "key": record.key, "schedule": record.update_schedule, **_bundle_date(record), **fresh})
     return {"packs": rows, "warnings": warnings, "not_installed_not_listed": skipped}
+
+
+def _asked_upstream(app: App, recipe: Recipe, record, fresh: dict, warnings: list[str]) -> dict:
+    """The schedule's verdict replaced by upstream's answer where upstream can be asked."""
+    from executor import upstream
+    from manifests.errors import DataPackError
+    from manifests.plan import resolve
+
+    try:
+        plan = resolve(recipe, record.choices, app.hardware, mode="install", force=True)
+    except DataPackError:  # the recipe no longer offers these choices: the schedule judges it
+        return fresh
+    engine = app.engine()
+    try:
+        answer = engine.ask_upstream(plan, record)
+    finally:
+        engine.close()
+    if answer.state == upstream.UNCHANGED:
+        return {**fresh, "stale": False, "reason": "upstream unchanged", "upstream": answer.state}
+    if answer.state == upstream.CHANGED:
+        return {**fresh, "stale": True, "reason": f"upstream has changed ({answer.detail})", "upstream": answer.state}
+    if answer.state == upstream.UNREACHABLE:
+        warnings.append(f"{record.key}: upstream could not be checked ({answer.detail}): judged by its {recipe.update_schedule} schedule")
+    return {**fresh, "upstream": answer.state}
 
 
 def _bundle_date(record) -> dict:

@@ -661,8 +661,15 @@ class _NoTokenInLogs(logging.Filter):
         return True
 
 
-def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool = True):
+def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool = True, on_started: Callable[[], None] | None = None):
+    """`on_started`: called once the sockets accept connections (`serve` prints its URL then)."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_started is not None:
+                on_started()
 
     config = uvicorn.Config(
         web,
@@ -677,7 +684,7 @@ def uvicorn_server(web: Starlette, *, log_level: str = "info", access_log: bool 
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTokenInLogs) for f in logger.filters):
             logger.addFilter(_NoTokenInLogs())
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 __all__ = ["ApiError", "ControlPanel", "Guard", "WebSettings", "create_app", "packs_document", "web_settings"]

@@ -34,21 +34,27 @@ def serve(host: str, port: int) -> None:
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     if not is_loopback(host):
         click.echo(f"warning: listening on {host}: anyone who can reach this address and has the token can start installs", err=True)
-    if generated and sys.stdout.isatty():
-        click.echo(f"devops-cp control panel: {url}?token={settings.token}")
-        click.echo("  (a new token for this run; set [web] token in the config file to keep one)", err=True)
-    elif generated:  # output that may go to a log file or a journal: the token goes to a file of this user's only
+    token_file = None
+    if generated and not sys.stdout.isatty():  # output that may go to a log file or a journal: the token goes to a file of this user's only
         from executor.config import state_dir
         from executor.keys import write_private_file
 
         token_file = state_dir() / TOKEN_FILE
         write_private_file(token_file, settings.token.encode() + b"\n")
-        click.echo(f"devops-cp control panel: {url}  (token in {token_file}, mode 0600: it is printed only to a terminal)")
-    else:
-        click.echo(f"devops-cp control panel: {url}  (token: [web] token in {config.path})")
-    if settings.bundle_dirs:
-        click.echo("  sideload reads bundles from: " + ", ".join(map(str, settings.bundle_dirs)), err=True)
-    uvicorn_server(create_app(settings)).run(sockets=[sock])
+
+    def announce() -> None:
+        """Once the socket accepts connections: a URL opened at once is answered."""
+        if generated and token_file is None:
+            click.echo(f"devops-cp control panel: {url}?token={settings.token}")
+            click.echo("  (a new token for this run; set [web] token in the config file to keep one)", err=True)
+        elif generated:
+            click.echo(f"devops-cp control panel: {url}  (token in {token_file}, mode 0600: it is printed only to a terminal)")
+        else:
+            click.echo(f"devops-cp control panel: {url}  (token: [web] token in {config.path})")
+        if settings.bundle_dirs:
+            click.echo("  sideload reads bundles from: " + ", ".join(map(str, settings.bundle_dirs)), err=True)
+
+    uvicorn_server(create_app(settings), on_started=announce).run(sockets=[sock])
 
 
 def register(main: click.Group, data: click.Group) -> None:

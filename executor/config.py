@@ -1,6 +1,6 @@
 """The config file: $DEVOPS_CP_CONFIG, else $XDG_CONFIG_HOME/devops-cp/config.toml.
 
-Keys: catalog_dirs, max_parallel_downloads, max_connections_per_download, lock_timeout, [data_dirs],
+Keys: catalog_dirs, max_parallel_downloads, max_connections_per_download, lock_timeout, stall_timeout, [data_dirs],
 [mirrors], [credentials.NAME] (username, password, hosts), [web] (token, bundle_dirs),
 [writes] (plain; durable, UNSAFE when false).
 [site] (source: the site mirror packs are installed from; plain_http: it speaks HTTP off loopback).
@@ -21,7 +21,7 @@ import platformdirs
 from manifests.errors import ConfigError
 
 APP = "devops-cp"
-KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "site", "writes"}
+KNOWN_KEYS = {"catalog_dirs", "max_parallel_downloads", "max_connections_per_download", "data_dirs", "mirrors", "credentials", "web", "lock_timeout", "stall_timeout", "site", "writes"}
 PLAIN_WRITES_ENV = "DEVOPS_CP_PLAIN_WRITES"  # =1: the same as [writes] plain = true
 
 
@@ -60,6 +60,7 @@ class Config:
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     web: dict = field(default_factory=dict)
     lock_timeout: float = 60.0
+    stall_timeout: float = 60.0  # seconds without a byte before a download retries and resumes
     site_source: str | None = None
     site_plain_http: bool = False
     writes: WriteSettings = WriteSettings()
@@ -138,6 +139,9 @@ def load_config(path: Path | None = None) -> Config:
     lock_timeout = data.get("lock_timeout", 60.0)
     if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
         raise _fail(path, "lock_timeout", "must be a number of seconds")
+    stall_timeout = data.get("stall_timeout", 60.0)
+    if not isinstance(stall_timeout, (int, float)) or isinstance(stall_timeout, bool) or stall_timeout <= 0:
+        raise _fail(path, "stall_timeout", "must be a number of seconds above 0")
     site = data.get("site", {})
     if not isinstance(site, dict) or set(site) - {"source", "plain_http"}:
         raise _fail(path, "site", "must be a table with `source` (oci://HOST[:PORT]/REPO or an http(s) URL) and optionally `plain_http`")
@@ -154,6 +158,7 @@ def load_config(path: Path | None = None) -> Config:
         credentials=credentials,
         web=web,
         lock_timeout=float(lock_timeout),
+        stall_timeout=float(stall_timeout),
         site_source=site.get("source") or None,
         site_plain_http=site.get("plain_http", False),
         writes=_writes(path, data),

@@ -25,12 +25,13 @@ from typing import BinaryIO, Callable, Iterator
 
 import httpx
 
-from executor import durable
+from executor import durable, interrupt
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
 from executor import segmented
 from executor.http_fastpath import body_chunks
 from executor.transfer import Copy, closing_output, hash_file, translate_write_error
+from executor.upstream import Validators
 from manifests.version import VERSION
 from manifests.errors import ChecksumMismatch, ConfigError, DataPackError, LengthError, NetworkError
 
@@ -176,6 +177,7 @@ class Download:
     _changes: int = 0  # times the file changed under a segmented download
     _copy: Copy | None = None
     _validator: str | None = None  # stream_into(): the ETag or Last-Modified its resumes ask for
+    validators: Validators | None = None  # of the last answer whose body run() took: kept in the install record
 
     @property
     def meta_path(self) -> Path:
@@ -253,6 +255,8 @@ class Download:
     def _attempt(self, attempts: Attempts, expected_sha256: str | None) -> Copy:
         offset, validator = self._resume_state()
         with self.client.stream("GET", self.url, headers=_resume_headers(offset, validator), auth=self.auth) as response:
+            if response.status_code in (200, 206):
+                self.validators = Validators.of_response(self.url, response)
             first = None
             if self.connections > 1 and not self._single:
                 meta = self._journal()
@@ -287,7 +291,7 @@ class Download:
         chunks = attempts.until_deadline(body_chunks(response, self.settings.stall_timeout))
         probe = segmented.Probe(first.size, offset) if first is not None else None
         with closing_output(open(self.partial, "ab" if offset else "wb"), reserve=reserve, plain=self.plain) as out:
-            copy.out, copy.writeback = out, self.writeback
+            copy.out, copy.writeback, copy.write_thread = out, self.writeback, True  # a socket's bytes: see WriteThread
             try:
                 copy.feed(probe.watch(chunks) if probe else chunks)
             finally:
@@ -440,7 +444,9 @@ class Attempts:
         self.deadline = time.monotonic() + settings.deadline if settings.deadline else None
 
     def failed(self, exc: Exception) -> None:
-        """Wait before the next attempt, or raise NetworkError when retries or time are spent."""
+        """Wait before the next attempt, or raise NetworkError when retries or time are spent;
+        after Ctrl-C (a read it cut short), Interrupted instead."""
+        interrupt.check()
         refused = _certificate_refused(exc)
         if refused is not None:  # the same certificate will be refused again: no retries, no backoff
             raise NetworkError(
@@ -458,6 +464,7 @@ class Attempts:
         if self.deadline is not None and time.monotonic() + pause > self.deadline:
             raise self.past_deadline() from exc  # waiting would only overrun it
         self.settings.sleep(pause)
+        interrupt.check()
 
     def past_deadline(self) -> NetworkError:
         return NetworkError(f"download of {self.url} ran past its deadline", hint=self.hint)

@@ -14,13 +14,16 @@ tests/test_http_fastpath.py runs the download tests through as well.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpcore
 import httpx
 
+from executor import interrupt
+
 TESTED_HTTPCORE_MAJOR = 1
-SOCKET_READ = 256 << 10
+SOCKET_READ = 1 << 20  # as transfer.CHUNK_SIZE: fewer Python round trips and recv calls per GiB
 
 
 def supported(httpcore_version: str = httpcore.__version__) -> bool:
@@ -34,7 +37,13 @@ ENABLED = supported()  # tests set it False to run the plain path
 
 def body_chunks(response: httpx.Response, stall_timeout: float, *, keep_connection: bool = False) -> Iterator[bytes]:
     """The raw bytes of a response's body; httpcore's read errors surface as httpx's.
-    `keep_connection`: through h11, so that the connection can serve the next request (ranges)."""
+    `keep_connection`: through h11, so that the connection can serve the next request (ranges).
+    Ctrl-C shuts the connection's socket down: a read waiting on a silent server ends at once."""
+    with interrupt.cancelled_by_ctrl_c(_shutdown_of(response)):
+        yield from _body_chunks(response, stall_timeout, keep_connection)
+
+
+def _body_chunks(response: httpx.Response, stall_timeout: float, keep_connection: bool) -> Iterator[bytes]:
     chunks = response.iter_raw()
     stream, length = raw_stream(response) if ENABLED and not keep_connection else (None, 0)
     if stream is None:
@@ -77,3 +86,19 @@ def read_socket(stream: httpcore.NetworkStream, size: int, stall_timeout: float,
         raise httpx.ReadTimeout(f"no data for {stall_timeout:g} s", request=request) from exc
     except httpcore.ReadError as exc:
         raise httpx.ReadError(f"connection failed: {exc or type(exc).__name__}", request=request) from exc
+
+
+def _shutdown_of(response: httpx.Response):
+    """A callable that shuts the response's socket down (the reads on it end), or does nothing."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def shutdown() -> None:
+        if sock is None:
+            return
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: TLS's would touch its state from this thread
+        except OSError:  # closed already
+            pass
+
+    return shutdown

@@ -1,5 +1,7 @@
 """Ctrl-C. The command's SIGINT handler sets STOP; every copy loop (`Copy.feed`) checks it between
-chunks, so download threads stop at their next chunk instead of finishing the download.
+chunks, so download threads stop at their next chunk instead of finishing the download. A read
+blocked on a socket that sends nothing would see STOP only at its timeout: the handler also shuts
+down the sockets registered with `cancelled_by_ctrl_c`, so that read ends at once.
 
 On the main thread the first Ctrl-C also raises `Interrupted` at once, except inside `deferred()`:
 there the main thread is waiting for download threads (which stop by themselves and report
@@ -9,16 +11,19 @@ while stopping is ignored, so cleanup is never cut short by a traceback.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from manifests.errors import Interrupted
 
 STOP = threading.Event()
 _deferred = 0  # main thread only: signal handlers run there
+_cancels: dict[int, Callable[[], None]] = {}  # what the handler calls: one entry per blocked read
+_tokens = itertools.count()
 
 
 def check() -> None:
@@ -44,11 +49,31 @@ def deferred() -> Iterator[None]:
             _deferred -= 1
 
 
+@contextmanager
+def cancelled_by_ctrl_c(cancel: Callable[[], None]) -> Iterator[None]:
+    """While inside, Ctrl-C also calls `cancel` (say, shutting a socket down) from the signal handler.
+    Registered before STOP is checked: a Ctrl-C just before is seen here, one after calls it."""
+    token = next(_tokens)
+    _cancels[token] = cancel
+    try:
+        if STOP.is_set():
+            cancel()
+        yield
+    finally:
+        _cancels.pop(token, None)
+
+
+def _cancel_blocked_reads() -> None:
+    for cancel in list(_cancels.values()):  # a copy: other threads add and remove entries meanwhile
+        cancel()
+
+
 def _on_sigint(signum, frame) -> None:
     if STOP.is_set():
         print("still stopping: finishing what has begun", file=sys.stderr, flush=True)
         return
     STOP.set()
+    _cancel_blocked_reads()
     if _deferred == 0:
         raise interrupted()
 

@@ -5,7 +5,8 @@ and a length, or a 206) shows a large file that cannot change under us: a strong
 Last-Modified (sent with If-Range on every range), or a pinned sha256. That first stream is read
 and hashed as one stream is; a Probe watches it for PROBE seconds, and if its rate is below
 FAST_ENOUGH and leaves more than WORTH_IT seconds of work, Segmented takes over: the stream goes on
-as the lead and helpers join, up to `connections`. They stay only if the total rate rises by a
+as the lead and helpers join, up to `connections` (unless the process kept CPU_BOUND cores busy
+meanwhile: on a busy machine a stream is slow for want of CPU, which more connections only cost). They stay only if the total rate rises by a
 third (a server capping each connection); else one connection goes on alone.
 
 Pieces are handed out in file order, so the contiguous prefix grows steadily and is hashed as it
@@ -38,6 +39,7 @@ MIN_STEAL = 1 << 20  # the tail of a claim is split only while both halves are a
 PROBE = 0.25  # seconds of the lead alone, then of the helpers, before deciding
 WORTH_IT = 1.0  # seconds of work left at the lead's rate that justify helpers
 FAST_ENOUGH = 128 << 20  # bytes/s: one connection this fast is not what limits (a gigabit link, the disk, the hash)
+CPU_BOUND = 0.5  # cores this process kept busy while probing: from here on the CPU limits, not the link
 GAIN = 1.33  # helpers stay if the total rate rose this much
 JOURNAL_EVERY = 0.5  # seconds between journal saves
 WRITEBACK_STEP = 16 << 20
@@ -119,19 +121,25 @@ class Probe:
         self.switch = False
 
     def watch(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        started, got = None, 0  # from the first chunk on: the wait for it is not the link's rate
+        started, got, cpu = None, 0, 0.0  # from the first chunk on: the wait for it is not the link's rate
         for chunk in chunks:
             yield chunk
             now = time.monotonic()
             if started is None:
-                started, self.offset = now, self.offset + len(chunk)
+                started, self.offset, cpu = now, self.offset + len(chunk), time.process_time()
                 continue
             got += len(chunk)
             if self.rate is None and now - started >= PROBE:
                 self.rate = got / (now - started)
-                if self.rate < FAST_ENOUGH and (self.size - self.offset - got) / self.rate > WORTH_IT:
+                if worth_helpers(self.rate, self.size - self.offset - got, (time.process_time() - cpu) / (now - started)):
                     self.switch = True
                     return
+
+
+def worth_helpers(rate: float, left: int, cores: float) -> bool:
+    """Whether helpers may raise a stream's `rate` (bytes/s) with `left` bytes to go: it is slow, with
+    seconds of work left, while the process kept fewer than CPU_BOUND `cores` busy (the link limits)."""
+    return 0 < rate < FAST_ENOUGH and left / rate > WORTH_IT and cores < CPU_BOUND
 
 
 # --- what is done, what is claimed, what is free ------------------------------------------
@@ -376,7 +384,7 @@ class Segmented:
 
     def _coordinate(self, lead_rate: float | None) -> None:
         plan, consumed = self.plan, self.plan.consumed
-        probe_at, probe_bytes = time.monotonic() + PROBE, plan.received
+        probe_at, probe_bytes, probe_cpu = time.monotonic() + PROBE, plan.received, time.process_time()
         journal_at = time.monotonic() + JOURNAL_EVERY
         writeback_at = consumed + WRITEBACK_STEP
         while True:
@@ -405,9 +413,10 @@ class Segmented:
                 journal_at = now + JOURNAL_EVERY
             if probe_at is not None and now >= probe_at:
                 rate = (received - probe_bytes) / (now - probe_at + PROBE)
-                probe_at, probe_bytes = now + PROBE, received
+                cores = (time.process_time() - probe_cpu) / (now - probe_at + PROBE)
+                probe_at, probe_bytes, probe_cpu = now + PROBE, received, time.process_time()
                 if lead_rate is None:  # the lead alone: helpers if its rate leaves work for them
-                    if 0 < rate < FAST_ENOUGH and (plan.size - received) / rate > WORTH_IT and self.fetch.connections > 1:
+                    if worth_helpers(rate, plan.size - received, cores) and self.fetch.connections > 1:
                         lead_rate = rate
                         self._grow(self.fetch.connections)
                     else:

@@ -4,8 +4,9 @@ counted against a length cap, reported as progress. Nothing else loops over chun
 
 `Copy` with plain=True is the reference: one thread, plain writes. The fast paths sit behind
 the same calls and are skipped when plain (WriteSettings.plain, DEVOPS_CP_PLAIN_WRITES=1):
-HashThread (sha256 on a second core), write-behind and fallocate (executor/durable.py), and
-the small-file writers behind the `Writer` interface (`small_file_writer`).
+HashThread (sha256 on a second core), WriteThread (a download's writes off the receiving
+thread), write-behind and fallocate (executor/durable.py), and the small-file writers behind
+the `Writer` interface (`small_file_writer`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ class Copy:
         hasher: "hashlib._Hash | None" = None,
         writeback: bool = False,
         plain: bool = False,
+        write_thread: bool = False,
     ):
         """`writeback`: the file will be synced before it becomes visible; write it to disk as it
         is copied (durable.write_behind), so that sync has little left to do.
-        `plain`: the reference path, no HashThread and no write-behind."""
+        `write_thread`: `out` is a file only this copy writes to while it feeds; past HASH_AHEAD
+        its writes go to a WriteThread (for a socket's bytes: receiving costs as much as writing).
+        `plain`: the reference path, no HashThread, no WriteThread and no write-behind."""
         self.out = out
         self.writeback = writeback
         self.plain = plain
+        self.write_thread = write_thread
         self.what = what
         self.limit = limit
         self.meter = meter
@@ -67,7 +72,7 @@ class Copy:
 
     def feed(self, chunks: Iterable[bytes]) -> "Copy":
         out, hasher, meter, limit = self.out, self.hasher, self.meter, self.limit
-        start, worker = self.done, None
+        start, worker, writer = self.done, None, None
         next_writeback = self.done + WRITEBACK_STEP if self.writeback and not self.plain else None
         hash_ahead = None if self.plain else start + HASH_AHEAD
         try:
@@ -80,7 +85,15 @@ class Copy:
                         f"{self.what} is longer than the {limit} bytes declared for it",
                         hint="the source sent more than it announced; nothing was installed",
                     )
-                if out is not None:
+                if worker is None and hash_ahead is not None and self.done >= hash_ahead:
+                    worker = HashThread(hasher)
+                    if out is not None and self.write_thread:
+                        writer = WriteThread(out, limit=limit, done=self.done, next_writeback=next_writeback)
+                if worker is not None:
+                    chunk = stable(chunk)
+                if writer is not None:
+                    writer.add(chunk)
+                elif out is not None:
                     try:
                         out.write(chunk)
                         if next_writeback is not None and self.done + size >= next_writeback:
@@ -89,8 +102,6 @@ class Copy:
                             next_writeback += WRITEBACK_STEP
                     except OSError as exc:
                         raise translate_write_error(exc, out, self.limit or self.done + size) from exc
-                if worker is None and hash_ahead is not None and self.done >= hash_ahead:
-                    worker = HashThread(hasher)
                 if worker is None:
                     hasher.update(chunk)
                 else:
@@ -98,12 +109,17 @@ class Copy:
                 self.done += size
                 if meter is not None:
                     meter.update(self.done)
+            if writer is not None:
+                writer, finishing = None, writer
+                finishing.close()  # every byte written, or the first write error raised
             if out is not None:
                 try:
                     out.flush()  # a full disk (or an NFS quota) may only say so now, not at close()
                 except OSError as exc:
                     raise translate_write_error(exc, out, self.limit or self.done) from exc
         finally:
+            if writer is not None:  # failing anyway: what was queued is written, its error dropped
+                writer.close(raise_error=False)
             if worker is not None:  # whatever happened, the hash covers exactly the `done` bytes
                 worker.close()
         return self
@@ -122,38 +138,43 @@ class Copy:
             raise ChecksumMismatch(self.what, expected_sha256, self.sha256)
 
 
-class HashThread:
-    """sha256 on a second core while the copy loop reads and writes the next chunks.
+def stable(chunk) -> bytes | memoryview:
+    """The chunk as bytes another thread may keep: a reused buffer (bytearray, mmap) would change under it."""
+    if type(chunk) is bytes or (type(chunk) is memoryview and type(chunk.obj) is bytes):
+        return chunk
+    return bytes(chunk)
 
-    hashlib releases the GIL while it hashes a large buffer, and so do the socket and
-    file calls, so the hash overlaps the I/O instead of following it. Chunks go to the
-    thread HASH_BATCH bytes at a time; at most QUEUE batches wait, so memory stays flat;
-    close() returns once every byte added is hashed.
+
+class _BatchThread:
+    """Chunks handed to a second thread HASH_BATCH bytes at a time, for `take` to use in order.
+
+    hashlib, the socket and the file calls all release the GIL on large buffers, so that
+    thread's work overlaps the caller's instead of following it. At most QUEUE batches wait,
+    so memory stays flat; close() returns once every chunk added has been taken.
     """
 
     QUEUE = 4
 
-    def __init__(self, hasher: "hashlib._Hash"):
-        self.hasher = hasher
+    def __init__(self, name: str):
         self.batch: list[bytes] = []
         self.batched = 0
         self.queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
-        self.thread = threading.Thread(target=self._run, name="copy-sha256", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def add(self, chunk) -> None:
-        if type(chunk) is not bytes and not (type(chunk) is memoryview and type(chunk.obj) is bytes):
-            chunk = bytes(chunk)  # a reused buffer (bytearray, mmap) would change under the thread
-        self.batch.append(chunk)
+        self.batch.append(stable(chunk))
         self.batched += len(chunk)
         if self.batched >= HASH_BATCH:
             self.queue.put(self.batch)
             self.batch, self.batched = [], 0
 
+    def take(self, batch: list[bytes]) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while (batch := self.queue.get()) is not None:
-            for chunk in batch:
-                self.hasher.update(chunk)
+            self.take(batch)
 
     def close(self) -> None:
         if self.batch:
@@ -161,6 +182,59 @@ class HashThread:
             self.batch, self.batched = [], 0
         self.queue.put(None)
         self.thread.join()
+
+
+class HashThread(_BatchThread):
+    """sha256 on a second core while the copy loop reads and writes the next chunks."""
+
+    def __init__(self, hasher: "hashlib._Hash"):
+        self.hasher = hasher
+        super().__init__("copy-sha256")
+
+    def take(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.hasher.update(chunk)
+
+
+class WriteThread(_BatchThread):
+    """A copy's writes (and write-behind) on another thread, while the caller receives the next
+    chunks: for a download from a fast server, receiving and writing each cost a core's worth.
+    The first write error stops the writing; the caller hears of it at its next add() or at
+    close(). What the file holds is always a prefix of what was added."""
+
+    def __init__(self, out: BinaryIO, *, limit: int | None, done: int, next_writeback: int | None):
+        """`done`: the copy's count so far, which `next_writeback` is in."""
+        self.out, self.limit = out, limit
+        self.written = done
+        self.next_writeback = next_writeback
+        self.error: Exception | None = None
+        super().__init__("copy-write")
+
+    def add(self, chunk) -> None:
+        if self.error is not None:
+            raise self.error
+        super().add(chunk)
+
+    def take(self, batch: list[bytes]) -> None:
+        if self.error is not None:
+            return  # keep taking batches, so that the caller never blocks on a full queue
+        out = self.out
+        try:
+            for chunk in batch:
+                out.write(chunk)
+                self.written += len(chunk)
+            if self.next_writeback is not None and self.written >= self.next_writeback:
+                out.flush()
+                durable.write_behind(out, WRITEBACK_KEEP)
+                self.next_writeback += WRITEBACK_STEP
+        except OSError as exc:
+            self.error = translate_write_error(exc, out, self.limit or self.written)
+            self.error.__cause__ = exc  # as `raise ... from exc` would, on the caller's side
+
+    def close(self, raise_error: bool = True) -> None:
+        super().close()
+        if raise_error and self.error is not None:
+            raise self.error
 
 
 class InlineHash:

@@ -344,9 +344,14 @@ class Scenario:
     # -- kill points -------------------------------------------------------------------------------
 
     def phase_points(self) -> list[str]:
-        # A pack new in v2 moves in with one rename of its folder; the others file by file, and what
-        # they replace or leave behind is first set aside by a rename of its own: every v1 file and every v2 file.
-        renames = sum(1 if not p.versions["v1"] else len(p.versions["v1"]) + len(p.versions["v2"]) for p in self.packs)
+        # A pack new in v2 moves in with one rename of its folder; the others file by file, but for
+        # the files v1 has already, as they are: those stay where they are (executor/inplace.py).
+        # What v2 replaces or leaves behind is first set aside by a rename of its own (txn._Swap).
+        renames = 0
+        for p in self.packs:
+            v1, v2 = p.versions["v1"], p.versions["v2"]
+            changed = [rel for rel, h in v2.items() if v1.get(rel) != h]
+            renames += 1 if not v1 else len(changed) + sum(rel in v1 for rel in changed) + len(set(v1) - set(v2))
         removes = sum(len(set(p.versions["v1"]) - set(p.versions["v2"])) for p in self.packs)
         points = ["lock:pack", "lock:commit", "staging", "journal"] + [f"rename:{i}" for i in range(1, renames + 1)]
         points += [f"remove:{i}" for i in range(1, removes + 1)]

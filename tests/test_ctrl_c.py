@@ -42,6 +42,7 @@ class Running:
         )
         self.lines: list[str] = []
         self._moving = threading.Event()
+        self._receiving = threading.Event()  # the answer's headers are in: its body is being read
         self._waiting = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,6 +54,8 @@ class Running:
                 event = json.loads(line)
             except ValueError:
                 continue
+            if event.get("type") == "progress":
+                self._receiving.set()
             if event.get("type") == "progress" and event["downloaded"] >= 256 * 1024:
                 self._moving.set()
             if event.get("type") == "notice" and "waiting for another devops-cp run" in event["message"]:
@@ -61,6 +64,9 @@ class Running:
     def wait_until_bytes_move(self) -> None:
         assert self._moving.wait(60), "".join(self.lines)
 
+    def wait_until_receiving(self) -> None:
+        assert self._receiving.wait(60), "".join(self.lines)
+
     def wait_until_waiting_for_a_lock(self) -> None:
         assert self._waiting.wait(60), "".join(self.lines)
 
@@ -68,8 +74,15 @@ class Running:
         os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal sends to the foreground job
 
     def finish(self) -> tuple[int, str, str]:
+        """Waits for the exit at most 120 s (a generous bound: a stopped run exits within a second
+        or two); a run still going then is killed, and the test fails."""
+        try:
+            code = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError("still running 120 s after Ctrl-C:\n" + "".join(self.lines)) from None
         stdout = self.proc.stdout.read()
-        code = self.proc.wait(120)
         self._reader.join(10)
         return code, stdout, "".join(self.lines)
 
@@ -101,6 +114,26 @@ def test_ctrl_c_stops_an_install_keeps_the_partial_download_and_exits_130(serve_
     resumed = gets(local_server, "/packs/big.bin")[-1]
     assert resumed.range is not None and resumed.status == 206  # resumed, not fetched again
     assert sha256((isolated_env.sample_dir() / "big" / "big.bin").read_bytes()) == sha256(data)
+
+
+def test_ctrl_c_while_the_server_sends_nothing_stops_long_before_the_read_timeout(serve_pack, local_server, isolated_env):
+    """Headers, then silence: the read that waits for the body ends on Ctrl-C, not at stall_timeout."""
+    config = isolated_env.config_dir / "devops-cp" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("stall_timeout = 300\n")  # were the read left to time out, the wait below would fail first
+    serve_pack("silent", payload(MiB))
+    local_server.set_fault("/packs/silent.bin", Fault(stall_after=0, stall_seconds=600))
+
+    run = Running("install", "silent", "--yes")
+    run.wait_until_receiving()  # its first progress event (0 bytes): the headers are in, the body never comes
+    run.ctrl_c()
+    code, _, stderr = run.finish()  # waits at most 120 s, far below the 300 s read timeout
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("interrupted")], stderr
+    assert local_server.bytes_sent("/packs/silent.bin") == 0
+    assert not (isolated_env.records_dir / "silent.json").exists()
+    assert "silent/silent.bin" not in files_under(isolated_env.sample_dir())
 
 
 def test_a_second_ctrl_c_while_stopping_is_not_a_traceback(serve_pack, local_server, isolated_env):
@@ -208,3 +241,17 @@ def test_a_swap_that_began_before_ctrl_c_finishes_and_is_reported(serve_pack, en
 def test_readme_lists_exit_130():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "| 130 |" in readme
+
+
+@pytest.mark.parametrize("value", ['"60"', "0", "-1", "true"])
+def test_stall_timeout_must_be_seconds_above_0(cli, isolated_env, value):
+    isolated_env.write_config(f"stall_timeout = {value}\n")
+    result = cli("status")
+    assert result.exit_code == 2 and "stall_timeout" in result.stderr and "seconds" in result.stderr
+
+
+def test_stall_timeout_reaches_the_downloads(isolated_env):
+    from devops_cp.app import App
+
+    isolated_env.write_config("stall_timeout = 300\n")
+    assert App().engine().settings.stall_timeout == 300.0

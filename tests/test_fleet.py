@@ -91,8 +91,9 @@ def test_mirror_to_registry_then_install_from_it(cli, tmp_path, registry, signer
     titles = [layer["annotations"][artifact.TITLE] for layer in manifest["layers"]]
     assert titles == ["manifest.json", "manifest.json.sig", "weights.bin", "model.tar"]
 
-    result = cli("install", "model", "--from", site, "--trust", str(pub))
+    result = cli("install", "model", "--from", site, "--trust", str(pub), "-q")
     assert result.exit_code == 0, result.stderr
+    assert result.stderr == "" and "installed model" in result.stdout  # -q: the result only, no progress or notice
     got = installed_files(isolated_env.sample_dir())
     assert got == {"weights.bin": BIG, **SMALL}
     record = isolated_env.record("model@size=base")

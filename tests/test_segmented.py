@@ -82,6 +82,20 @@ def test_several_connections_only_when_the_file_cannot_change_under_us(capped, t
 
 
 @pytest.mark.usefixtures("small_pieces")
+def test_a_stream_slow_for_want_of_cpu_gets_no_helpers(capped, tmp_path, monkeypatch):
+    """The same capped file, but the process's CPU clock says a whole core was busy while the lead was
+    probed (a machine too busy to give it more): one stream, the same bytes."""
+    import time
+
+    monkeypatch.setattr(segmented.time, "process_time", time.monotonic)  # CPU time as fast as wall time: one core busy
+    data = payload(SMALL)
+    capped.add(PATH, data, etag="v1")
+    fetch, copy = download(capped, tmp_path / "m.part", expected=sha256(data))
+    assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data)
+    assert fetch.connections_used == 0 and len(gets(capped, PATH)) == 1 and capped.peak_bodies_in_flight == 1
+
+
+@pytest.mark.usefixtures("small_pieces")
 def test_a_server_without_ranges_and_a_small_file_keep_one_stream(capped, tmp_path):
     data = payload(SMALL)
     capped.add(PATH, data, etag="v1")
@@ -91,6 +105,22 @@ def test_a_server_without_ranges_and_a_small_file_keep_one_stream(capped, tmp_pa
     small, _ = download(capped, tmp_path / "s.part", expected=sha256(data[: 1 << 20]), path="/small.bin")
     assert fetch.partial.read_bytes() == data and small.partial.read_bytes() == data[: 1 << 20]
     assert len(gets(capped)) == 2 and capped.peak_bodies_in_flight == 1
+
+
+@pytest.mark.usefixtures("small_pieces", "http_path")
+def test_a_chunked_body_keeps_one_stream_even_with_ranges_and_an_etag(capped, tmp_path):
+    """Transfer-Encoding: chunked (a proxy re-framing the body) with Accept-Ranges: bytes and a strong
+    ETag, and the sha256 pinned: no length to cut into ranges, so one stream, byte for byte."""
+    data = payload(SMALL)
+    capped.add(PATH, data, etag="v1")
+    capped.set_fault(PATH, Fault(chunked=True))
+    with make_client(fast_settings()) as client, client.stream("GET", capped.url(PATH)) as response:
+        headers = response.headers  # what the download below is answered: the test tests something
+        assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+        assert headers["accept-ranges"] == "bytes" and headers["etag"] == '"v1"'
+    fetch, copy = download(capped, tmp_path / "m.part", expected=sha256(data))
+    assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data) and copy.done == SMALL
+    assert fetch.connections_used == 0 and len(gets(capped, PATH)) == 2 and capped.peak_bodies_in_flight == 1
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -368,7 +398,9 @@ def test_a_bundle_stages_its_downloads_over_several_connections(capped, write_re
 @pytest.mark.usefixtures("small_pieces")
 def test_an_interrupt_keeps_the_ranges_that_arrived_for_the_next_run(capped, tmp_path):
     """Ctrl-C while several connections run: the journal says what arrived, the next run asks
-    only for the rest, and the file is whole."""
+    only for the rest, and the file is whole. What was asked is checked, not what the server
+    pushed ahead on a connection closed once its piece was done: that depends on how soon the
+    client closed it, so on the machine's load."""
     import json
 
     from executor.events import Meter
@@ -387,12 +419,14 @@ def test_an_interrupt_keeps_the_ranges_that_arrived_for_the_next_run(capped, tmp
     ranges = json.loads(partial.with_name(partial.name + ".json").read_text())["ranges"]
     arrived = sum(end - start for start, end in ranges)
     assert SIZE // 2 <= arrived < SIZE and len(ranges) >= 1
+    assert ranges[0][0] == 0
     wait_for(lambda: capped.bodies_in_flight == 0, "the interrupted run's connections to close")
-    sent = capped.bytes_sent(PATH)
 
     first_run = len(gets(capped, PATH))
     fetch, copy = download(capped, partial, expected=sha256(data))
     assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data)
-    assert gets(capped, PATH)[first_run].range is not None  # not from zero
-    # the rest, and what was in flight on connections closed when their piece was cut short
-    assert capped.bytes_sent(PATH) - sent <= SIZE - arrived + SIZE // 4
+    asked = [r.range.removeprefix("bytes=").split("-") for r in gets(capped, PATH)[first_run:]]
+    assert asked[0] == [str(ranges[0][1]), ""]  # on from the end of what arrived from byte 0, not from zero
+    for first, last in asked:  # each asks from a byte that had not arrived; a bounded range, for nothing that had
+        end = int(last) + 1 if last else int(first) + 1
+        assert not any(start < end and int(first) < stop for start, stop in ranges), (first, last, ranges)

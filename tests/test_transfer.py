@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -332,3 +333,74 @@ def test_file_maker_child_drops_a_frame_cut_short(tmp_path, cut):
     stream = _frames({bytes(tmp_path / "whole"): b"whole"}) + _frames({bytes(tmp_path / "cut"): b"12345"})[:cut]
     assert file_maker.serve(io.BytesIO(stream), io.StringIO()) == file_maker.ORPHANED
     assert [p.name for p in tmp_path.iterdir()] == ["whole"]
+
+
+# --- a download's writes on another thread (WriteThread) --------------------------------------
+
+
+def _write_threads(monkeypatch) -> list[str]:
+    """The names of the threads that wrote through a WriteThread."""
+    from executor import transfer
+
+    names: list[str] = []
+    take = transfer.WriteThread.take
+    monkeypatch.setattr(transfer.WriteThread, "take", lambda self, batch: names.append(threading.current_thread().name) or take(self, batch))
+    return names
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_a_long_copy_with_write_thread_writes_every_byte_in_order_on_that_thread(tmp_path, monkeypatch, plain):
+    """Past HASH_AHEAD the writes go to the WriteThread (unless plain): the file, the hash and the
+    count are those of the plain copy, and write-behind comes at the same offsets."""
+    from executor import durable, transfer
+
+    names = _write_threads(monkeypatch)
+    calls = []
+    real = durable.write_behind
+    monkeypatch.setattr(durable, "write_behind", lambda out, keep: calls.append(out.tell()) or real(out, keep))
+    data = payload(2 * transfer.WRITEBACK_STEP + 3 * CHUNK_SIZE + 17)
+    with open(tmp_path / "out.bin", "wb") as out:
+        copy = Copy(out, what="long", writeback=True, write_thread=True, plain=plain).feed(file_chunks(io.BytesIO(data)))
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert copy.done == len(data) and copy.sha256 == sha256(data)
+    assert set(names) == (set() if plain else {"copy-write"})
+    assert calls == ([] if plain else [transfer.WRITEBACK_STEP, 2 * transfer.WRITEBACK_STEP])
+
+
+def test_a_full_disk_met_by_the_write_thread_is_no_space_error_and_the_file_a_prefix_tmpfs(tmpfs, monkeypatch):
+    """A real 6 MiB filesystem fills while the WriteThread writes a 12 MiB copy: NoSpaceError naming
+    the place, the file holds only bytes of the copy in order, and no copy thread is left running."""
+    names = _write_threads(monkeypatch)
+    mnt = tmpfs("6m")
+    data = payload(12 << 20)
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(NoSpaceError) as exc:
+        with closing_output(open(mnt / "out.part", "wb")) as out:
+            Copy(out, what="out", limit=len(data), write_thread=True).feed(file_chunks(io.BytesIO(data)))
+    assert names and set(names) == {"copy-write"}, "the disk filled before the WriteThread started: nothing was tested"
+    assert exc.value.where == str(mnt) and exc.value.exit_code == 5
+    assert isinstance(exc.value.__cause__, OSError) and exc.value.__cause__.errno == errno.ENOSPC
+    written = (mnt / "out.part").read_bytes()
+    assert 4 << 20 < len(written) < len(data) and written == data[: len(written)]
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.name in ("copy-write", "copy-sha256")]
+
+
+def test_a_download_past_hash_ahead_writes_on_the_write_thread_and_resumes_a_drop(local_server, tmp_path, monkeypatch, http_path):
+    """A real 12 MiB download dropped at 9 MiB: the WriteThread wrote it, the partial file was a
+    prefix the resume continued from, and the bytes are identical; through both HTTP paths."""
+    from support.localserver import Fault
+    from executor.http import Download, make_client
+
+    from conftest import fast_settings, gets
+
+    names = _write_threads(monkeypatch)
+    data = payload(12 << 20, seed=3)
+    local_server.add("/big.bin", data, etag="v1")
+    local_server.set_fault("/big.bin", Fault(drop_after=9 << 20))
+    partial = tmp_path / "big.bin.part"
+    with make_client(fast_settings()) as client:
+        copy = Download(client, local_server.url("/big.bin"), partial, "big", settings=fast_settings(), writeback=True).run(sha256(data))
+    assert partial.read_bytes() == data and copy.sha256 == sha256(data) and copy.done == len(data)
+    first, second = gets(local_server)
+    assert second.range == f"bytes={first.body_bytes_sent}-" and second.status == 206
+    assert set(names) == {"copy-write"}

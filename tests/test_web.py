@@ -75,7 +75,7 @@ def web(env):
 
 @pytest.fixture
 def client(web):
-    with httpx.Client(base_url=web, timeout=20.0, trust_env=False) as c:
+    with httpx.Client(base_url=web, timeout=120.0, trust_env=False) as c:  # bounds a broken test only: a loaded machine must not fail a good one
         yield c
 
 
@@ -467,14 +467,14 @@ def test_audit_routes_return_the_cli_documents(env, files, client):
     expected = reports.check_updates_document(App())
     assert _without_clock(updates) == _without_clock(expected)
     row = next(r for r in updates["packs"] if r["pack"] == "audited")
-    assert row["reason"] == "fresh" and abs(row["age_seconds"] - next(r for r in expected["packs"] if r["pack"] == "audited")["age_seconds"]) <= 2
+    assert row["reason"] == "upstream unchanged" and abs(row["age_seconds"] - next(r for r in expected["packs"] if r["pack"] == "audited")["age_seconds"]) <= 2
     assert next(r for r in updates["packs"] if r["pack"] == "never")["reason"] == "never downloaded"
 
 
 # --- `devops-cp serve` ---------------------------------------------------------------------------------------
 
 
-def test_serve_prints_a_url_with_a_fresh_token(env):
+def test_serve_prints_a_url_with_a_fresh_token_once_it_answers(env):
     env.config.write_text("")  # no [web] token: one is generated and printed
     proc = subprocess.Popen(
         [sys.executable, "-c", "from devops_cp.cli import main; main()", "serve", "--port", "0"],
@@ -487,20 +487,13 @@ def test_serve_prints_a_url_with_a_fresh_token(env):
         token = Path(line.split("(token in ", 1)[1].split(",", 1)[0]).read_text().strip()
         assert len(token) >= 24
         with httpx.Client(base_url=url, timeout=10, trust_env=False) as http:
-            page = wait_for(lambda: _get_or_none(http, "/"))
+            page = http.get("/")  # at once, no retry: the URL is printed only once the socket accepts connections
             assert "<title>devops-cp" in page.text and page.headers["x-frame-options"] == "DENY"
             assert http.post("/audit/data-status").status_code == 401
             assert http.post("/audit/data-status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _get_or_none(http: httpx.Client, path: str):
-    try:
-        return http.get(path)
-    except httpx.TransportError:
-        return None
 
 
 def test_web_settings_validate_the_config(env):

@@ -85,6 +85,7 @@ class Fault:
     redirect_to: str | None = None  # answer 302 with this Location
     stall_after: int | None = None  # send this many bytes, then stop sending (socket open) for stall_seconds
     stall_seconds: float = 30.0
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length (Accept-Ranges and validators kept)
 
 
 @dataclass
@@ -537,8 +538,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # the framing is broken on purpose: never reuse it
 
         headers = [("Content-Type", snap.content_type)]
+        chunked = fault is not None and fault.chunked
         declared = fault.wrong_length if fault is not None and fault.wrong_length is not None else length
-        headers.append(("Content-Length", str(declared)))
+        headers.append(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(declared)))
         if status == 206:
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
         if not (fault and fault.ignore_range):
@@ -553,7 +555,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         owner._body_started()
         try:
-            if slow:
+            if chunked:
+                self._send_chunked(snap, start, length)
+            elif slow:
                 self._send_paced(snap, start, length, fault, drop_at)  # type: ignore[arg-type]
             elif snap.fd is not None:
                 self._send_file(snap.fd, start, length)
@@ -579,6 +583,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise
             self.rec.body_bytes_sent -= n - k
             view = view[k:]
+
+    def _send_chunked(self, snap: _Snapshot, start: int, length: int) -> None:
+        """The body as HTTP/1.1 chunks of up to _CHUNK bytes, then the last, empty one (framing counted as body bytes)."""
+        pos = 0
+        while pos < length:
+            n = min(_CHUNK, length - pos)
+            data = os.pread(snap.fd, n, start + pos) if snap.fd is not None else bytes(snap.data[start + pos:start + pos + n])  # type: ignore[index]
+            if not data:
+                raise _Abort("file shrank while being served")
+            self._send_bytes(memoryview(b"%x\r\n" % len(data) + data + b"\r\n"))
+            pos += len(data)
+        self._send_bytes(memoryview(b"0\r\n\r\n"))
 
     def _send_file(self, fd: int, offset: int, count: int) -> None:
         sock = self.connection

@@ -20,7 +20,7 @@ class ServerThread:
 
     def __enter__(self) -> str:
         self.thread.start()
-        wait_for(lambda: self.server.started or not self.thread.is_alive(), "uvicorn to start", seconds=10)
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "uvicorn to start", seconds=60)
         if not self.server.started:
             raise RuntimeError("the web server did not start")
         return self.url
