@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable, Collection, assert_never
 from executor import consumers, interrupt, steps as step_types, upstream
 from executor.config import Config, WriteSettings, rewrite_url
 from executor.events import Listener, LockedListener, Notice, ignore
-from executor.intact import PLAN_KEY, plan_fingerprint, schedule_due, why_not_intact
+from executor.inplace import InPlaceFinder
+from executor.intact import PLAN_KEY, changed_file, plan_fingerprint, schedule_due, why_outdated
 from executor.pip_uninstall import PYTHON_KEY, uninstall_wheels
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.store import BUNDLE_MANIFEST_KEY, FileRecord, InstallRecord, Store, now_iso
@@ -175,13 +176,19 @@ class Engine:
 
     # --- act ----------------------------------------------------------------------------
 
-    def stage(self, plan: Plan, txn: PackTransaction, source: LocalSource | None = None, *, will_sync: bool = False) -> list[step_types.StepOutcome]:
+    def stage(
+        self, plan: Plan, txn: PackTransaction, source: LocalSource | None = None, *, will_sync: bool = False, in_place: InPlaceFinder | None = None
+    ) -> list[step_types.StepOutcome]:
         """Run the plan's steps into `txn`; nothing becomes visible here.
 
         `will_sync`: `commit()` follows and syncs the pack (a direct install), so downloads may
         start writing to disk while they run. A bundle's staging is never synced: False.
+        `in_place`: a file that the data dir has already, as a step would fetch it, is kept there
+        instead (executor/inplace.py); None: everything is fetched.
         """
         ctx = self.step_context(will_sync=will_sync)
+        ctx.in_place = in_place
+        txn.kept_visible = any(isinstance(s, ToolCommand) for s in plan.steps)  # a tool step may read a kept file
         values = {"data_dir": str(txn.files_root), "python": self.python, "pack": plan.pack_id}
         outcomes = []
         for index, step in enumerate(plan.steps):
@@ -257,7 +264,8 @@ class Engine:
         if source is None and not reinstall:
             done = self._already_installed(plans, verify)
         todo = [p for p in plans if p.key not in done]
-        outcomes = {o.key: o for o in self._install(todo, confirm, source)} if todo else {}
+        keep = source is None and not reinstall  # what is there already, as it would be fetched, stays
+        outcomes = {o.key: o for o in self._install(todo, confirm, source, keep=keep, verify=verify)} if todo else {}
         return [done.get(p.key) or outcomes[p.key] for p in plans]
 
     def _already_installed(self, plans: list[Plan], verify: bool) -> dict[str, Outcome]:
@@ -266,14 +274,17 @@ class Engine:
             record = self.store.read_record(plan.key)
             if record is None:
                 continue
-            why = why_not_intact(self.store, plan, record, verify=verify)
+            outdated = why_outdated(self.store, plan, record)
+            changed = None if outdated else changed_file(record, verify=verify)
             outcome = Outcome(plan.key, record=record, already_installed=True)
-            if why is None and plan.recipe.schedule_seconds is not None:
-                why = self._moving_target_update(plan, record, outcome)
-            if why is None:
-                done[plan.key] = outcome
+            if outdated is None and changed is None and plan.recipe.schedule_seconds is not None:
+                outdated = self._moving_target_update(plan, record, outcome)
+            if outdated:
+                self.listener(Notice(plan.key, "info", f"installed, but {outdated}: fetching it again"))
+            elif changed:
+                self.listener(Notice(plan.key, "info", f"repairing: {changed}"))
             else:
-                self.listener(Notice(plan.key, "info", f"installed, but {why}: fetching it again"))
+                done[plan.key] = outcome
         return done
 
     def _moving_target_update(self, plan: Plan, record: InstallRecord, outcome: Outcome) -> str | None:
@@ -318,7 +329,7 @@ class Engine:
             return upstream.Answer(upstream.UNDECIDED, "it downloads nothing over HTTP")
         return upstream.ask(self.client(), checks)
 
-    def _install(self, plans: list[Plan], confirm: Confirm, source: LocalSource | None) -> list[Outcome]:
+    def _install(self, plans: list[Plan], confirm: Confirm, source: LocalSource | None, *, keep: bool = False, verify: bool = False) -> list[Outcome]:
         """Each pack downloads into its own staging area under its own lock; a data dir's lock is
         taken only for the short commit, so separate runs download in parallel too.
         """
@@ -333,13 +344,13 @@ class Engine:
         try:
             workers = max(1, min(self.config.max_parallel_downloads, len(plans)))
             with interrupt.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
-                return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key]), plans))
+                return list(pool.map(lambda plan: self._install_one(plan, source, seen[plan.key], keep=keep, verify=verify), plans))
         finally:
             for data_dir in data_dirs:
                 tidy_staging(self.store, data_dir)
             remove_if_empty(made)
 
-    def _install_one(self, plan: Plan, source: LocalSource | None, seen: InstallRecord | None) -> Outcome:
+    def _install_one(self, plan: Plan, source: LocalSource | None, seen: InstallRecord | None, *, keep: bool = False, verify: bool = False) -> Outcome:
         data_dir = self.store.data_dir(plan.recipe.data_type)
         say = self.say_waiting(plan.key)
         try:
@@ -350,7 +361,12 @@ class Engine:
                     self.listener(Notice(plan.key, "info", note))
                     return Outcome(plan.key, record=current, notes=[note])
                 with PackTransaction(self.store, data_dir, plan.key, writes=self.writes) as txn:
-                    outcomes = self.stage(plan, txn, source, will_sync=True)  # commit() syncs: syncfs, else an fsync per file
+                    finder = self.in_place_finder(plan, data_dir, current, verify=verify) if keep else None
+                    outcomes = self.stage(plan, txn, source, will_sync=True, in_place=finder)  # commit() syncs: syncfs, else an fsync per file
+                    if finder is not None and current is not None:
+                        unpacked = txn.keep_unchanged(finder)  # an archive fetched again: only its changed files are replaced
+                        if txn.in_place:
+                            self.listener(Notice(plan.key, "info", _kept_note(txn, unpacked)))
                     with self.store.locked([data_dir], on_wait=say):
                         self.recover(data_dir)
                         record = self.commit(
@@ -366,6 +382,12 @@ class Engine:
         for note in notes:
             self.listener(Notice(plan.key, "warning", note))
         return Outcome(plan.key, record=record, notes=notes)
+
+    def in_place_finder(self, plan: Plan, data_dir: Path, current: InstallRecord | None, *, verify: bool = False) -> InPlaceFinder:
+        # A repair of the installed version: a step without a checksum would fetch what the record
+        # says it fetched. Not for a moving target, whose upstream may have moved on since.
+        same_version = current is not None and plan.recipe.schedule_seconds is None and why_outdated(self.store, plan, current) is None
+        return InPlaceFinder(data_dir, plan.key, current, self.store.records(), verify=verify, same_version=same_version)
 
     def say_waiting(self, key: str) -> Callable[[str], None]:
         """A run that has to wait for a lock says so at once."""
@@ -401,6 +423,14 @@ class Engine:
             self.store.drop_unused_bundle_manifest(record.extra.get(BUNDLE_MANIFEST_KEY))
         return notes, kept
 
+
+
+def _kept_note(txn: PackTransaction, unpacked: int) -> str:
+    """A repair or an update of an installed pack: how much of it stayed as it was."""
+    kept, replaced = len(txn.in_place), len(txn.files) - len(txn.in_place)
+    if unpacked:
+        return f"its archive had to be fetched again; {replaced} changed or missing file(s) from it replaced, {kept} unchanged file(s) left as they were"
+    return f"{replaced} file(s) fetched, {kept} unchanged file(s) left as they were"
 
 
 def _upstream_extra(outcomes: list[step_types.StepOutcome]) -> dict:

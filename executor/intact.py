@@ -23,15 +23,16 @@ from manifests.steps import Download
 MTIME_SLACK = 2.0  # installed_at has whole seconds; the files were written just before it
 
 
-def why_not_intact(store: Store, plan: Plan, record: InstallRecord, *, verify: bool = False) -> str | None:
-    """None when the installed pack is intact and its recipe unchanged, else why it must be fetched again."""
+def why_outdated(store: Store, plan: Plan, record: InstallRecord) -> str | None:
+    """Why the recipe would install another version now; None when it would not. (Whether a
+    moving target's upstream has moved on is asked of the server: executor/upstream.py.)"""
     recorded = record.extra.get(PLAN_KEY)
     if recorded is not None and recorded != plan_fingerprint(plan):
         return "its recipe has changed since"
     urls = [rewrite_url(s.url, store.config.mirrors) for s in plan.steps if isinstance(s, Download)]
     if recorded is None and urls and len(urls) == len(plan.steps) and record.source != ", ".join(urls):
         return "its recipe fetches a different version now"
-    return changed_file(record, verify=verify)
+    return None
 
 
 def schedule_due(store: Store, plan: Plan, record: InstallRecord) -> str | None:
@@ -52,6 +53,11 @@ def plan_fingerprint(plan: Plan) -> str:
 
 def changed_file(record: InstallRecord, *, verify: bool = False) -> str | None:
     """The first file that no longer matches its record, and how; None when all match."""
+    return next(changed_files(record, verify=verify), None)
+
+
+def changed_files(record: InstallRecord, *, verify: bool = False):
+    """Each file that no longer matches its record, and how (a generator: the first answer is cheap)."""
     data_dir = Path(record.data_dir)
     installed = parse_iso(record.installed_at).timestamp() + MTIME_SLACK
     for f in record.files:
@@ -59,14 +65,14 @@ def changed_file(record: InstallRecord, *, verify: bool = False) -> str | None:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return f"{f.path} is missing"
+            yield f"{f.path} is missing"
+            continue
         if st.st_size != f.size:
-            return f"{f.path} has changed size ({st.st_size} bytes, {f.size} recorded)"
-        if verify:
+            yield f"{f.path} has changed size ({st.st_size} bytes, {f.size} recorded)"
+        elif verify:
             from executor.transfer import hash_file  # only --verify reads the files
 
             if hash_file(path).sha256 != f.sha256:
-                return f"{f.path} does not match its recorded sha256"
+                yield f"{f.path} does not match its recorded sha256"
         elif st.st_mtime > installed:
-            return f"{f.path} was modified after the install"
-    return None
+            yield f"{f.path} was modified after the install"

@@ -22,6 +22,7 @@ from executor import extract as extractor
 from executor.config import Config, rewrite_url
 from executor.events import Listener, Meter, Notice
 from executor.preflight import check_space, check_tools
+from executor.inplace import InPlace, InPlaceFinder
 from executor.transfer import Copy, HashingReader, copy_file, hash_file
 from executor.txn import PARTIAL_DIR, PackTransaction, staging_root
 from manifests.errors import ChecksumMismatch, ConfigError, FileTooLargeError, LengthError, NoSpaceError, ToolError, TrustError, UsageError
@@ -47,6 +48,7 @@ class StepContext:
     will_sync: bool = False
     plain: bool = False  # WriteSettings.plain: no fast paths (see executor/transfer.py)
     connections: int = 1  # per large download (executor/segmented.py): the engine's connections_per_download
+    in_place: InPlaceFinder | None = None  # files already there as a step would fetch them stay (executor/inplace.py)
     _client: httpx.Client | None = None
 
     @property
@@ -141,6 +143,8 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
     url = rewrite_url(step.url, ctx.config.mirrors)
     auth = credentials_auth(ctx, recipe, step.credentials, url, step.url)
     expected = _expected_checksum(ctx, recipe, step, url)
+    if kept := kept_in_place(ctx, key, step, txn, expected):
+        return StepOutcome(source=url, checksum_verified=expected is not None, upstream=ctx.in_place.validators_for(url, kept))
     data_dir = txn.data_dir
     extra = step.unpacked_size_bytes or 0 if step.extract and not txn.keep_archives else 0  # room to unpack it, where it will be
     meter = Meter(ctx.listener, key, index, step_label(step), step.size_bytes)
@@ -181,6 +185,20 @@ def run_download(ctx: StepContext, recipe: Recipe, key: str, index: int, step: D
     return outcome
 
 
+def kept_in_place(ctx: StepContext, key: str, step: Download | LocalCopy, txn: PackTransaction, expected: str | None) -> InPlace | None:
+    """The step's file when the data dir has it already, as the step would produce it: kept there
+    (adopted when no pack had it), and nothing is fetched or copied. None: the step runs."""
+    if ctx.in_place is None or step.extract:
+        return None
+    kept = ctx.in_place.find(step.dest, expected, step.size_bytes if step.size_exact else None)
+    if kept is None:
+        return None
+    txn.keep_in_place(kept)
+    if note := ctx.in_place.adoption_note(kept):
+        ctx.listener(Notice(key, "info", note))
+    return kept
+
+
 def place_file(path: Path, step: Download | LocalCopy | OciArtifact, txn: PackTransaction, copy: Copy, meter: Meter | None, *, data_type: str = "") -> None:
     """A verified file in the staging area becomes the step's dest (or is extracted there)."""
     if step.extract and txn.keep_archives:
@@ -200,6 +218,8 @@ def run_local_copy(ctx: StepContext, key: str, index: int, step: Download | Loca
     """The seed's air-gapped single-file workflow: `install PACK --source FILE`."""
     if not source.is_file():
         raise UsageError(f"{source} is not a file", hint="pass the path of the downloaded data file with --source")
+    if expected is not None and kept_in_place(ctx, key, step, txn, expected):
+        return StepOutcome(source=f"file:{source}")
     size = source.stat().st_size
     check_space(txn.data_dir, size + (step.unpacked_size_bytes or 0 if step.extract else 0))
     meter = Meter(ctx.listener, key, index, source.name, size)

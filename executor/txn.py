@@ -25,9 +25,10 @@ from typing import Callable, Iterable, Iterator
 
 from executor import durable
 from executor.config import WriteSettings
+from executor.inplace import InPlace, InPlaceFinder, identity
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from executor.transfer import hash_file
-from manifests.errors import LockTimeout, PolicyError, UnsafeArchiveError
+from manifests.errors import LockTimeout, PolicyError, TrustError, UnsafeArchiveError
 from manifests.names import is_identifier, pack_key, relative_path_problem
 
 JOURNAL = "JOURNAL.json"
@@ -65,6 +66,8 @@ class PackTransaction:
         self.root = staging_root(data_dir) / f"txn-{safe}-{uuid.uuid4().hex[:8]}"
         self.files_root = self.root / "files"
         self.files: dict[str, FileRecord] = {}
+        self.in_place: dict[str, InPlace] = {}  # files already in the data dir, kept as they are: neither staged nor moved
+        self.kept_visible = False  # a tool step reads kept files from the staging area: link them there
         self.keep_archives = keep_archives
         self.archives: list[KeptArchive] = []
         self.committed = False
@@ -92,6 +95,34 @@ class PackTransaction:
 
     def add(self, rel: str, size: int, sha256: str) -> None:
         self.files[rel] = FileRecord(rel, size, sha256)
+
+    def keep_in_place(self, kept: InPlace) -> None:
+        """A file already in the data dir (executor/inplace.py) is the pack's as it is: nothing is
+        written or moved for it. With `kept_visible` (a later tool step reads it from the staging
+        area) it is linked there; the link is dropped before the swap."""
+        if self.kept_visible:
+            staged = self.path_for(kept.rel)
+            try:
+                os.link(self.data_dir / kept.rel, staged)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(self.data_dir / kept.rel, staged)
+        self.in_place[kept.rel] = kept
+        self.files[kept.rel] = FileRecord(kept.rel, kept.size, kept.sha256)
+
+    def keep_unchanged(self, finder: InPlaceFinder) -> int:
+        """Staged files that the installed version has already, as they are (an archive fetched
+        again to repair one of its files): the staged copy goes, the installed file stays untouched.
+        Returns how many."""
+        kept = 0
+        for rel, staged in list(self.files.items()):
+            if rel in self.in_place or rel not in finder.recorded:
+                continue
+            found = finder.find(rel, staged.sha256, staged.size)
+            if found is not None:
+                os.unlink(os.path.join(self._files_root, rel))
+                self.keep_in_place(found)
+                kept += 1
+        return kept
 
     def keep_archive(self, path: Path, size: int, sha256: str, *, fmt: str, dest: str, strip: int, unpacked_size: int | None) -> None:
         """Move a verified archive into the transaction, whole (only with keep_archives)."""
@@ -133,6 +164,11 @@ class PackTransaction:
         owners = {f.path: r.key for r in others if r.key != self.key and Path(r.data_dir) == self.data_dir for f in r.files}
         adopted, overwritten = [], []
         for rel, staged in sorted(self.files.items()):
+            if rel in self.in_place:
+                self._check_still_in_place(self.in_place[rel], owners)
+                if self.in_place[rel].adopted:
+                    adopted.append(rel)
+                continue
             if _top(rel) in new or rel in ours:
                 continue
             final = os.path.join(self.data_dir, rel)
@@ -154,6 +190,19 @@ class PackTransaction:
                 )
         return adopted, overwritten
 
+    def _check_still_in_place(self, kept: InPlace, owners: dict[str, str]) -> None:
+        """A kept file is still the one that was checked (same inode, size and time), and no other pack has claimed it since."""
+        path = os.path.join(self.data_dir, kept.rel)
+        try:
+            same = identity(os.lstat(path)) == kept.identity
+        except (FileNotFoundError, NotADirectoryError):
+            same = False
+        if not same or kept.rel in owners:
+            raise TrustError(
+                f"{path} changed while {self.key} was being installed (it was kept as it was, not fetched again)",
+                hint="run the install again; nothing was changed",
+            )
+
     def _refuse_foreign_files_in_the_way(self, ours: set[str], folders: list[str]) -> None:
         """A folder standing where this version has a file is removed to make way: it may hold
         only the previous version's files, never a user's or another pack's."""
@@ -172,7 +221,7 @@ class PackTransaction:
 
     def _to_sync(self, folders: list[str]) -> Iterator[Path]:
         """Without syncfs: every file, and every folder that will be renamed in whole (its entries)."""
-        yield from (self.files_root / rel for rel in self.files)
+        yield from (self.files_root / rel for rel in self.files if rel not in self.in_place)
         if folders:
             moved = set(folders)
             folders_inside = {parent for rel in self.files if _top(rel) in moved for parent in _parents(rel)}
@@ -188,9 +237,13 @@ class PackTransaction:
             kept = set(self.files) if Path(previous.data_dir) == self.data_dir else set()
             leftovers = sorted(_owned(previous, Path(previous.data_dir)) - kept)
         moved = set(folders)
-        renames = sorted(rel for rel in self.files if _top(rel) not in moved and rel not in adopted)
-        for rel in adopted:  # kept in place: its staged copy is not needed
-            os.unlink(self.files_root / rel)
+        in_place = adopted | set(self.in_place)
+        renames = sorted(rel for rel in self.files if _top(rel) not in moved and rel not in in_place)
+        for rel in in_place:  # kept where it is: a staged copy (or link) is not needed
+            try:
+                os.unlink(self.files_root / rel)
+            except FileNotFoundError:
+                pass
         remove_from = previous.data_dir if previous is not None else str(self.data_dir)
         return {"key": self.key, "folders": folders, "renames": renames, "remove": leftovers, "remove_from": remove_from}
 

@@ -23,6 +23,7 @@ from executor.config import config_dir
 from executor.engine import Engine, Outcome, PackIdentity, missing_dirs, remove_if_empty
 from executor.keys import TrustStore, check_strict_modes, read_public_key_file
 from executor.events import Listener, Meter, Notice, ignore
+from executor.inplace import InPlaceFinder
 from executor.preflight import check_space_for, check_tools, existing_parent
 from executor.pip_uninstall import PYTHON_KEY
 from executor.rebuild import check_host_file, rebuild
@@ -253,9 +254,13 @@ def _install_selected(engine, reader, held: list[BundleManifest], request, selec
             for directory in sorted(set(data_dirs.values())):
                 stack.enter_context(engine.store.staging(directory))
             txns = {p.key: stack.enter_context(PackTransaction(engine.store, data_dirs[p.key], p.key, writes=engine.writes)) for p in selected}
-            _stream_payload(engine, reader, manifest, txns, current)
+            records = engine.store.records()
+            finders = {p.key: InPlaceFinder(data_dirs[p.key], p.key, engine.store.read_record(p.key), records) for p in selected}
+            _stream_payload(engine, reader, manifest, txns, current, finders)
             reader.finish()  # trailing data and every part's hash, before anything becomes visible
             _check_staged_paths(txns)
+            for key, txn in txns.items():
+                txn.keep_unchanged(finders[key])  # an archive's files that the installed version has already, as they are
             bundle_id, created = manifest.bundle_id, manifest.created
             del manifest  # its file list (megabytes with 20,000 files) is not needed to commit: free it first
             with engine.store.locked(sorted(set(data_dirs.values())), on_wait=say):
@@ -335,8 +340,13 @@ def _check_writable(engine: Engine, directory: Path, dry_run: bool) -> None:
         raise NotWritableError(str(directory), f"{parent} is not writable")
 
 
-def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction], current: set[str] = frozenset()) -> None:
-    """`current`: members of rebuilt files the host has in their new version already: checked, then kept."""
+def _stream_payload(
+    engine: Engine, reader: BundleReader, manifest: BundleManifest, txns: dict[str, PackTransaction], current: set[str] = frozenset(), finders: dict[str, InPlaceFinder] | None = None
+) -> None:
+    """`current`: members of rebuilt files the host has in their new version already: checked, then kept.
+    `finders`: per pack, files already in its data dir with the member's sha256 (executor/inplace.py):
+    the member is checked, not copied out, and the file stays."""
+    finders = finders or {}
     meter = Meter(engine.listener, "sideload", 0, f"bundle {manifest.bundle_id[:12]}", manifest.total_size)
     data_types = {p.key: p.data_type for p in manifest.packs}
     done, writes = 0, engine.writes
@@ -353,6 +363,11 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
                 elif entry.member in current:
                     _check_member(entry, file_chunks(source, entry.member_size))
                     _keep(txn, entry)
+                elif entry.unpack is None and (kept := _in_place(finders.get(entry.pack_key), entry)) is not None:
+                    _check_member(entry, file_chunks(source, entry.member_size))  # verified with the rest, not copied out
+                    txn.keep_in_place(kept)
+                    if note := finders[entry.pack_key].adoption_note(kept):
+                        engine.listener(Notice(entry.pack_key, "info", note))
                 elif entry.from_host is not None:  # rebuilt from the host's old file and the carried chunks
                     hashed = HashingReader(source, what=entry.member)
                     h = entry.from_host
@@ -380,6 +395,11 @@ def _stream_payload(engine: Engine, reader: BundleReader, manifest: BundleManife
         needed = sum(_space_needed(f) for f in manifest.files if f.pack_key in txns and txns[f.pack_key].data_dir == data_dir)
         raise NoSpaceError(str(data_dir), max(needed, exc.needed), exc.free) from exc  # an archive without an estimate: what it unpacked to
     meter.done(done)
+
+
+def _in_place(finder: InPlaceFinder | None, entry: FileEntry):
+    """A file of the bundle that the data dir has already, as it is (executor/inplace.py)."""
+    return None if finder is None else finder.find(entry.path, entry.sha256, entry.size)
 
 
 def _keep(txn: PackTransaction, entry: FileEntry) -> None:

@@ -342,8 +342,9 @@ class Scenario:
     # -- kill points -------------------------------------------------------------------------------
 
     def phase_points(self) -> list[str]:
-        # A pack new in v2 moves in with one rename of its folder; the others file by file.
-        renames = sum(1 if not p.versions["v1"] else len(p.versions["v2"]) for p in self.packs)
+        # A pack new in v2 moves in with one rename of its folder; the others file by file, but for
+        # the files v1 has already, as they are: those stay where they are (executor/inplace.py).
+        renames = sum(1 if not p.versions["v1"] else sum(p.versions["v1"].get(rel) != h for rel, h in p.versions["v2"].items()) for p in self.packs)
         removes = sum(len(set(p.versions["v1"]) - set(p.versions["v2"])) for p in self.packs)
         points = ["lock:pack", "lock:commit", "staging", "journal"] + [f"rename:{i}" for i in range(1, renames + 1)]
         points += [f"remove:{i}" for i in range(1, removes + 1)]

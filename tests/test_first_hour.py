@@ -232,7 +232,7 @@ def test_a_changed_or_missing_file_is_repaired(cli, serve_pack, local_server, is
         os.utime(installed, (time.time() + 10, time.time() + 10))
     repaired = cli("install", "model", "--progress", "plain")
     assert repaired.exit_code == 0, repaired.stderr
-    assert "installed, but models/model.bin" in repaired.stderr and "fetching it again" in repaired.stderr
+    assert "model: repairing: models/model.bin" in repaired.stderr
     assert installed.read_bytes() == MODEL and len(gets(local_server)) == 2
 
 
