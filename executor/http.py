@@ -29,7 +29,7 @@ from executor import durable, interrupt
 from executor.config import HttpSettings  # noqa: F401  (re-exported: callers import it from here too)
 from executor.events import Meter
 from executor import segmented
-from executor.http_fastpath import body_chunks
+from executor.http_fastpath import body_chunks, watch_request, watch_response
 from executor.transfer import Copy, closing_output, hash_file, translate_write_error
 from executor.upstream import Validators
 from manifests.version import VERSION
@@ -118,7 +118,7 @@ def make_client(settings: HttpSettings = HttpSettings(), transport: httpx.BaseTr
         max_redirects=10,
         transport=transport,
         headers={"User-Agent": f"devops-cp/{VERSION}", "Accept-Encoding": "identity"},
-        event_hooks={"response": [_refuse_odd_redirects]},
+        event_hooks={"request": [watch_request], "response": [watch_response, _refuse_odd_redirects]},
     )
 
 
@@ -564,6 +564,7 @@ def fetch_small(
                 raise _status_error(response)
             return Fetched(str(response.url), response.headers, read_limited(response, limit, url, too_long=too_long))
     except httpx.HTTPError as exc:
+        interrupt.check()  # a read Ctrl-C cut short is not a network failure
         raise NetworkError(f"fetching {url} failed: {exc}") from exc
 
 

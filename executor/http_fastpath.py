@@ -88,9 +88,29 @@ def read_socket(stream: httpcore.NetworkStream, size: int, stall_timeout: float,
         raise httpx.ReadError(f"connection failed: {exc or type(exc).__name__}", request=request) from exc
 
 
+def watch_request(request: httpx.Request) -> None:
+    """A request event hook: until its answer's headers are in, Ctrl-C shuts down the socket of a
+    connection it opened (httpcore's `trace` extension names it). A reused connection is not seen."""
+    request.extensions["trace"] = _trace
+
+
+def watch_response(response: httpx.Response) -> None:
+    """A response event hook: the headers are in (the body is body_chunks' to watch)."""
+    interrupt.while_waiting_here(None)
+
+
+def _trace(event: str, info: dict) -> None:
+    # start_tls: the TLS stream's socket replaces the plain one (wrapping detached it)
+    if event in ("connection.connect_tcp.complete", "connection.start_tls.complete") and info.get("return_value") is not None:
+        interrupt.while_waiting_here(_shutdown_of_stream(info["return_value"]))
+
+
 def _shutdown_of(response: httpx.Response):
     """A callable that shuts the response's socket down (the reads on it end), or does nothing."""
-    stream = response.extensions.get("network_stream")
+    return _shutdown_of_stream(response.extensions.get("network_stream"))
+
+
+def _shutdown_of_stream(stream):
     sock = stream.get_extra_info("socket") if stream is not None else None
 
     def shutdown() -> None:

@@ -1,7 +1,8 @@
 """Ctrl-C. The command's SIGINT handler sets STOP; every copy loop (`Copy.feed`) checks it between
 chunks, so download threads stop at their next chunk instead of finishing the download. A read
 blocked on a socket that sends nothing would see STOP only at its timeout: the handler also shuts
-down the sockets registered with `cancelled_by_ctrl_c`, so that read ends at once.
+down the sockets registered with `cancelled_by_ctrl_c` (a response body) or `while_waiting_here`
+(a request waiting for its answer's headers), so that read ends at once.
 
 On the main thread the first Ctrl-C also raises `Interrupted` at once, except inside `deferred()`:
 there the main thread is waiting for download threads (which stop by themselves and report
@@ -22,7 +23,7 @@ from manifests.errors import Interrupted
 
 STOP = threading.Event()
 _deferred = 0  # main thread only: signal handlers run there
-_cancels: dict[int, Callable[[], None]] = {}  # what the handler calls: one entry per blocked read
+_cancels: dict[object, Callable[[], None]] = {}  # what the handler calls: one entry per blocked read
 _tokens = itertools.count()
 
 
@@ -61,6 +62,18 @@ def cancelled_by_ctrl_c(cancel: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _cancels.pop(token, None)
+
+
+def while_waiting_here(cancel: Callable[[], None] | None) -> None:
+    """This thread waits for an answer: Ctrl-C calls `cancel` (None: it waits no more). One entry
+    per thread, replaced by its next wait."""
+    key = ("waiting", threading.get_ident())
+    if cancel is None:
+        _cancels.pop(key, None)
+        return
+    _cancels[key] = cancel
+    if STOP.is_set():
+        cancel()
 
 
 def _cancel_blocked_reads() -> None:

@@ -129,3 +129,14 @@ def test_fleet_batches_fail_when_one_host_fails():
 
     assert subprocess.run(bash(in_parallel(["true", "true", "true"]))).returncode == 0
     assert subprocess.run(bash(in_parallel(["true", "exit 3", "true"]))).returncode != 0
+
+
+def test_bench_threads_names_each_thread_of_a_download_and_its_cpu(tmp_path, capsys):
+    """bench/threads.py: the fast path's receiving, writing and hashing threads, the plain path's one."""
+    from bench import threads
+
+    threads.main(["--size-mib", "16", "--runs", "1", "--workdir", str(tmp_path / "work"), "--plain-too"])
+    fast, plain = [line for line in capsys.readouterr().out.splitlines() if "wall" in line]
+    assert fast.startswith("fast ") and all(f"{name} " in fast for name in ("MainThread", "copy-sha256", "copy-write"))
+    assert plain.startswith("plain ") and "MainThread " in plain and "copy-" not in plain
+    assert not (tmp_path / "work").exists()

@@ -255,3 +255,39 @@ def test_stall_timeout_reaches_the_downloads(isolated_env):
 
     isolated_env.write_config("stall_timeout = 300\n")
     assert App().engine().settings.stall_timeout == 300.0
+
+
+def test_ctrl_c_while_the_server_never_answers_stops_long_before_the_read_timeout(write_recipe, isolated_env):
+    """The connection is accepted and the request read, but no header ever comes back."""
+    import socket
+
+    from conftest import download_step
+
+    isolated_env.write_config("stall_timeout = 300\n")
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept_and_say_nothing() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        asked.set()  # the client has sent its request: it now waits for the headers
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/mute.bin"
+    write_recipe("mute", [download_step(url, "mute/mute.bin", payload(1000))])
+    try:
+        run = Running("install", "mute", "--yes")
+        assert asked.wait(60), "".join(run.lines)
+        run.ctrl_c()
+        code, _, stderr = run.finish()  # waits at most 120 s, far below the 300 s read timeout
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert not (isolated_env.records_dir / "mute.json").exists()

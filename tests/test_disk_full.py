@@ -77,8 +77,10 @@ def assert_untouched(before: dict, after: dict) -> None:
 
 @pytest.fixture
 def db_versions(local_server, write_recipe):
-    """v1 (100 kB) and v2 (1 MB) of pack `db`; write(v) points the recipe at one of them."""
-    versions = {"v1": payload(100_000, seed=1), "v2": payload(1_000_000, seed=2)}
+    """v1 (100 kB) and v2 (1.5 MB) of pack `db`; write(v) points the recipe at one of them. v2 is
+    longer than one socket read (1 MiB, executor/http_fastpath.py): a disk filled once its first
+    chunk is counted still has the rest of it to refuse."""
+    versions = {"v1": payload(100_000, seed=1), "v2": payload(1_500_000, seed=2)}
     urls = {v: local_server.add(f"/db-{v}.bin", data) for v, data in versions.items()}
 
     def write(version: str) -> bytes:
