@@ -144,3 +144,12 @@ def test_check_updates_gives_upstream_s_answer(cli, moving_db, isolated_env, loc
     unreachable = cli("check-updates")
     assert "STALE" in unreachable.stdout  # the schedule's verdict, and a warning saying why
     assert "db: upstream could not be checked" in unreachable.stderr
+
+
+def test_a_server_that_refuses_head_is_asked_with_a_conditional_get(cli, moving_db, local_server):
+    local_server.set_fault("/packs/db.bin", Fault(statuses=[405]))  # the HEAD: method not allowed
+    again = cli("install", "db", "--progress", "none")
+    assert again.exit_code == 0 and "already installed db (upstream unchanged)" in again.stdout
+    asked = gets(local_server)[-1]
+    assert len(gets(local_server)) == 2 and asked.status == 304 and asked.body_bytes_sent == 0
+    assert "If-None-Match" in asked.headers
