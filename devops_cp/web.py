@@ -357,6 +357,8 @@ def outcomes_result(outcomes, warnings: tuple[str, ...] | list[str] = ()) -> tup
                 "size_human": fmt_size(record.size),
                 "data_dir": record.data_dir,
                 "checksum_verified": record.checksum_verified,
+                "already_installed": getattr(outcome, "already_installed", False),  # intact: no byte moved
+                "upstream": getattr(outcome, "upstream", None),
                 "warnings": list(outcome.notes),
             }
         )
@@ -367,11 +369,18 @@ def outcomes_result(outcomes, warnings: tuple[str, ...] | list[str] = ()) -> tup
         return False, {**error_data(first.error), "message": f"{prefix}{first.key}: {first.error.message}", "results": results}
     if not results:
         return True, {"message": "nothing to do", "results": [], "warnings": warnings}
-    message = "; ".join(
-        f"installed {r['pack']}: {r['files']} file(s), {r['size_human']} in {r['data_dir']}" if "files" in r else f"{r['pack']}: nothing installed"
-        for r in results
-    )
+    message = "; ".join(_result_line(r) for r in results)
     return True, {"message": message, "results": results, "warnings": warnings}
+
+
+def _result_line(r: dict) -> str:
+    """As the command line says it (devops_cp/cli_common.py)."""
+    if "files" not in r:
+        return f"{r['pack']}: nothing installed"
+    if r["already_installed"]:
+        asked = " (upstream unchanged)" if r["upstream"] == "unchanged" else ""
+        return f"already installed {r['pack']}{asked}: {r['files']} file(s), {r['size_human']} in {r['data_dir']}"
+    return f"installed {r['pack']}: {r['files']} file(s), {r['size_human']} in {r['data_dir']}"
 
 
 def sse_frame(seq: int, kind: str, data: dict) -> str:

@@ -106,9 +106,13 @@ def sync_files(root: Path, files: Iterable[Path], *, plain: bool = False) -> Non
 def write_atomic(path: Path, data: bytes) -> None:
     """Small metadata files (records, journals): temp file, fsync, rename, fsync the dir."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk or a read-only folder: no temp file left behind
+        raise
     fsync_dir(path.parent)

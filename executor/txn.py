@@ -7,6 +7,12 @@ version's leftovers and the install record are rolled forward, by this run or, a
 a kill, by the next command that touches the store. A transaction without a journal
 is rolled back: its staging directory is deleted and the installed version is untouched.
 
+Until the record is written, what the new version replaces is set aside in the staging area,
+not deleted: a failure in this run (a rename refused, a full disk, the record not written)
+moves everything back in reverse order, so the previous version, or nothing, is there again
+and the journal goes. Each undo step leaves a state that rolling forward also completes, so a
+rollback that itself fails keeps the journal for the next run.
+
 A top-level folder of the pack that the data dir does not have yet moves in with one rename
 (a pack of 20,000 files under one folder: one rename instead of 20,000). Everything else,
 an update's files among them, moves file by file.
@@ -14,6 +20,7 @@ an update's files among them, moves file by file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -28,10 +35,11 @@ from executor.config import WriteSettings
 from executor.inplace import InPlace, InPlaceFinder, identity
 from executor.store import STAGING_NAME, FileRecord, InstallRecord, Store
 from executor.transfer import hash_file
-from manifests.errors import LockTimeout, PolicyError, TrustError, UnsafeArchiveError
+from manifests.errors import DataPackError, LockTimeout, NoSpaceError, NotWritableError, PolicyError, TrustError, UnsafeArchiveError
 from manifests.names import is_identifier, pack_key, relative_path_problem
 
 JOURNAL = "JOURNAL.json"
+ASIDE = "previous"  # in a transaction's folder: the files it replaces, until its record is written
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits for one name and a whole path, in bytes
 PARTIAL_DIR = "partial"  # resumable downloads: kept across runs on purpose
 
@@ -144,9 +152,22 @@ class PackTransaction:
         if self.writes.durable:  # the one filesystem sync per pack, before its swap
             durable.sync_files(self.root, self._to_sync(folders), plain=self.writes.plain)
         journal = self._journal(previous, folders, set(record.adopted))
-        durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
-        roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record})
+        try:
+            durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
+            roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record}, undo_record=lambda: self._restore_record(previous))
+        except OSError as exc:  # rolled back already (or, if even that failed, left to the journal)
+            raise _commit_failed(self.key, exc, rolled_back=not (self.root / JOURNAL).exists()) from exc
         self.committed = True
+
+    def _restore_record(self, previous: InstallRecord | None) -> None:
+        """The record as it was before, unless it still is (its write failed before its rename)."""
+        now = self.store.read_record(self.key)
+        if (now and now.to_json()) == (previous and previous.to_json()):
+            return
+        if previous is None:
+            self.store.delete_record(self.key)
+        else:
+            self.store.write_record(previous)
 
     def _new_folders(self) -> list[str]:
         """The pack's top-level folders that nothing in the data dir stands in the way of."""
@@ -275,39 +296,135 @@ def _top(rel: str) -> str:
     return rel.split("/", 1)[0]
 
 
-def roll_forward(txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None], journal: dict | None = None) -> None:
+def roll_forward(
+    txn_root: Path, data_dir: Path, write_record: Callable[[InstallRecord], None], journal: dict | None = None, *, undo_record: Callable[[], None] | None = None
+) -> None:
     """Idempotent: safe to run again after a kill at any point inside it.
 
     `journal`: the one commit() has just written, as it holds it (its record an InstallRecord), so
     that 20,000 file entries are not read back; otherwise the journal on disk (recovery).
+    `undo_record`: given by the run that wrote the journal (it knows every step taken): a failure
+    before the record is written rolls the pack back to what was there before, and re-raises.
+    Recovery rolls forward only: the steps of a killed run are not known to it.
     """
     if journal is None:
         journal = json.loads((txn_root / JOURNAL).read_text(encoding="utf-8"))
         journal["record"] = InstallRecord.from_json(journal["record"])
     record = journal["record"]
-    files_root, top = os.path.join(txn_root, "files"), os.fspath(data_dir)
-    touched: set[str] = set()
-    # The previous version's leftovers go first: its file `a` may stand where the new version has a folder `a/`.
+    swap = _Swap(txn_root, data_dir)
     old_dir = Path(journal.get("remove_from") or data_dir)  # journals of earlier versions have none: the same dir
+    try:
+        swap.move_in(journal, record, set_aside_leftovers=old_dir == data_dir)
+        if undo_record is not None:
+            swap.undo.append(undo_record)  # first: a write that failed after its rename must be undone too
+        write_record(record)
+    except BaseException:
+        if undo_record is not None:
+            swap.roll_back()
+        raise
+    # Decided and done: the previous version's files go, and only now (a failure above restored them).
     for rel in journal["remove"]:
         gone = old_dir / rel
-        gone.unlink(missing_ok=True)
+        if old_dir != data_dir:
+            gone.unlink(missing_ok=True)
         prune_empty_parents(gone.parent, old_dir)
-    renames = journal["renames"]
-    folders = journal.get("folders", [])  # journals of earlier versions have none
-    for folder in folders:
-        if not _move_folder(os.path.join(files_root, folder), os.path.join(top, folder)):
-            renames += [f.path for f in record.files if f.path.startswith(folder + "/")]
-    if folders:
-        touched.add(top)
-    for rel in renames:
-        final = os.path.join(top, rel)
-        move_into_place(os.path.join(files_root, rel), final)
-        touched.add(os.path.dirname(final))  # also when an earlier, killed run moved it: it may not have synced the folder
-    for directory in touched:
-        durable.fsync_dir(directory)
-    write_record(record)
     shutil.rmtree(txn_root, ignore_errors=True)
+
+
+class _Swap:
+    """The renames of one transaction, each recorded with its inverse while this run makes them."""
+
+    def __init__(self, txn_root: Path, data_dir: Path):
+        self.files_root, self.aside_root, self.top = os.path.join(txn_root, "files"), os.path.join(txn_root, ASIDE), os.fspath(data_dir)
+        self.journal_path = txn_root / JOURNAL
+        self.undo: list[Callable[[], None]] = []  # each step's inverse, appended once the step is done
+        self.aside_dirs: set[str] = set()
+
+    def move_in(self, journal: dict, record: InstallRecord, *, set_aside_leftovers: bool) -> None:
+        # The previous version's leftovers go aside first: its file `a` may stand where the new version has a folder `a/`.
+        if set_aside_leftovers:
+            for rel in journal["remove"]:
+                self._set_aside(rel)
+        renames = list(journal["renames"])
+        touched: set[str] = set()
+        for folder in journal.get("folders", []):  # journals of earlier versions have none
+            staged, final = os.path.join(self.files_root, folder), os.path.join(self.top, folder)
+            if not os.path.lexists(staged):
+                continue  # moved by an earlier run that was killed
+            if _move_folder(staged, final):
+                self.undo.append(lambda staged=staged, final=final: os.replace(final, staged))
+                touched.add(self.top)
+            else:
+                renames += [f.path for f in record.files if f.path.startswith(folder + "/")]
+        for rel in renames:
+            staged, final = os.path.join(self.files_root, rel), os.path.join(self.top, rel)
+            touched.add(os.path.dirname(final))  # also when an earlier, killed run moved it: it may not have synced the folder
+            if not os.path.lexists(staged):
+                continue  # moved by an earlier run that was killed
+            self._set_aside(rel)
+            made = move_into_place(staged, final)
+            self.undo.append(lambda staged=staged, final=final, made=made: _take_back(staged, final, made))
+        for directory in touched:
+            durable.fsync_dir(directory)
+
+    def _set_aside(self, rel: str) -> None:
+        """A file (or link) of the previous version, or one --overwrite replaces, moved into the staging area."""
+        final, aside = os.path.join(self.top, rel), os.path.join(self.aside_root, rel)
+        try:
+            if stat.S_ISDIR(os.lstat(final).st_mode):
+                return  # the new version's folder (a killed run moved it in), or one move_into_place clears
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        folder = os.path.dirname(aside)
+        if folder not in self.aside_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self.aside_dirs.add(folder)
+        os.replace(final, aside)
+        self.undo.append(lambda: _put_back(aside, final))
+
+    def roll_back(self) -> None:
+        """Every step undone, the last first; then the journal goes: nothing of the transaction is visible.
+        A step that cannot be undone stops it: the journal stays, and the next run rolls forward."""
+        try:
+            for undo in reversed(self.undo):
+                try:
+                    undo()
+                except FileNotFoundError:
+                    pass  # its step had not happened: the error came from it
+            self.journal_path.unlink()
+        except OSError:
+            return
+
+
+def _take_back(staged: str, final: str, made: str | None) -> None:
+    """A new file back into the staging area, and the folders made for it (empty now) removed."""
+    os.replace(final, staged)
+    if made is not None:
+        prune_empty_parents(Path(final).parent, Path(made).parent)
+
+
+def _put_back(aside: str, final: str) -> None:
+    os.makedirs(os.path.dirname(final), exist_ok=True)  # a folder the swap removed once it was empty
+    os.replace(aside, final)
+
+
+def _commit_failed(key: str, exc: OSError, *, rolled_back: bool) -> DataPackError:
+    """An OSError while moving a pack into place, as the README's exit 5, saying what became of the pack."""
+    named = [str(name) for name in (exc.filename, exc.filename2) if name]
+    where = next((name for name in named if STAGING_NAME not in name), "its data directory")  # the data dir's side of a rename
+    if rolled_back:
+        what = f"{key} was rolled back: its files and install record are as they were before"
+    else:
+        what = f"{key} could not be rolled back either: the next devops-cp command completes it from its journal"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        error: DataPackError = NoSpaceError(str(where), 0)
+        error.message = f"not enough space to move {key} into place ({where}): {what}"
+    elif exc.errno == errno.EXDEV:
+        error = NotWritableError(str(where), f"it is on another filesystem than the data directory (a mount point inside it?); {what}")
+        error.hint = "a pack's files are moved into place by rename: keep its data directory on one filesystem, or point this data type elsewhere in the config file's [data_dirs]"
+    else:
+        error = NotWritableError(str(where), f"{exc.strerror or exc}; {what}")
+    return error
 
 
 def _move_folder(staged: str, final: str) -> bool:
@@ -340,22 +457,38 @@ def _parents(rel: str) -> Iterator[str]:
         yield "/".join(parts[:n])
 
 
-def move_into_place(staged: str, final: str) -> None:
+def move_into_place(staged: str, final: str) -> str | None:
     """Rename a staged file over its final name: one rename when nothing is in the way.
+    Returns the topmost folder it had to make for it, if any (a rollback removes it again).
 
     Idempotent: a staged file that is gone was moved by an earlier run that was killed.
     """
-    for _ in range(2):
-        try:
-            os.replace(staged, final)
-            return
-        except FileNotFoundError:
-            if not os.path.lexists(staged):
-                return
-            os.makedirs(os.path.dirname(final), exist_ok=True)  # the first file of a new folder
-        except IsADirectoryError:
-            shutil.rmtree(final)  # a directory where the new version has a file
-    os.replace(staged, final)
+    made = None
+    try:
+        for _ in range(2):
+            try:
+                os.replace(staged, final)
+                return made
+            except FileNotFoundError:
+                if not os.path.lexists(staged):
+                    return made
+                made = made or _topmost_missing(os.path.dirname(final))
+                os.makedirs(os.path.dirname(final), exist_ok=True)  # the first file of a new folder
+            except IsADirectoryError:
+                shutil.rmtree(final)  # a directory where the new version has a file
+        os.replace(staged, final)
+        return made
+    except OSError:
+        if made is not None:  # not moved after all: no empty folder made for it stays
+            prune_empty_parents(Path(final).parent, Path(made).parent)
+        raise
+
+
+def _topmost_missing(folder: str) -> str | None:
+    missing = None
+    while not os.path.lexists(folder):
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
 
 
 def prune_empty_parents(directory: Path, stop: Path) -> None:

@@ -19,8 +19,10 @@ kills: the product has no test hook. KILL_AT is one of
     lock:commit       holding a data dir's commit lock, before recovery and the commit
     staging           every file staged, before the durability sync and the journal
     journal           the journal is on disk, before the first rename
-    rename:N          after the N-th rename into the data dir (N counts across packs)
-    remove:N          after the N-th removal of a file the new version no longer has
+    rename:N          after the N-th rename in the data dir (N counts across packs): a file of the
+                      previous version set aside, or one of the new version moved into place
+    remove:N          after the N-th removal of a file the new version no longer has (the record
+                      is written by then)
     records:tmp       the install record's temp file is written, not yet renamed into place
     records:before    the renames are done, the install record not yet written
     records:after     the install record written, the staging area not yet removed
@@ -344,7 +346,12 @@ class Scenario:
     def phase_points(self) -> list[str]:
         # A pack new in v2 moves in with one rename of its folder; the others file by file, but for
         # the files v1 has already, as they are: those stay where they are (executor/inplace.py).
-        renames = sum(1 if not p.versions["v1"] else sum(p.versions["v1"].get(rel) != h for rel, h in p.versions["v2"].items()) for p in self.packs)
+        # What v2 replaces or leaves behind is first set aside by a rename of its own (txn._Swap).
+        renames = 0
+        for p in self.packs:
+            v1, v2 = p.versions["v1"], p.versions["v2"]
+            changed = [rel for rel, h in v2.items() if v1.get(rel) != h]
+            renames += 1 if not v1 else len(changed) + sum(rel in v1 for rel in changed) + len(set(v1) - set(v2))
         removes = sum(len(set(p.versions["v1"]) - set(p.versions["v2"])) for p in self.packs)
         points = ["lock:pack", "lock:commit", "staging", "journal"] + [f"rename:{i}" for i in range(1, renames + 1)]
         points += [f"remove:{i}" for i in range(1, removes + 1)]

@@ -225,7 +225,10 @@ def test_one_job_per_pack(env, files, client):
     other = start_install(client, "other")  # a different pack is not blocked
     assert read_events(client, first)[-1]["event"] == "success"
     assert read_events(client, other)[-1]["event"] == "success"
-    assert read_events(client, start_install(client, "busy"))[-1]["event"] == "success"  # free again
+    again = read_events(client, start_install(client, "busy"))[-1]  # free again
+    assert again["event"] == "success" and again["data"]["message"].startswith("already installed busy (upstream unchanged): 1 file(s)")
+    assert again["data"]["results"][0]["already_installed"] is True
+    assert len([r for r in files.requests if r.method == "GET" and r.path == "/packs/busy.bin"]) == 1  # intact: no byte moved
 
 
 def test_a_large_pack_needs_confirm_and_shows_estimated_times(env, files, client):

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         os.environ.clear()
         os.environ.update(make_env(root / "host"))  # an isolated HOME for the in-process runs
+        Path(os.environ["DEVOPS_CP_CATALOG"]).mkdir(parents=True)  # an empty catalog: a folder named there must exist
         factory = HostileBundles(root / "bundles", key=new_key(), stranger=new_key())
         host = Host(factory.pub, factory.first)
         report = {"seed": args.seed, "python": platform.python_version(), "named": 0, "random": 0, "refused": 0,
