@@ -404,3 +404,38 @@ def test_a_download_past_hash_ahead_writes_on_the_write_thread_and_resumes_a_dro
     first, second = gets(local_server)
     assert second.range == f"bytes={first.body_bytes_sent}-" and second.status == 206
     assert set(names) == {"copy-write"}
+
+
+def test_ctrl_c_while_the_write_thread_writes_keeps_every_counted_byte_for_the_resume(local_server, tmp_path, http_path):
+    """Ctrl-C (STOP) at 8 MiB of a 12 MiB download whose writes are on the WriteThread: Interrupted,
+    the partial file holds every byte counted so far, in order, and the next run resumes after them."""
+    from executor import interrupt
+    from executor.events import Meter
+    from executor.http import Download, make_client
+    from manifests.errors import Interrupted
+
+    from conftest import fast_settings, gets
+
+    data = payload(12 << 20, seed=4)
+    local_server.add("/big.bin", data, etag="v1")
+    partial = tmp_path / "big.bin.part"
+
+    class CtrlCAt8MiB(Meter):
+        def update(self, done, force=False):
+            if done >= 8 << 20:
+                interrupt.STOP.set()
+
+    def fetch(meter=None):
+        with make_client(fast_settings()) as client:
+            return Download(client, local_server.url("/big.bin"), partial, "big", settings=fast_settings(), writeback=True, meter=meter).run(sha256(data))
+
+    try:
+        with pytest.raises(Interrupted):
+            fetch(CtrlCAt8MiB(lambda event: None, "p", 0, "big", len(data)))
+    finally:
+        interrupt.STOP.clear()
+    kept = partial.read_bytes()
+    assert 8 << 20 <= len(kept) < len(data) and kept == data[: len(kept)]
+    copy = fetch()
+    assert partial.read_bytes() == data and copy.sha256 == sha256(data)
+    assert gets(local_server)[-1].range == f"bytes={len(kept)}-"
