@@ -446,3 +446,30 @@ def test_install_from_a_site_adopts_a_file_already_there_and_an_update_fetches_o
     assert result.exit_code == 0, result.stderr
     assert fetched(local_server, blob) == 0 and (data_dir / "geo.mmdb").stat().st_ino == inode
     assert (data_dir / "notes.txt").read_bytes() == v2
+
+
+
+def test_install_from_a_site_repairs_a_missing_file_of_the_installed_version(cli, local_server, isolated_env, tmp_path):
+    from test_fleet import publish_tree
+
+    key = new_key()
+    pub = write_public_key(tmp_path / "site.pub", key)
+    big, small = payload(5 << 20, seed=121), {f"docs/{n}.txt": f"page {n}".encode() for n in range(3)}
+    blob = "/site/blobs/sha256/" + sha256(big)
+    tree = tmp_path / "tree"
+    bundle = write_bundle(tmp_path / "v1.tar.zst", [PackSpec("docs", {"big.bin": big, **small})], key=key).path
+    assert cli("mirror", str(bundle), "--to", str(tree), "--trust", str(pub)).exit_code == 0
+    url = publish_tree(tree, local_server)
+    assert cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    again = cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "none")
+    assert again.exit_code == 0 and "up to date" in again.stdout + again.stderr
+    untouched = inodes(data_dir, ["big.bin", "docs/0.txt", "docs/2.txt"])
+    (data_dir / "docs" / "1.txt").unlink()
+
+    result = cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "plain")
+    assert result.exit_code == 0, result.stderr
+    assert "docs: repairing: docs/1.txt is missing" in result.stderr
+    assert len(gets(local_server, blob)) == 1  # the first install's only: the big file was kept
+    assert inodes(data_dir, ["big.bin", "docs/0.txt", "docs/2.txt"]) == untouched
+    assert {rel: (data_dir / rel).read_bytes() for rel in small} == small
