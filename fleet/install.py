@@ -19,7 +19,8 @@ from pathlib import Path
 
 from executor import extract
 from executor.engine import Engine, Outcome, PackIdentity
-from executor.events import Meter
+from executor.events import Meter, Notice
+from executor.inplace import InPlaceFinder
 from executor.http import Download
 from executor.preflight import check_space_for
 from executor.steps import partial_path
@@ -231,6 +232,8 @@ def _fetch_layers(engine: Engine, site: SiteReader, signed: Signed, txn: PackTra
     """Every file of the pack from the artifact's layers, each checked against the signed manifest."""
     expected = {f.path: f for f in signed.manifest.files_for(signed.pack.key)}
     total = sum(b.size for b in signed.layers if b.media_type in (ONE_FILE, FILES_TAR))
+    # A file the data dir has already, as the signed manifest lists it, is not fetched (executor/inplace.py).
+    finder = InPlaceFinder(txn.data_dir, signed.pack.key, engine.store.read_record(signed.pack.key), engine.store.records())
     meter = Meter(engine.listener, signed.pack.key, 0, f"{signed.pack.key} from {site.name}", total)
     done = 0
     for blob in signed.layers:
@@ -243,7 +246,13 @@ def _fetch_layers(engine: Engine, site: SiteReader, signed: Signed, txn: PackTra
                 raise BundleStructureError(f"{site.name} {signed.tag}: a layer for {path!r}, which the signed manifest does not list for {signed.pack.key} (or lists once)", hint="the site's copy was altered; nothing was installed")
             if blob.digest != artifact.sha256_digest(entry.sha256) or blob.size != entry.size:
                 raise ChecksumMismatch(f"{path} at {site.name} ({signed.tag})", entry.sha256, blob.digest.split(":", 1)[1])
-            _fetch_file(engine, site, blob, entry, txn, meter, done)
+            kept = finder.find(entry.path, entry.sha256, entry.size) if entry.unpack is None else None
+            if kept is not None:
+                txn.keep_in_place(kept)
+                if note := finder.adoption_note(kept):
+                    engine.listener(Notice(signed.pack.key, "info", note))
+            else:
+                _fetch_file(engine, site, blob, entry, txn, meter, done)
         elif blob.media_type == FILES_TAR:
             _fetch_tar(engine, site, signed, blob, expected, txn, meter, done)
         else:
@@ -253,6 +262,7 @@ def _fetch_layers(engine: Engine, site: SiteReader, signed: Signed, txn: PackTra
     if expected:
         missing = ", ".join(sorted(expected)[:5])
         raise BundleStructureError(f"{site.name} {signed.tag} lacks files the signed manifest lists: {missing}", hint="publish the bundle again with `devops-cp data mirror`; nothing was installed")
+    txn.keep_unchanged(finder)  # files of a tar layer or an archive that are installed as they are
     meter.done(done)
 
 

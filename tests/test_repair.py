@@ -369,3 +369,54 @@ def test_a_moving_target_with_published_checksums_keeps_a_file_that_still_matche
     assert len(gets(local_server, "/p/a.bin")) == 1 and len(gets(local_server, "/p/b.bin")) == 2
     assert inodes(data_dir, ["p/a.bin"]) == untouched
     assert sorted(v["url"] for v in isolated_env.record("listed")["extra"]["upstream"]) == sorted(v["url"] for v in validators)
+
+
+
+def test_a_kept_file_is_there_for_a_later_tool_step(cli, local_server, write_recipe, isolated_env):
+    """A tool step reads the downloaded file from the staging area (a wheel that pip installs): a
+    file kept in place is linked there for it, and still not rewritten."""
+    wheel = payload(30_000, seed=111)
+    steps = [download_step(local_server.add("/t/w.whl", wheel), "t/w.whl", wheel), {"type": "tool_command", "command": ["cp", "{data_dir}/t/w.whl", "{data_dir}/t/copy.bin"], "produces": ["t/copy.bin"]}]
+    write_recipe("tooled", steps)
+    assert cli("install", "tooled", "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    untouched = inodes(data_dir, ["t/w.whl"])
+    (data_dir / "t" / "copy.bin").unlink()
+    result = cli("install", "tooled", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert len(gets(local_server, "/t/w.whl")) == 1
+    assert inodes(data_dir, ["t/w.whl"]) == untouched and (data_dir / "t" / "w.whl").stat().st_nlink == 1
+    assert (data_dir / "t" / "copy.bin").read_bytes() == wheel
+
+# --- install --from a site: the same rules ----------------------------------------------------------
+
+
+def test_install_from_a_site_adopts_a_file_already_there_and_an_update_fetches_only_what_changed(cli, local_server, isolated_env, tmp_path):
+    from test_fleet import publish_tree
+
+    key = new_key()
+    pub = write_public_key(tmp_path / "site.pub", key)
+    big, v1, v2 = payload(5 << 20, seed=101), b"week 1", b"week 2"  # 4 MiB or more: a layer of its own
+    blob = "/site/blobs/sha256/" + sha256(big)
+    tree = tmp_path / "tree"
+    first = write_bundle(tmp_path / "v1.tar.zst", [PackSpec("geo", {"geo.mmdb": big, "notes.txt": v1}, fetched_at="2026-12-01T00:00:00Z")], key=key, created="2026-12-01T01:00:00Z").path
+    assert cli("mirror", str(first), "--to", str(tree), "--trust", str(pub)).exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    data_dir.mkdir(parents=True)
+    (data_dir / "geo.mmdb").write_bytes(big)  # fetched some other way before
+    inode = (data_dir / "geo.mmdb").stat().st_ino
+
+    url = publish_tree(tree, local_server)
+    result = cli("install", "geo", "--from", url, "--trust", str(pub), "--progress", "plain")
+    assert result.exit_code == 0, result.stderr
+    assert "geo.mmdb is already there with the expected sha256: adopted" in result.stderr
+    assert fetched(local_server, blob) == 0
+    assert isolated_env.record("geo")["adopted"] == ["geo.mmdb"] and (data_dir / "notes.txt").read_bytes() == v1
+
+    second = write_bundle(tmp_path / "v2.tar.zst", [PackSpec("geo", {"geo.mmdb": big, "notes.txt": v2}, fetched_at="2026-12-02T00:00:00Z")], key=key, created="2026-12-02T01:00:00Z").path
+    assert cli("mirror", str(second), "--to", str(tree), "--trust", str(pub)).exit_code == 0
+    url = publish_tree(tree, local_server)
+    result = cli("install", "geo", "--from", url, "--trust", str(pub), "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert fetched(local_server, blob) == 0 and (data_dir / "geo.mmdb").stat().st_ino == inode
+    assert (data_dir / "notes.txt").read_bytes() == v2
