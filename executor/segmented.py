@@ -5,8 +5,9 @@ and a length, or a 206) shows a large file that cannot change under us: a strong
 Last-Modified (sent with If-Range on every range), or a pinned sha256. That first stream is read
 and hashed as one stream is; a Probe watches it for PROBE seconds, and if its rate is below
 FAST_ENOUGH and leaves more than WORTH_IT seconds of work, Segmented takes over: the stream goes on
-as the lead and helpers join, up to `connections` (unless the process kept CPU_BOUND cores busy
-meanwhile: on a busy machine a stream is slow for want of CPU, which more connections only cost). They stay only if the total rate rises by a
+as the lead and helpers join, up to `connections` (unless the process ran on or waited for
+CPU_BOUND cores meanwhile: on a busy machine a stream is slow for want of CPU, which more
+connections only cost). They stay only if the total rate rises by a
 third (a server capping each connection); else one connection goes on alone.
 
 Pieces are handed out in file order, so the contiguous prefix grows steadily and is hashed as it
@@ -39,7 +40,7 @@ MIN_STEAL = 1 << 20  # the tail of a claim is split only while both halves are a
 PROBE = 0.25  # seconds of the lead alone, then of the helpers, before deciding
 WORTH_IT = 1.0  # seconds of work left at the lead's rate that justify helpers
 FAST_ENOUGH = 128 << 20  # bytes/s: one connection this fast is not what limits (a gigabit link, the disk, the hash)
-CPU_BOUND = 0.5  # cores this process kept busy while probing: from here on the CPU limits, not the link
+CPU_BOUND = 0.5  # cores this process ran on or waited for while probing: from here on the CPU limits, not the link
 GAIN = 1.33  # helpers stay if the total rate rose this much
 JOURNAL_EVERY = 0.5  # seconds between journal saves
 WRITEBACK_STEP = 16 << 20
@@ -126,19 +127,33 @@ class Probe:
             yield chunk
             now = time.monotonic()
             if started is None:
-                started, self.offset, cpu = now, self.offset + len(chunk), time.process_time()
+                started, self.offset, cpu = now, self.offset + len(chunk), cpu_wanted()
                 continue
             got += len(chunk)
             if self.rate is None and now - started >= PROBE:
                 self.rate = got / (now - started)
-                if worth_helpers(self.rate, self.size - self.offset - got, (time.process_time() - cpu) / (now - started)):
+                if worth_helpers(self.rate, self.size - self.offset - got, (cpu_wanted() - cpu) / (now - started)):
                     self.switch = True
                     return
 
 
+def cpu_wanted() -> float:
+    """Seconds the process's running threads have run, and waited to run (Linux's schedstat: on a
+    busy machine a thread that gets little CPU still wants it); elsewhere the CPU time alone."""
+    try:
+        total = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ran, waited, _ = f.read().split()
+            total += int(ran) + int(waited)
+        return total / 1e9
+    except (OSError, ValueError):  # no /proc, no schedstat, or a thread that ended meanwhile
+        return time.process_time()
+
+
 def worth_helpers(rate: float, left: int, cores: float) -> bool:
     """Whether helpers may raise a stream's `rate` (bytes/s) with `left` bytes to go: it is slow, with
-    seconds of work left, while the process kept fewer than CPU_BOUND `cores` busy (the link limits)."""
+    seconds of work left, while the process wanted fewer than CPU_BOUND `cores` (the link limits)."""
     return 0 < rate < FAST_ENOUGH and left / rate > WORTH_IT and cores < CPU_BOUND
 
 
@@ -384,7 +399,7 @@ class Segmented:
 
     def _coordinate(self, lead_rate: float | None) -> None:
         plan, consumed = self.plan, self.plan.consumed
-        probe_at, probe_bytes, probe_cpu = time.monotonic() + PROBE, plan.received, time.process_time()
+        probe_at, probe_bytes, probe_cpu = time.monotonic() + PROBE, plan.received, cpu_wanted()
         journal_at = time.monotonic() + JOURNAL_EVERY
         writeback_at = consumed + WRITEBACK_STEP
         while True:
@@ -413,8 +428,8 @@ class Segmented:
                 journal_at = now + JOURNAL_EVERY
             if probe_at is not None and now >= probe_at:
                 rate = (received - probe_bytes) / (now - probe_at + PROBE)
-                cores = (time.process_time() - probe_cpu) / (now - probe_at + PROBE)
-                probe_at, probe_bytes, probe_cpu = now + PROBE, received, time.process_time()
+                cores = (cpu_wanted() - probe_cpu) / (now - probe_at + PROBE)
+                probe_at, probe_bytes, probe_cpu = now + PROBE, received, cpu_wanted()
                 if lead_rate is None:  # the lead alone: helpers if its rate leaves work for them
                     if worth_helpers(rate, plan.size - received, cores) and self.fetch.connections > 1:
                         lead_rate = rate

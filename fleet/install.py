@@ -21,6 +21,7 @@ from executor import extract
 from executor.engine import Engine, Outcome, PackIdentity
 from executor.events import Meter, Notice
 from executor.inplace import InPlaceFinder
+from executor.intact import changed_file
 from executor.http import Download
 from executor.preflight import check_space_for
 from executor.steps import partial_path
@@ -171,13 +172,20 @@ def install_from(engine: Engine, request: FromRequest) -> list[Outcome]:
     return outcomes
 
 
-def _skip_reason(engine: Engine, signed: Signed, request: FromRequest) -> str | None:
-    """Rollback protection: the site's newest older than what is here is skipped; asked for by version, refused."""
+def _skip_reason(engine: Engine, signed: Signed, request: FromRequest, *, say: bool = False) -> str | None:
+    """Rollback protection: the site's newest older than what is here is skipped; asked for by version, refused.
+    The site's version installed is skipped too, unless a file of it is missing or changed: then it is
+    repaired (`say`: tell so), fetching only what is not there as it was."""
     installed = engine.store.read_record(signed.pack.key)
     if installed is None:
         return None
     if installed.fetched_at == signed.pack.fetched_at and installed.bundle_created == signed.manifest.created:
-        return f"up to date (the site's newest, of {signed.manifest.created}, is installed)"
+        changed = changed_file(installed)
+        if changed is None:
+            return f"up to date (the site's newest, of {signed.manifest.created}, is installed)"
+        if say:
+            engine.listener(Notice(signed.pack.key, "info", f"repairing: {changed}"))
+        return None
     if parse_iso(installed.fetched_at) > parse_iso(signed.pack.fetched_at) and not request.allow_downgrade:
         if request.version:
             raise PolicyError(
@@ -190,7 +198,7 @@ def _skip_reason(engine: Engine, signed: Signed, request: FromRequest) -> str | 
 
 def _install(engine: Engine, site: SiteReader, signed: Signed, request: FromRequest) -> Outcome:
     pack = signed.pack
-    skip = _skip_reason(engine, signed, request)
+    skip = _skip_reason(engine, signed, request, say=True)
     if skip:
         return Outcome(pack.key, notes=[skip])
     notes: list[str] = []

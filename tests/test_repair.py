@@ -8,6 +8,7 @@ inodes, and a repair that is cut off (a dropped connection, kill -9) leaves the 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import signal
@@ -289,6 +290,31 @@ def test_a_repair_killed_mid_download_leaves_the_pack_as_it_was(cli, local_serve
     assert len(gets(local_server, "/k/small.bin")) == 1
 
 
+@pytest.mark.parametrize("kill_at", ["staging", "journal", "rename:1", "records:before", "cleanup"])
+def test_a_repair_killed_at_any_phase_leaves_a_whole_pack_and_the_kept_files_untouched(kill_at, cli, three_files, local_server, isolated_env):
+    """Killed before its journal, the repair is undone (the missing file still missing); after it, the
+    next command completes it. Either way the files it kept were never touched."""
+    assert cli("install", "three", "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    record_before = (isolated_env.records_dir / "three.json").read_bytes()
+    (data_dir / "db" / "b.bin").unlink()
+    untouched = inodes(data_dir, ["db/a.bin", "db/c.bin"])
+    child = subprocess.run([sys.executable, str(REPO / "tests" / "crash_driver.py"), kill_at, "data", "install", "three", "--progress", "none"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert cli("status", "--progress", "none").exit_code == 0  # recovers what the kill left
+    b = data_dir / "db" / "b.bin"
+    if kill_at == "staging":  # before the journal: as it was
+        assert not b.exists() and (isolated_env.records_dir / "three.json").read_bytes() == record_before
+    else:  # after it: completed
+        assert b.read_bytes() == three_files["db/b.bin"][1]
+        assert isolated_env.record("three")["files"] == json.loads(record_before)["files"]
+    assert inodes(data_dir, ["db/a.bin", "db/c.bin"]) == untouched
+    result = cli("install", "three", "--progress", "none")
+    assert result.exit_code == 0, result.stderr
+    assert {rel: (data_dir / rel).read_bytes() for rel in three_files} == {rel: data for rel, (_, data) in three_files.items()}
+    assert inodes(data_dir, ["db/a.bin", "db/c.bin"]) == untouched and not (data_dir / STAGING_NAME).exists()
+
+
 def test_a_sideload_of_the_same_bundle_again_rewrites_only_what_changed(cli, isolated_env, tmp_path):
     key = new_key()
     pub = write_public_key(tmp_path / "site.pub", key)
@@ -420,3 +446,30 @@ def test_install_from_a_site_adopts_a_file_already_there_and_an_update_fetches_o
     assert result.exit_code == 0, result.stderr
     assert fetched(local_server, blob) == 0 and (data_dir / "geo.mmdb").stat().st_ino == inode
     assert (data_dir / "notes.txt").read_bytes() == v2
+
+
+
+def test_install_from_a_site_repairs_a_missing_file_of_the_installed_version(cli, local_server, isolated_env, tmp_path):
+    from test_fleet import publish_tree
+
+    key = new_key()
+    pub = write_public_key(tmp_path / "site.pub", key)
+    big, small = payload(5 << 20, seed=121), {f"docs/{n}.txt": f"page {n}".encode() for n in range(3)}
+    blob = "/site/blobs/sha256/" + sha256(big)
+    tree = tmp_path / "tree"
+    bundle = write_bundle(tmp_path / "v1.tar.zst", [PackSpec("docs", {"big.bin": big, **small})], key=key).path
+    assert cli("mirror", str(bundle), "--to", str(tree), "--trust", str(pub)).exit_code == 0
+    url = publish_tree(tree, local_server)
+    assert cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "none").exit_code == 0
+    data_dir = isolated_env.sample_dir()
+    again = cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "none")
+    assert again.exit_code == 0 and "up to date" in again.stdout + again.stderr
+    untouched = inodes(data_dir, ["big.bin", "docs/0.txt", "docs/2.txt"])
+    (data_dir / "docs" / "1.txt").unlink()
+
+    result = cli("install", "docs", "--from", url, "--trust", str(pub), "--progress", "plain")
+    assert result.exit_code == 0, result.stderr
+    assert "docs: repairing: docs/1.txt is missing" in result.stderr
+    assert len(gets(local_server, blob)) == 1  # the first install's only: the big file was kept
+    assert inodes(data_dir, ["big.bin", "docs/0.txt", "docs/2.txt"]) == untouched
+    assert {rel: (data_dir / rel).read_bytes() for rel in small} == small

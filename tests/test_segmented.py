@@ -83,16 +83,45 @@ def test_several_connections_only_when_the_file_cannot_change_under_us(capped, t
 
 @pytest.mark.usefixtures("small_pieces")
 def test_a_stream_slow_for_want_of_cpu_gets_no_helpers(capped, tmp_path, monkeypatch):
-    """The same capped file, but the process's CPU clock says a whole core was busy while the lead was
-    probed (a machine too busy to give it more): one stream, the same bytes."""
+    """The same capped file, but the process's threads say they ran or waited to run on a whole core
+    while the lead was probed (a machine too busy to give it more): one stream, the same bytes."""
     import time
 
-    monkeypatch.setattr(segmented.time, "process_time", time.monotonic)  # CPU time as fast as wall time: one core busy
+    monkeypatch.setattr(segmented, "cpu_wanted", time.monotonic)  # as much CPU wanted as wall time passed: one core
     data = payload(SMALL)
     capped.add(PATH, data, etag="v1")
     fetch, copy = download(capped, tmp_path / "m.part", expected=sha256(data))
     assert fetch.partial.read_bytes() == data and copy.sha256 == sha256(data)
     assert fetch.connections_used == 0 and len(gets(capped, PATH)) == 1 and capped.peak_bodies_in_flight == 1
+
+
+def test_cpu_wanted_counts_the_time_a_thread_waited_for_a_core_as_well_as_the_time_it_ran():
+    """Threads that spin count; threads that sleep do not. With more spinning threads than cores, the
+    time they waited for one counts too: a starved process still wants a core per spinning thread."""
+    import hashlib
+    import os
+    import time
+
+    done = threading.Event()
+
+    def spin():
+        data = bytes(1 << 16)
+        while not done.is_set():
+            hashlib.sha256(data).digest()  # releases the GIL: the threads run side by side
+
+    cores = os.cpu_count() or 1
+    threads = [threading.Thread(target=done.wait) for _ in range(4)] + [threading.Thread(target=spin) for _ in range(cores + 1)]
+    before, started = segmented.cpu_wanted(), time.monotonic()
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # let them spin (nothing is timed: the ratio below is CPU over wall time)
+        wanted = (segmented.cpu_wanted() - before) / (time.monotonic() - started)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert wanted > cores * 0.8  # well past CPU_BOUND whatever else the machine runs
 
 
 @pytest.mark.usefixtures("small_pieces")
