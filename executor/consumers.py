@@ -19,6 +19,9 @@ import json
 import os
 from pathlib import Path
 
+from executor.transfer import translate_write_error
+from manifests.errors import DataPackError, NotWritableError
+
 NLTK_DATA_TYPE = "nltk_data"
 TRIVY_DATA_TYPE = "vulnerability_db"
 TRIVY_METADATA = "metadata.json"
@@ -38,9 +41,14 @@ def keep_zip_beside(txn, archive: Path, dest: str, size: int, sha256: str) -> No
 
 
 def adopt(data_type: str, txn, fetched_at: str) -> None:
+    """Before the swap: a failure here leaves nothing of the pack visible, and is exit 5, not a crash."""
     if data_type == TRIVY_DATA_TYPE:
         for rel in [r for r in txn.files if r.rpartition("/")[2] == TRIVY_METADATA]:
-            _set_downloaded_at(txn, rel, fetched_at)
+            try:
+                _set_downloaded_at(txn, rel, fetched_at)
+            except OSError as exc:
+                error = translate_write_error(exc, txn.path_for(rel), MAX_METADATA)
+                raise error if isinstance(error, DataPackError) else NotWritableError(str(txn.data_dir), exc.strerror or str(exc)) from exc
 
 
 def _set_downloaded_at(txn, rel: str, fetched_at: str) -> None:

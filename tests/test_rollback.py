@@ -215,3 +215,28 @@ def test_a_journal_that_cannot_be_completed_is_kept_and_said_until_it_can(cli, t
     status = cli("status")
     assert status.exit_code == 0 and "could not be completed" not in status.stderr, status.stderr
     assert installed(data_dir) == V2 and not (data_dir / ".devops-cp-staging").exists()
+
+
+def test_a_consumer_hook_that_fails_leaves_the_installed_version(cli, tmp_path, isolated_env, monkeypatch):
+    """trivy's DownloadedAt is set in the staged metadata.json just before the swap; a full disk there
+    is exit 5, and v1 stays as it was (the hook runs before anything moves)."""
+    from executor import consumers
+
+    key = new_key()
+    pub = write_public_key(tmp_path / "site.pub", key)
+
+    def bundle(name: str, db: bytes, when: datetime) -> str:
+        files = {"db/metadata.json": b'{"Version": 2, "DownloadedAt": "0001-01-01T00:00:00Z"}', "db/trivy.db": db}
+        return str(write_bundle(tmp_path / f"{name}.tar.zst", [PackSpec("trivy-db", files, data_type="vulnerability_db", fetched_at=when)], key=key).path)
+
+    assert cli("sideload", bundle("v1", b"v1 db" * 100, T0), "--trust", str(pub), "--progress", "none").exit_code == 0
+    data_dir = Path(isolated_env.record("trivy-db")["data_dir"])
+    v1, before = installed(data_dir), host(isolated_env)
+
+    def full_disk(txn, rel, fetched_at):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), txn.path_for(rel))
+
+    monkeypatch.setattr(consumers, "_set_downloaded_at", full_disk)
+    result = cli("sideload", bundle("v2", b"v2 db" * 100, T1), "--trust", str(pub), "--progress", "none")
+    assert result.exit_code == 5 and "not enough space" in result.stderr, result.stderr
+    assert installed(data_dir) == v1 and host(isolated_env) == before
