@@ -156,7 +156,9 @@ class PackTransaction:
             durable.write_atomic(self.root / JOURNAL, json.dumps({**journal, "record": record.to_json()}).encode())  # no indent: json's C encoder
             roll_forward(self.root, self.data_dir, self.store.write_record, {**journal, "record": record}, undo_record=lambda: self._restore_record(previous))
         except OSError as exc:  # rolled back already (or, if even that failed, left to the journal)
-            raise _commit_failed(self.key, exc, rolled_back=not (self.root / JOURNAL).exists()) from exc
+            if (self.root / JOURNAL).exists():
+                raise _commit_failed(exc, f"{self.key} could not be rolled back either: the next devops-cp command completes it from its journal") from exc
+            raise _commit_failed(exc, f"{self.key} was rolled back: its files and install record are as they were before") from exc
         self.committed = True
 
     def _restore_record(self, previous: InstallRecord | None) -> None:
@@ -408,17 +410,13 @@ def _put_back(aside: str, final: str) -> None:
     os.replace(aside, final)
 
 
-def _commit_failed(key: str, exc: OSError, *, rolled_back: bool) -> DataPackError:
-    """An OSError while moving a pack into place, as the README's exit 5, saying what became of the pack."""
+def _commit_failed(exc: OSError, what: str) -> DataPackError:
+    """An OSError while moving a pack into place, as the README's exit 5, saying `what` became of the pack."""
     named = [str(name) for name in (exc.filename, exc.filename2) if name]
     where = next((name for name in named if STAGING_NAME not in name), "its data directory")  # the data dir's side of a rename
-    if rolled_back:
-        what = f"{key} was rolled back: its files and install record are as they were before"
-    else:
-        what = f"{key} could not be rolled back either: the next devops-cp command completes it from its journal"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         error: DataPackError = NoSpaceError(str(where), 0)
-        error.message = f"not enough space to move {key} into place ({where}): {what}"
+        error.message = f"not enough space to move files into place ({where}): {what}"
     elif exc.errno == errno.EXDEV:
         error = NotWritableError(str(where), f"it is on another filesystem than the data directory (a mount point inside it?); {what}")
         error.hint = "a pack's files are moved into place by rename: keep its data directory on one filesystem, or point this data type elsewhere in the config file's [data_dirs]"
@@ -517,7 +515,10 @@ def recover(store: Store, data_dir: Path) -> list[str]:
             if journal is None:  # removed below with the other unfinished staging areas, never acted on
                 done.append(f"warning: ignored the journal in {txn_root}: {problem}")
                 continue
-            roll_forward(txn_root, data_dir, store.write_record, journal)
+            try:
+                roll_forward(txn_root, data_dir, store.write_record, journal)
+            except OSError as exc:  # its journal stays: nothing of it is removed below
+                raise _commit_failed(exc, f"an interrupted install of {journal['record'].key} could not be completed; every devops-cp command tries again") from exc
             done.append(f"completed an interrupted install in {data_dir}")
     with store.staging_idle(data_dir) as idle:
         if idle:
@@ -596,6 +597,8 @@ def recover_all(store: Store) -> list[str]:
                 done += recover(store, data_dir)
         except LockTimeout:
             continue
+        except DataPackError as exc:  # say so, and let the command go on: an install in that data dir is refused (exit 5)
+            done.append(f"warning: {exc}")
     return done
 
 

@@ -185,3 +185,33 @@ def test_a_direct_install_is_rolled_back_the_same_way(cli, local_server, write_r
     result = cli("install", "direct", "--progress", "none")
     assert result.exit_code == 5 and "another filesystem" in result.stderr and "direct was rolled back" in result.stderr, result.stderr
     assert host(isolated_env) == before
+
+
+def test_a_journal_that_cannot_be_completed_is_kept_and_said_until_it_can(cli, tmp_path, isolated_env, mounts):
+    """A run killed with its journal on disk (nothing renamed yet); then `zz` becomes a mount point, so the
+    roll forward cannot finish: every command says so and goes on, an install in that data dir is exit 5,
+    and once the mount is gone the next command completes the update."""
+    import subprocess
+    import sys
+
+    key = new_key()
+    pub = write_public_key(tmp_path / "site.pub", key)
+    v1, v2 = (write_bundle(tmp_path / f"{name}.tar.zst", [PackSpec("pack", files, fetched_at=when)], key=key).path for name, files, when in (("v1", V1, T0), ("v2", V2, T1)))
+    assert cli("sideload", str(v1), "--trust", str(pub), "--progress", "none").exit_code == 0
+    driver = Path(__file__).with_name("crash_driver.py")
+    killed = subprocess.run([sys.executable, str(driver), "journal", "data", "sideload", str(v2), "--trust", str(pub), "--progress", "none"], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr  # SIGKILLed with the journal on disk
+    data_dir = isolated_env.sample_dir()
+    mounts(data_dir / "zz")
+
+    status = cli("status")
+    assert status.exit_code == 0 and "interrupted install of pack could not be completed" in status.stderr, status.stderr
+    again = cli("sideload", str(v2), "--trust", str(pub), "--progress", "none")
+    assert again.exit_code == 5 and "another filesystem" in again.stderr, again.stderr
+    assert list((data_dir / ".devops-cp-staging").glob("txn-*/JOURNAL.json")), "the journal was kept"
+
+    subprocess.run(["umount", str(data_dir / "zz")], check=True)
+    (data_dir / "zz").rmdir()
+    status = cli("status")
+    assert status.exit_code == 0 and "could not be completed" not in status.stderr, status.stderr
+    assert installed(data_dir) == V2 and not (data_dir / ".devops-cp-staging").exists()
