@@ -146,14 +146,17 @@ class Engine:
         target_dir: Path | None = None,
         streamed: Collection[str] = (),
         kept_whole: Collection[str] = (),
+        installed: dict[str, int] | None = None,
     ) -> None:
         """Everything that can refuse before the first byte: writable, space, tools, size warning.
 
         `target_dir` replaces the data dirs (a bundle stages into one cache directory);
         `streamed`: keys of packs that never touch it (a bundle streams them into the archive);
         `kept_whole`: keys of packs whose archives are not unpacked there (a bundle carries them
-        whole), which need room for their downloads only.
+        whole), which need room for their downloads only. `installed`: per pack key, the bytes of
+        its downloads that are installed as they are (a repair fetches only the rest).
         """
+        installed = installed or {}
         needed: dict[Path, int] = {}
         for plan in plans:
             data_dir = target_dir or self.store.data_dir(plan.recipe.data_type)
@@ -166,11 +169,11 @@ class Engine:
             unpacks = plan.key not in kept_whole
             needed[data_dir] = needed.get(data_dir, 0) + (0 if plan.key in streamed else sum(
                 fetched + (unpacked if unpacks else 0) for fetched, unpacked in map(sizes, plan.steps)
-            ))
+            ) - installed.get(plan.key, 0))
         check_space_for(needed)
         # Asked last: a person should not say yes to a download that cannot fit anyway.
         for plan in plans:
-            size = plan.size_estimate_bytes
+            size = plan.size_estimate_bytes - installed.get(plan.key, 0)
             if not local and size > plan.recipe.size_warning_mb * 10**6 and not confirm(plan, size, estimated_times(size)):
                 raise ConfirmationRequired(f"{plan.pack_id}: not confirmed, nothing was downloaded")
 
@@ -336,8 +339,9 @@ class Engine:
         seen = {plan.key: self.store.read_record(plan.key) for plan in plans}  # before any wait
         data_dirs = sorted({self.store.data_dir(p.recipe.data_type) for p in plans})
         made = missing_dirs(data_dirs)
+        installed = {p.key: self._installed_bytes(p, seen[p.key]) for p in plans if seen[p.key] is not None} if keep else {}
         try:
-            self.preflight(plans, confirm, local=source is not None)
+            self.preflight(plans, confirm, local=source is not None, installed=installed)
         except DataPackError:
             remove_if_empty(made)
             raise
@@ -388,6 +392,16 @@ class Engine:
         # says it fetched. Not for a moving target, whose upstream may have moved on since.
         same_version = current is not None and plan.recipe.schedule_seconds is None and why_outdated(self.store, plan, current) is None
         return InPlaceFinder(data_dir, plan.key, current, self.store.records(), verify=verify, same_version=same_version)
+
+    def _installed_bytes(self, plan: Plan, record: InstallRecord) -> int:
+        """How much of a pack's downloads is installed as it is (size and time; nothing is read): a
+        repair needs no room for it, and asks no confirmation for it."""
+        finder = self.in_place_finder(plan, self.store.data_dir(plan.recipe.data_type), record)
+        return sum(
+            step.size_bytes or 0
+            for step in plan.steps
+            if isinstance(step, Download) and not step.extract and finder.find(step.dest, step.checksum.split(":", 1)[1] if step.checksum else None, adopt=False)
+        )
 
     def say_waiting(self, key: str) -> Callable[[str], None]:
         """A run that has to wait for a lock says so at once."""

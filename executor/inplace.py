@@ -57,8 +57,9 @@ class InPlaceFinder:
         self.owned_by_others = {f.path for r in others if r.key != key and Path(r.data_dir) == data_dir for f in r.files}
         self.validators = upstream.recorded(previous.extra) if ours else {}
 
-    def find(self, rel: str, sha256: str | None, size: int | None = None) -> InPlace | None:
-        """The file at `rel` when it is what the step would produce (`sha256`; `size` when known), else None."""
+    def find(self, rel: str, sha256: str | None, size: int | None = None, *, adopt: bool = True) -> InPlace | None:
+        """The file at `rel` when it is what the step would produce (`sha256`; `size` when known), else None.
+        `adopt=False`: only the installed version's own files (nothing is read)."""
         path = self.data_dir / rel
         try:
             found = os.lstat(path)
@@ -69,7 +70,7 @@ class InPlaceFinder:
         recorded = self.recorded.get(rel)
         if recorded is not None:
             return self._still_installed(path, found, recorded.size, recorded.sha256, sha256)
-        if sha256 is None or rel in self.owned_by_others or found.st_uid != os.getuid() or found.st_nlink != 1:
+        if not adopt or sha256 is None or rel in self.owned_by_others or found.st_uid != os.getuid() or found.st_nlink != 1:
             return None  # adopting it could change something else: another pack's file, a link, not this user's
         return self._rehashed(path, rel, found, sha256, adopted=True)
 

@@ -473,3 +473,19 @@ def test_install_from_a_site_repairs_a_missing_file_of_the_installed_version(cli
     assert len(gets(local_server, blob)) == 1  # the first install's only: the big file was kept
     assert inodes(data_dir, ["big.bin", "docs/0.txt", "docs/2.txt"]) == untouched
     assert {rel: (data_dir / rel).read_bytes() for rel in small} == small
+
+
+def test_a_repair_needs_room_only_for_what_it_fetches_tmpfs(tmpfs, cli, local_server, write_recipe, isolated_env):
+    """A 2 MiB filesystem holds the pack's 1.2 MB file: a repair of its small file is not refused
+    for want of room for the large one, nor asked about as a large download."""
+    big, small = payload(1_200_000, seed=131), payload(20_000, seed=132)
+    mnt = tmpfs("2m")
+    isolated_env.write_config(f'[data_dirs]\nsample = "{mnt / "samples"}"\n')
+    steps = [download_step(local_server.add("/s/big.bin", big), "s/big.bin", big), download_step(local_server.add("/s/small.bin", small), "s/small.bin", small)]
+    write_recipe("roomy", steps, size_warning_mb=1)
+    assert cli("install", "roomy", "--yes", "--progress", "none").exit_code == 0
+    (mnt / "samples" / "s" / "small.bin").unlink()
+    result = cli("install", "roomy", "--progress", "none")  # no --yes: 20 kB is not a large download
+    assert result.exit_code == 0, result.stderr
+    assert (mnt / "samples" / "s" / "small.bin").read_bytes() == small
+    assert len(gets(local_server, "/s/big.bin")) == 1
